@@ -1,0 +1,1 @@
+"""orderstream plumbing: configuration, codecs, local stack, Kafka I/O, sinks, CLI, metrics."""

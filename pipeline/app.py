@@ -1,0 +1,65 @@
+"""The one Faust application: broker, store, topics and tables. Agents live in `agents/`.
+
+Values travel as raw bytes and are (de)coded by pipeline.codecs, so the wire format is the
+project's Avro single-object encoding rather than Faust's own JSON envelope.
+"""
+from __future__ import annotations
+
+import faust
+
+from . import topics as t
+from .config import load_settings
+
+settings = load_settings()
+
+
+def _store_url() -> str:
+    return "rocksdb://" if settings.table_store == "rocksdb" else "memory://"
+
+
+app = faust.App(
+    t.NAMESPACE + settings.app_id,
+    broker=f"kafka://{settings.bootstrap}",
+    store=_store_url(),
+    datadir=str(settings.var / "faust" / f"worker-{settings.worker_web_port}"),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    # held-order timers read their own partitions only; no standby copies to reason about
+    table_standby_replicas=0,
+    processing_guarantee="at_least_once",
+    consumer_auto_offset_reset="earliest",
+    broker_commit_interval=1.0,
+    web_host="127.0.0.1",
+    web_port=settings.worker_web_port,
+    web_in_thread=False,
+    autodiscover=False,
+    key_serializer="raw",
+    value_serializer="raw",
+    stream_buffer_maxsize=8192,
+    producer_linger_ms=5,
+    producer_max_batch_size=256 * 1024,
+    logging_config=None,
+)
+
+
+def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                     partitions=partitions or settings.partitions,
+                     compacting=compacted or None)
+
+
+raw_orders = raw_topic(*t.RAW_TOPICS)
+canonical = raw_topic(t.CANONICAL)
+unique = raw_topic(t.UNIQUE)
+accepted = raw_topic(t.ACCEPTED)
+risk_queue = raw_topic(t.RISK_QUEUE)
+risk_decisions = raw_topic(t.RISK_DECISIONS)
+risk_rules = raw_topic(t.RISK_RULES, partitions=1, compacted=True)
+risk_events = raw_topic(t.RISK_EVENTS)
+risk_recheck = raw_topic(t.RISK_RECHECK)
+inventory_stock = raw_topic(t.INVENTORY_STOCK)
+inventory_events = raw_topic(t.INVENTORY_EVENTS)
+channel_control = raw_topic(t.CHANNEL_CONTROL)
+breaker_events = raw_topic(t.BREAKER_EVENTS)
+dlq = raw_topic(t.DLQ)

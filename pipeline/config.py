@@ -1,0 +1,87 @@
+"""All settings come from ORDERSTREAM_* environment variables with safe local defaults.
+
+One frozen dataclass so every module reads the same names; the README's configuration
+table is generated from FIELDS' docs (see `orderstream config`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default, cast=str):
+    raw = os.environ.get(f"ORDERSTREAM_{name.upper()}")
+    if raw is None or raw == "":
+        return default
+    if cast is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ValueError(f"ORDERSTREAM_{name.upper()}={raw!r} is not a valid {cast.__name__}") from exc
+
+
+def _setting(default, doc: str, cast=None):
+    return field(default=default, metadata={"doc": doc, "cast": cast or type(default)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: str = _setting(str(PROJECT_ROOT / "var"), "Runtime data: broker logs, Redis data, chDB data, pid files.")
+    kafka_host: str = _setting("127.0.0.1", "Loopback address the local broker binds to.")
+    kafka_port: int = _setting(19092, "Broker port (controller uses port + 1).")
+    kafka_heap_mb: int = _setting(512, "JVM heap of the local broker.")
+    kafka_bootstrap: str = _setting("", "Bootstrap servers; empty means the local broker.")
+    redis_port: int = _setting(16379, "Port of the project's own redis-server.")
+    redis_url: str = _setting("", "Redis URL; empty means the local redis-server.")
+    clickhouse_backend: str = _setting("chdb", "chdb (embedded, default) or server (clickhouse-connect).")
+    clickhouse_url: str = _setting("http://default:@127.0.0.1:8123/orderstream", "ClickHouse server URL for the server backend.")
+    partitions: int = _setting(4, "Partitions of every pipeline topic.")
+    app_id: str = _setting("orderstream", "Faust application id (consumer group, changelog prefix).")
+    table_store: str = _setting("rocksdb", "Faust table store: rocksdb (rocksdict, bounded by disk) or memory.")
+    worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
+    sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")
+    dedupe_window_s: int = _setting(24 * 3600, "Retention window of the dedupe tables.")
+    idempotency_ttl_s: int = _setting(48 * 3600, "TTL of processed-order idempotency keys in Redis.")
+    max_payload_bytes: int = _setting(256 * 1024, "Raw payloads above this size are dead-lettered as oversized.")
+    risk_rules_file: str = _setting(str(PROJECT_ROOT / "pipeline" / "domain" / "risk_rules.yaml"), "Initial risk rule set (YAML).")
+    risk_hold_timeout_s: int = _setting(30 * 60, "A held order with no decision is released after this long.")
+    ip_window_s: int = _setting(3600, "Window of the same-IP order counter.")
+    breaker_open_per_min: int = _setting(500, "Intake rate (orders/minute) that opens the circuit breaker.")
+    breaker_close_per_min: int = _setting(400, "Rate below which the breaker may close again (hysteresis).")
+    breaker_window_s: int = _setting(60, "Sliding window of the intake-rate measurement.")
+    breaker_cooldown_s: int = _setting(30, "Time the breaker stays open before probing (half-open).")
+    verifier_url: str = _setting("", "Base URL of the external verifiers; empty means the local one.")
+    verifier_port: int = _setting(18089, "Port of the local verifier service.")
+    verifier_timeout_s: float = _setting(0.5, "Per-call timeout of an external verifier.")
+    safety_stock: int = _setting(10, "Available units below which non-primary channels are paused.")
+    primary_platform: str = _setting("SHOPIFY", "The channel that keeps selling when stock runs low.")
+    sink_batch_rows: int = _setting(10_000, "The sink flushes when a batch has this many rows ...")
+    sink_batch_seconds: float = _setting(1.0, "... or when the oldest row has waited this long.")
+    log_json: bool = _setting(False, "Structured JSON logs.")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def var(self) -> Path:
+        return Path(self.var_dir)
+
+
+def load_settings() -> Settings:
+    """Read the environment now (tests change it between runs)."""
+    values = {f.name: _env(f.name, f.default, f.metadata["cast"]) for f in fields(Settings)}
+    return Settings(**values)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows for the README and `orderstream config`."""
+    return [(f"ORDERSTREAM_{f.name.upper()}", str(f.default), f.metadata["doc"]) for f in fields(Settings)]

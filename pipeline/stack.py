@@ -1,0 +1,371 @@
+"""The local stack without Docker: a real Kafka broker (KRaft, loopback) and a real redis-server.
+
+Kafka's jars come from Maven Central through `stack/pom.xml` and run on the installed JDK;
+redis-server is Debian's package. Every step is idempotent: `up` twice is harmless, `down`
+stops only what `up` started (pid files under var/run), `status` reports each component.
+ClickHouse needs no server here: chDB is embedded in the sink process.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PROJECT_ROOT, Settings, load_settings
+from .topics import TopicNames, names as default_names
+
+POM = PROJECT_ROOT / "stack" / "pom.xml"
+KAFKA_LIBS = PROJECT_ROOT / "stack" / ".cache" / "kafka-libs"
+
+
+class StackError(RuntimeError):
+    """A component could not be installed or started; the message says what and why."""
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- processes and files
+
+def _run_dir(s: Settings) -> Path:
+    path = s.var / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); treat it as dead
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def spawn(cmd: list[str], log_file: Path, pid_file: Path, env: dict | None = None, cwd: Path | None = None) -> int:
+    """Start a daemon in its own session (so the caller's Ctrl-C does not kill it) and record its pid."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=cwd)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_pid_file(pid_file: Path, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.1)
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.2)
+        _reap(pid)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"
+
+
+# ---------------------------------------------------------------- Kafka
+
+def fetch_kafka_jars() -> Path:
+    """Copy the pinned broker and its dependencies from Maven Central once (stamped by the pom's hash)."""
+    stamp = KAFKA_LIBS / ".pom.sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+        return KAFKA_LIBS
+    if not shutil.which("mvn"):
+        raise StackError("Maven (mvn) is not installed; it fetches the Kafka broker jars from Maven Central")
+    if not shutil.which("java"):
+        raise StackError("No Java runtime (java) found; the Kafka broker runs on the installed JDK")
+    shutil.rmtree(KAFKA_LIBS, ignore_errors=True)
+    KAFKA_LIBS.mkdir(parents=True)
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={KAFKA_LIBS}", "-DincludeScope=runtime"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"mvn could not fetch the Kafka jars:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    stamp.write_text(digest)
+    return KAFKA_LIBS
+
+
+def _kafka_dir(s: Settings) -> Path:
+    return s.var / "kafka"
+
+
+def _kafka_properties(s: Settings) -> str:
+    data = _kafka_dir(s) / "data"
+    host, port = s.kafka_host, s.kafka_port
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{port + 1}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={data}",
+        f"num.partitions={s.partitions}",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        # small machine: few threads, modest buffers
+        "num.network.threads=2",
+        "num.io.threads=4",
+        "log.retention.hours=72",
+        "log.segment.bytes=268435456",
+        "",
+    ])
+
+
+def _log4j_properties(s: Settings) -> str:
+    return "\n".join([
+        "log4j.rootLogger=INFO, stdout",
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender",
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout",
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n",
+        "log4j.logger.kafka=INFO",
+        "log4j.logger.org.apache.kafka=WARN",
+        "log4j.logger.state.change.logger=WARN",
+        "",
+    ])
+
+
+def kafka_up(s: Settings, timeout: float = 90.0) -> ComponentStatus:
+    kdir = _kafka_dir(s)
+    pid_file = _run_dir(s) / "kafka.pid"
+    log_file = kdir / "broker.log"
+    if read_pid(pid_file) and kafka_healthy(s):
+        return kafka_status(s)
+    if port_open(s.kafka_host, s.kafka_port) and not read_pid(pid_file):
+        raise StackError(f"port {s.kafka_port} is taken by a process this project did not start; "
+                         "set ORDERSTREAM_KAFKA_PORT to a free port")
+    libs = fetch_kafka_jars()
+    kdir.mkdir(parents=True, exist_ok=True)
+    props = kdir / "server.properties"
+    props.write_text(_kafka_properties(s))
+    (kdir / "log4j.properties").write_text(_log4j_properties(s))
+    classpath = f"{libs}/*"
+    java_base = ["java", f"-Xmx{s.kafka_heap_mb}m", f"-Xms{min(s.kafka_heap_mb, 256)}m",
+                 f"-Dlog4j.configuration=file:{kdir / 'log4j.properties'}", "-cp", classpath]
+    if not (kdir / "data" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        fmt = subprocess.run([*java_base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                             capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise StackError(f"formatting KRaft storage failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+    if not read_pid(pid_file):
+        spawn([*java_base, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+               "kafka.Kafka", str(props)], log_file, pid_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not read_pid(pid_file):
+            raise StackError(f"the Kafka broker exited during start-up; log tail:\n{log_tail(log_file)}")
+        if kafka_healthy(s):
+            ensure_topics(s)
+            return kafka_status(s)
+        time.sleep(0.5)
+    raise StackError(f"the Kafka broker did not answer within {timeout:.0f}s; log tail:\n{log_tail(log_file)}")
+
+
+def kafka_healthy(s: Settings, timeout: float = 3.0) -> bool:
+    if not port_open(s.kafka_host, s.kafka_port):
+        return False
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        md = AdminClient({"bootstrap.servers": s.bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+        return bool(md.brokers)
+    except Exception:  # KafkaException while the broker is still starting
+        return False
+
+
+def ensure_topics(s: Settings, names: TopicNames = default_names, partitions: int | None = None) -> None:
+    """Create any missing pipeline topic with the configured partition count (never shrinks one)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topics, compacted = names.ALL_TOPICS, names.COMPACTED
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return
+    new = [NewTopic(t, num_partitions=1 if t in compacted else (partitions or s.partitions), replication_factor=1,
+                    config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing]
+    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"could not create topic {topic}: {exc}") from exc
+
+
+def kafka_status(s: Settings) -> ComponentStatus:
+    pid = read_pid(_run_dir(s) / "kafka.pid")
+    healthy = kafka_healthy(s) if pid else False
+    return ComponentStatus("kafka", s.bootstrap, pid, healthy, "KRaft broker+controller" if healthy else "down")
+
+
+# ---------------------------------------------------------------- Redis
+
+def ensure_redis_installed() -> str:
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError("redis-server is missing; install Debian's package: apt-get install redis-server")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return path
+
+
+def redis_up(s: Settings, timeout: float = 20.0) -> ComponentStatus:
+    pid_file = _run_dir(s) / "redis.pid"
+    if read_pid(pid_file) and redis_healthy(s):
+        return redis_status(s)
+    if s.redis_url:
+        # an external Redis was configured: nothing to start, only to check
+        return redis_status(s)
+    if port_open("127.0.0.1", s.redis_port) and not read_pid(pid_file):
+        raise StackError(f"port {s.redis_port} is taken by a process this project did not start; "
+                         "set ORDERSTREAM_REDIS_PORT to a free port")
+    binary = ensure_redis_installed()
+    rdir = s.var / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    log_file = rdir / "redis.log"
+    # append-only file so a restarted Redis keeps reservations (the reliability tests restart it)
+    spawn([binary, "--port", str(s.redis_port), "--bind", "127.0.0.1", "--dir", str(rdir),
+           "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+           "--protected-mode", "yes"], log_file, pid_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if redis_healthy(s):
+            return redis_status(s)
+        if not read_pid(pid_file):
+            raise StackError(f"redis-server exited during start-up; log tail:\n{log_tail(log_file)}")
+        time.sleep(0.1)
+    raise StackError(f"redis-server did not answer within {timeout:.0f}s; log tail:\n{log_tail(log_file)}")
+
+
+def redis_healthy(s: Settings) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(s.redis, socket_timeout=1, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def redis_status(s: Settings) -> ComponentStatus:
+    pid = read_pid(_run_dir(s) / "redis.pid")
+    healthy = redis_healthy(s)
+    return ComponentStatus("redis", s.redis, pid, healthy, "" if healthy else "down")
+
+
+# ---------------------------------------------------------------- the whole stack
+
+def clickhouse_status(s: Settings) -> ComponentStatus:
+    if s.clickhouse_backend == "chdb":
+        path = s.var / "chdb"
+        return ComponentStatus("clickhouse", f"chdb:{path}", None, True, "embedded in the sink process")
+    return ComponentStatus("clickhouse", s.clickhouse_url, None, _clickhouse_server_healthy(s), "server")
+
+
+def _clickhouse_server_healthy(s: Settings) -> bool:
+    try:
+        from .clickhouse.backends import open_backend  # type: ignore[attr-defined]
+
+        backend = open_backend(s)
+        backend.query("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+def up(s: Settings | None = None) -> list[ComponentStatus]:
+    s = s or load_settings()
+    return [redis_up(s), kafka_up(s), clickhouse_status(s)]
+
+
+def status(s: Settings | None = None) -> list[ComponentStatus]:
+    s = s or load_settings()
+    return [kafka_status(s), redis_status(s), clickhouse_status(s)]
+
+
+def down(s: Settings | None = None) -> list[str]:
+    """Stop what `up` started (and any pipeline processes started through pipeline.processes)."""
+    s = s or load_settings()
+    stopped = []
+    for pid_file in sorted(_run_dir(s).glob("*.pid"), key=lambda p: p.name in ("kafka.pid", "redis.pid")):
+        if stop_pid_file(pid_file):
+            stopped.append(pid_file.stem)
+    return stopped
