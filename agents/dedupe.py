@@ -8,22 +8,29 @@ from pipeline.app import app, canonical, settings, unique
 from pipeline.codecs import order_codec
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
 
+from .common import headers_of, with_header
+
 ORDER_CODEC = order_codec()
 WINDOW = timedelta(seconds=settings.dedupe_window_s)
 
-# key = global order id; the window bounds state, RocksDB keeps it on disk
-seen_versions = app.Table("dedupe-seen", default=None, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="json",
+# key = global order id; the window bounds state, RocksDB keeps it on disk, expired windows are dropped
+seen_versions = app.Table("dedupe-seen", default=None, key_type=str, value_type=bytes,
+                          key_serializer="json", value_serializer="json",
                           partitions=settings.partitions).tumbling(WINDOW, expires=WINDOW * 2)
 
 
-def remembered(key: bytes) -> SeenVersion | None:
+def remembered(order_id: str) -> SeenVersion | None:
     """The newest version in the current window or the one before it (a full retention span)."""
-    entry = seen_versions[key]
+    entry = seen_versions[order_id]
     for value in (entry.current(), entry.delta(WINDOW)):
         if value:
             return SeenVersion.from_json(value)
     return None
+
+
+def risk_partition_key(order: dict) -> bytes:
+    """orders.unique is keyed by buyer IP so the risk agent's per-IP window table is co-partitioned."""
+    return (order["buyer"].get("ip") or order["order_id"]).encode()
 
 
 @app.agent(canonical)
@@ -31,11 +38,13 @@ async def dedupe_agent(stream):
     async for event in stream.events():
         msg = event.message
         order = ORDER_CODEC.decode(msg.value)
+        order_id = order["order_id"]
         incoming = version_of(order)
-        change = decide(remembered(msg.key), incoming)
+        change = decide(remembered(order_id), incoming)
         metrics.DEDUPE.labels(platform=order["platform"], outcome=change.value).inc()
         if change in (Change.NEW, Change.UPDATE):
-            headers = [*(msg.headers or []), ("change", change.value.encode())]
-            await unique.send(key=msg.key, value=msg.value, headers=headers)
-            # remember only after the send is queued: a crash in between re-emits (idempotent downstream)
-            seen_versions[msg.key] = incoming.to_json()
+            await unique.send(key=risk_partition_key(order), value=msg.value,
+                              headers=with_header(headers_of(msg), change=change.value))
+            # remember only after the send is queued: a crash in between re-emits, and every
+            # downstream effect (reservation, ClickHouse rows) is idempotent by order id/version
+            seen_versions[order_id] = incoming.to_json()

@@ -20,6 +20,8 @@ def producer(s: Settings, **overrides) -> Producer:
         "batch.num.messages": 10000,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 500000,
+        # the Java/aiokafka partitioner: keyed messages (decisions, stock) land where Faust expects
+        "partitioner": "murmur2_random",
     }
     conf.update(overrides)
     return Producer(conf)

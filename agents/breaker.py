@@ -1,0 +1,47 @@
+"""Stage 5: measure this worker's intake and open/close the degradation breaker.
+
+The normalize agent records every raw message in `intake`; a one-second timer feeds the rate
+to the breaker, publishes transitions on breaker.events and exports state as metrics. The
+risk agent reads `breaker.degraded` to choose the full or the lightweight path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from pipeline import metrics
+from pipeline.app import app, breaker_events, settings
+from pipeline.codecs import encode_json
+from pipeline.domain.breaker import BreakerState, DegradationBreaker, RateMeter
+
+from .common import now_ms
+
+log = logging.getLogger(__name__)
+
+STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+WORKER_NAME = f"{socket.gethostname()}:{settings.worker_web_port}:{os.getpid()}"
+
+intake = RateMeter(settings.breaker_window_s)
+breaker = DegradationBreaker(open_per_min=settings.breaker_open_per_min,
+                             close_per_min=settings.breaker_close_per_min,
+                             cooldown_s=settings.breaker_cooldown_s)
+metrics.BREAKER_STATE.set(0)
+
+
+@app.timer(interval=1.0)
+async def observe_intake():
+    now = time.monotonic()
+    rate = intake.rate_per_min(now)
+    metrics.INTAKE_RATE.set(rate)
+    transition = breaker.observe(rate, now)
+    if transition is None:
+        return
+    src, dst = transition.from_state.value, transition.to_state.value
+    metrics.BREAKER_STATE.set(STATE_VALUE[transition.to_state])
+    metrics.BREAKER_TRANSITIONS.labels(from_state=src, to_state=dst).inc()
+    log.warning("breaker %s -> %s at %.0f orders/min", src, dst, rate)
+    await breaker_events.send(key=WORKER_NAME.encode(), value=encode_json(
+        {"event": "transition", "from": src, "to": dst, "rate_per_min": round(rate, 1),
+         "at_ms": now_ms(), "worker": WORKER_NAME}))

@@ -1,0 +1,140 @@
+"""Stage 4: reserve stock in Redis for accepted orders; release on cancel/refund/rejection.
+
+The reservation itself is one Lua script (all lines or none, idempotent by order id), so
+several workers can never oversell. This agent only ranks warehouses, calls the store, retries
+while Redis is unreachable (the stream pauses, nothing is skipped) and publishes what happened.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+from pipeline import metrics
+from pipeline.app import accepted, app, channel_control, inventory_events, inventory_stock, settings
+from pipeline.codecs import decode_json, encode_json, order_codec
+from pipeline.domain.channels import channel_events
+from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Weights, score_warehouses
+from pipeline.inventory_store import AsyncInventoryStore, StockEventError
+from pipeline.topics import PLATFORMS, names
+
+from .common import headers_of, ms_since_raw, now_ms
+
+log = logging.getLogger(__name__)
+ORDER_CODEC = order_codec()
+RELEASING_STATES = {"CANCELLED"}
+_store: AsyncInventoryStore | None = None
+
+
+def store() -> AsyncInventoryStore:
+    global _store
+    if _store is None:
+        client = aioredis.Redis.from_url(settings.redis, socket_timeout=5, socket_connect_timeout=2)
+        _store = AsyncInventoryStore(client, prefix=f"{names.ns}inv", reservation_ttl_s=settings.idempotency_ttl_s)
+    return _store
+
+
+async def with_redis_retry(call, *args, **kwargs):
+    """Redis down (restart, failover): wait and retry with back-off; the stream simply pauses."""
+    delay = 0.1
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            metrics.REDIS_RETRIES.inc()
+            metrics.DEPENDENCY_UP.labels(dependency="redis").set(0)
+            log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def order_lines(order: dict) -> list[tuple[str, int]]:
+    units: dict[str, int] = defaultdict(int)
+    for line in order["lines"]:
+        units[line["sku"]] += line["quantity"]
+    return sorted(units.items())
+
+
+async def ranked_warehouses(order: dict, lines: list[tuple[str, int]]) -> list[str]:
+    """Weighted score (distance 40 %, depth 30 %, on-time 20 %, cost 10 %); depth = stock for this order."""
+    depth: dict[str, int] = defaultdict(int)
+    for sku, _ in lines:
+        for warehouse, units in (await with_redis_retry(store().available_by_warehouse, sku)).items():
+            depth[warehouse] += units
+    known = [w for w in DEFAULT_WAREHOUSES if w.id in depth] or list(DEFAULT_WAREHOUSES)
+    extra = sorted(set(depth) - {w.id for w in known})
+    scored = score_warehouses(known, order["address"]["province"], dict(depth), Weights())
+    return [wid for wid, _ in scored] + extra
+
+
+async def publish_channel_state(skus) -> None:
+    """Pause every channel but the primary one when a SKU falls below the safety stock; resume after."""
+    for sku in skus:
+        available = await with_redis_retry(store().total_available, sku)
+        should_pause = available < settings.safety_stock
+        # the flag flip is atomic in Redis: among many workers exactly one publishes the change
+        if not await with_redis_retry(store().set_channel_paused, sku, should_pause):
+            continue
+        for ev in channel_events(sku, available, settings.safety_stock, not should_pause, PLATFORMS,
+                                 settings.primary_platform, now_ms()):
+            metrics.CHANNEL_CONTROL.labels(action=ev["event"]).inc()
+            await channel_control.send(key=f"{sku}:{ev['platform']}".encode(), value=encode_json(ev))
+
+
+def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), reason="", latency_ms=None) -> bytes:
+    lines = [{"sku": sku, "quantity": qty, "warehouse": wh} for wh, sku, qty in allocations]
+    return encode_json({"event": kind, "order_id": order["order_id"], "platform": order["platform"],
+                        "at_ms": now_ms(), "warehouse": warehouse, "lines": lines,
+                        "units": sum(line["quantity"] for line in lines), "reason": reason,
+                        "latency_ms": latency_ms})
+
+
+async def release_order(order: dict, reason: str) -> None:
+    released = await with_redis_retry(store().release, order["order_id"], reason)
+    if released.released:
+        metrics.RESERVATIONS.labels(outcome="released").inc()
+        await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+            "released", order, allocations=released.allocations, reason=reason))
+        await publish_channel_state({sku for _, sku, _ in released.allocations})
+
+
+@app.agent(accepted)
+async def inventory_agent(stream):
+    async for event in stream.events():
+        msg = event.message
+        headers = headers_of(msg)
+        order = ORDER_CODEC.decode(msg.value)
+        if order["status"] in RELEASING_STATES:
+            await release_order(order, reason=f"order {order['status'].lower()}")
+            continue
+        if headers.get("change") == b"update":
+            continue  # status progress of a reserved order; the sink records it from orders.unique
+        lines = order_lines(order)
+        candidates = await ranked_warehouses(order, lines)
+        result = await with_redis_retry(store().reserve, order["order_id"], lines, candidates, "next")
+        latency = ms_since_raw(headers)
+        metrics.RESERVATIONS.labels(outcome=result.outcome).inc()
+        if latency is not None:
+            metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)
+        reason = "" if result.outcome != "out_of_stock" else ", ".join(f"{s} short {n}" for s, n in result.short.items())
+        await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+            result.outcome, order, warehouse=result.warehouse, allocations=result.allocations,
+            reason=reason, latency_ms=latency))
+        if result.outcome == "reserved":
+            await publish_channel_state({sku for sku, _ in lines})
+
+
+@app.agent(inventory_stock)
+async def stock_agent(stream):
+    async for event in stream.events():
+        msg = event.message
+        try:
+            stock = decode_json(msg.value)
+            await with_redis_retry(store().apply_stock_event, stock)
+        except (ValueError, StockEventError) as exc:
+            log.error("ignored bad stock event at %s:%s: %s", msg.partition, msg.offset, exc)
+            continue
+        await publish_channel_state({stock["sku"]})

@@ -1,0 +1,178 @@
+"""Stage 3: risk check. Rules are data (YAML file, then the compacted risk.rules topic).
+
+Clean orders go to orders.accepted, held ones to risk.queue, rejected ones stop here; every
+non-trivial verdict is an audit event on risk.events. Under degradation (breaker open) the
+expensive rules and external verifiers are skipped, the order is marked `checked_lightly`
+and queued on risk.recheck, which re-runs the full rule set once the breaker has closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline import metrics
+from pipeline.app import accepted, app, risk_events, risk_queue, risk_recheck, settings, unique
+from pipeline.codecs import encode_json, order_codec
+from pipeline.domain.risk import RiskContext, RuleSet, RuleSetError, evaluate, load_rule_file, verifiers_needed
+from pipeline.topics import names
+from pipeline.verifiers import VerifierClient
+
+from .breaker import breaker
+from .common import headers_of, now_ms, with_header
+from .inventory import release_order
+
+log = logging.getLogger(__name__)
+ORDER_CODEC = order_codec()
+IP_WINDOW = timedelta(seconds=settings.ip_window_s)
+
+
+class ActiveRules:
+    """The rule set this worker applies; replaced only by a newer, valid version."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        metrics.RULESET_VERSION.set(rules.version)
+
+    def offer(self, text: str) -> bool:
+        try:
+            candidate = RuleSet.parse(text)
+        except RuleSetError as exc:
+            metrics.RULESET_REJECTED.inc()
+            log.error("rejected rule set from %s, keeping version %s: %s", names.RISK_RULES, self.rules.version, exc)
+            return False
+        if candidate.version <= self.rules.version and candidate.source_text != self.rules.source_text:
+            log.warning("ignored rule set version %s (active is %s)", candidate.version, self.rules.version)
+            return False
+        self.rules = candidate
+        metrics.RULESET_VERSION.set(candidate.version)
+        log.info("risk rule set version %s active (%d rules)", candidate.version, len(candidate.rules))
+        return True
+
+
+active = ActiveRules(load_rule_file(settings.risk_rules_file))
+_verifier: VerifierClient | None = None
+
+# key = buyer IP; orders.unique is keyed by IP, so this table is co-partitioned with its stream
+ip_orders = app.Table("risk-ip-orders", default=int, key_type=str, value_type=int,
+                      key_serializer="json", value_serializer="json",
+                      partitions=settings.partitions).tumbling(IP_WINDOW, expires=IP_WINDOW * 2)
+
+
+def verifier() -> VerifierClient:
+    global _verifier
+    if _verifier is None:
+        base = settings.verifier_url or f"http://127.0.0.1:{settings.verifier_port}"
+        _verifier = VerifierClient(base, timeout_s=settings.verifier_timeout_s)
+    return _verifier
+
+
+@app.task
+async def follow_rule_topic():
+    """Every worker reads the whole compacted rules topic (no consumer group): same version everywhere."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(names.RISK_RULES, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.value:
+                        active.offer(record.value.decode("utf-8", errors="replace"))
+    finally:
+        await consumer.stop()
+
+
+async def full_check(order: dict, ip_count: int) -> tuple:
+    """Verdict with verifiers; an unavailable verifier makes the check light instead of stalling."""
+    names_needed = verifiers_needed(active.rules)
+    results = await verifier().verify_all(names_needed, order) if names_needed else {}
+    outcomes = {name: r.ok for name, r in results.items()}
+    for name, r in results.items():
+        metrics.VERIFIER_CALLS.labels(verifier=name, outcome="skipped" if r.skipped else
+                                      {True: "ok", False: "failed", None: "unavailable"}[r.ok]).inc()
+    unavailable = any(ok is None for ok in outcomes.values())
+    verdict = evaluate(active.rules, order, RiskContext(ip_order_count=ip_count, degraded=unavailable,
+                                                        verifier_results=outcomes))
+    return verdict, unavailable
+
+
+def risk_event(kind: str, order: dict, verdict) -> bytes:
+    return encode_json({
+        "event": kind, "order_id": order["order_id"], "platform": order["platform"], "at_ms": now_ms(),
+        "rule_ids": [h.rule_id for h in verdict.hits], "severity": max((h.severity for h in verdict.hits), default=""),
+        "approvers": list(verdict.approvers), "operator": None,
+        "reason": "; ".join(h.reason for h in verdict.hits), "amount_minor": order["amounts"]["total_minor"],
+        "currency": order["currency"], "ruleset_version": active.rules.version,
+    })
+
+
+@app.agent(unique)
+async def risk_agent(stream):
+    async for event in stream.events():
+        msg = event.message
+        headers = headers_of(msg)
+        order = ORDER_CODEC.decode(msg.value)
+        key = order["order_id"].encode()
+        metrics.STAGE_IN.labels(stage="risk", platform=order["platform"]).inc()
+        if headers.get("change") == b"update":
+            # a status change of a known order: fulfilment needs it (cancellations release stock)
+            await accepted.send(key=key, value=msg.value, headers=list(headers.items()))
+            metrics.STAGE_OUT.labels(stage="risk", platform=order["platform"], outcome="update").inc()
+            continue
+        ip = order["buyer"].get("ip")
+        ip_count = 0
+        if ip:
+            ip_orders[ip] += 1
+            ip_count = ip_orders[ip].current()
+        if breaker.degraded:
+            verdict = evaluate(active.rules, order, RiskContext(ip_order_count=ip_count, degraded=True,
+                                                                verifier_results={}))
+            light = True
+        else:
+            verdict, light = await full_check(order, ip_count)
+        order["risk_flags"] = [h.rule_id for h in verdict.hits]
+        order["checked_lightly"] = light
+        for hit in verdict.hits:
+            metrics.RISK_FLAGS.labels(rule=hit.rule_id).inc()
+        metrics.RISK_VERDICTS.labels(outcome=verdict.action).inc()
+        value = ORDER_CODEC.encode(order)
+        out_headers = with_header(headers, risk=verdict.action)
+        if verdict.action == "accept":
+            await accepted.send(key=key, value=value, headers=out_headers)
+            if verdict.hits:
+                await risk_events.send(key=key, value=risk_event("flagged", order, verdict))
+        elif verdict.action == "hold":
+            await risk_queue.send(key=key, value=value, headers=out_headers)
+            await risk_events.send(key=key, value=risk_event("held", order, verdict))
+        else:
+            await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
+        if light and verdict.action != "reject":
+            metrics.LIGHT_CHECKS.inc()
+            await risk_recheck.send(key=key, value=value, headers=out_headers)
+        metrics.STAGE_OUT.labels(stage="risk", platform=order["platform"], outcome=verdict.action).inc()
+
+
+@app.agent(risk_recheck)
+async def recheck_agent(stream):
+    """Full rule set for orders let through lightly, once the breaker has closed again."""
+    async for event in stream.events():
+        while breaker.degraded:
+            await asyncio.sleep(0.5)
+        msg = event.message
+        order = ORDER_CODEC.decode(msg.value)
+        key = order["order_id"].encode()
+        verdict, still_light = await full_check(order, ip_count=0)
+        await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
+        if verdict.action == "hold" and headers_of(msg).get("risk") == b"accept":
+            order["checked_lightly"] = still_light
+            await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=list(headers_of(msg).items()))
+            await risk_events.send(key=key, value=risk_event("held", order, verdict))
+        elif verdict.action == "reject":
+            await release_order(order, reason="risk_recheck_rejected")
+            await risk_events.send(key=key, value=risk_event("rejected", order, verdict))

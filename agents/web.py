@@ -1,0 +1,58 @@
+"""Worker HTTP endpoints (Faust's own web server): /metrics, /health, /ready, plus the lag gauge."""
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from pipeline import metrics
+from pipeline.app import app
+
+from .inventory import store
+
+
+@app.page("/metrics")
+async def metrics_page(web, request):
+    return web.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+async def dependency_health() -> dict[str, bool]:
+    broker_ok = bool(app.consumer and app.consumer.assignment()) or not app.rebalancing
+    try:
+        redis_ok = bool(await asyncio.wait_for(store().redis.ping(), timeout=1.0))
+    except Exception:  # any failure is "down" for a probe
+        redis_ok = False
+    status = {"broker": broker_ok, "redis": redis_ok}
+    for name, ok in status.items():
+        metrics.DEPENDENCY_UP.labels(dependency=name).set(1 if ok else 0)
+    return status
+
+
+@app.page("/health")
+async def health_page(web, request):
+    status = await dependency_health()
+    return web.json({"ok": all(status.values()), **status}, status=200 if all(status.values()) else 503)
+
+
+def is_ready() -> bool:
+    """Assigned partitions, recovered tables, no rebalance in progress."""
+    return (not app.rebalancing and app.tables.recovery.completed.is_set()
+            and bool(app.consumer.assignment()))
+
+
+@app.page("/ready")
+async def ready_page(web, request):
+    ready = is_ready()
+    return web.json({"ready": ready}, status=200 if ready else 503)
+
+
+@app.timer(interval=5.0)
+async def export_consumer_lag():
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        done = committed.get(tp)
+        if high is None:
+            continue
+        metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - (done or 0)))

@@ -1,0 +1,80 @@
+"""Every Prometheus metric the pipeline exports, in one place so names and labels stay consistent.
+
+Naming: `orderstream_<thing>_<unit>`; labels are drawn from a small fixed set (platform, stage,
+outcome, reason, rule, topic, partition, state) so dashboards can aggregate across stages.
+Each worker process serves its own registry on its own port (/metrics), so several workers on
+one host never share counters.
+"""
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# -- per stage --------------------------------------------------------------------------------
+STAGE_IN = Counter("orderstream_stage_in_total", "Messages a stage consumed.", ["stage", "platform"])
+STAGE_OUT = Counter("orderstream_stage_out_total", "Messages a stage emitted, by outcome.",
+                    ["stage", "platform", "outcome"])
+STAGE_LATENCY = Histogram("orderstream_stage_latency_seconds", "Time a stage spent on one message.",
+                          ["stage"], buckets=_LATENCY_BUCKETS)
+END_TO_END_LATENCY = Histogram("orderstream_end_to_end_latency_seconds",
+                               "From the raw message's broker timestamp to the reservation decision.",
+                               ["platform"], buckets=_LATENCY_BUCKETS)
+
+# -- normalize --------------------------------------------------------------------------------
+DEAD_LETTERS = Counter("orderstream_dead_letters_total", "Raw messages sent to the dead-letter topic.",
+                       ["platform", "reason"])
+GHOST_FALLBACKS = Counter("orderstream_ghost_order_fallbacks_total",
+                          "Orders whose platform id was unusable and fell back to another reference.",
+                          ["platform"])
+
+# -- dedupe -----------------------------------------------------------------------------------
+DEDUPE = Counter("orderstream_dedupe_total", "Dedupe decisions (new, update, duplicate, stale).",
+                 ["platform", "outcome"])
+
+# -- risk -------------------------------------------------------------------------------------
+RISK_FLAGS = Counter("orderstream_risk_flags_total", "Rule hits.", ["rule"])
+RISK_VERDICTS = Counter("orderstream_risk_verdicts_total", "Risk outcomes (accept, hold, reject).", ["outcome"])
+RISK_DECISIONS = Counter("orderstream_risk_decisions_total",
+                         "Hold resolutions (approved, rejected, auto_released).", ["outcome"])
+RISK_HELD = Gauge("orderstream_risk_held_orders", "Orders waiting for a decision on this worker.")
+RULESET_VERSION = Gauge("orderstream_risk_ruleset_version", "Version of the active rule set.")
+RULESET_REJECTED = Counter("orderstream_risk_ruleset_rejected_total", "Rule sets that failed to parse.")
+VERIFIER_CALLS = Counter("orderstream_verifier_calls_total", "External verifier calls.", ["verifier", "outcome"])
+
+# -- inventory --------------------------------------------------------------------------------
+RESERVATIONS = Counter("orderstream_reservations_total",
+                       "Reservation outcomes (reserved, out_of_stock, duplicate, released).", ["outcome"])
+CHANNEL_CONTROL = Counter("orderstream_channel_control_total", "Channel pause/resume events.", ["action"])
+REDIS_RETRIES = Counter("orderstream_redis_retries_total", "Redis calls retried after a connection error.")
+
+# -- breaker ----------------------------------------------------------------------------------
+BREAKER_STATE = Gauge("orderstream_breaker_state", "Degradation breaker: 0 closed, 1 half-open, 2 open.")
+BREAKER_TRANSITIONS = Counter("orderstream_breaker_transitions_total", "Breaker transitions.",
+                              ["from_state", "to_state"])
+INTAKE_RATE = Gauge("orderstream_intake_rate_per_minute", "Raw orders per minute over the sliding window.")
+LIGHT_CHECKS = Counter("orderstream_checked_lightly_total", "Orders let through on the degraded path.")
+
+# -- consumers --------------------------------------------------------------------------------
+CONSUMER_LAG = Gauge("orderstream_consumer_lag_messages", "End offset minus committed offset.",
+                     ["topic", "partition"])
+
+# -- sink -------------------------------------------------------------------------------------
+SINK_ROWS = Counter("orderstream_sink_rows_total", "Rows inserted into ClickHouse.", ["table"])
+SINK_BATCH_ROWS = Histogram("orderstream_sink_batch_rows", "Rows per ClickHouse insert.",
+                            buckets=(1, 10, 100, 1000, 5000, 10000, 50000))
+SINK_BATCH_LATENCY = Histogram("orderstream_sink_batch_latency_seconds", "Time of one ClickHouse insert.",
+                               buckets=_LATENCY_BUCKETS)
+SINK_FAILURES = Counter("orderstream_sink_failures_total", "ClickHouse inserts that failed (and were retried).",
+                        ["table"])
+
+# -- health -----------------------------------------------------------------------------------
+DEPENDENCY_UP = Gauge("orderstream_dependency_up", "1 when a dependency answered its last probe.", ["dependency"])
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name this process can export (counter `_total`, histogram `_bucket`, ...)."""
+    out: set[str] = set()
+    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - registry has no public listing
+        out.update(REGISTRY._collector_to_names[collector])  # noqa: SLF001
+    return {n for n in out if n.startswith("orderstream_")}

@@ -1,0 +1,80 @@
+"""A real pipeline per test module: its own topic namespace, a real worker process on the real broker."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from pipeline import kafka_io, processes, stack
+from pipeline.config import load_settings
+from pipeline.replay import wait_drained
+from pipeline.topics import TopicNames
+
+pytestmark = pytest.mark.stack
+
+
+class Pipeline:
+    """Start/stop workers and produce/read messages inside one namespace."""
+
+    def __init__(self, namespace: str, env: dict[str, str]):
+        self.ns = namespace
+        self.env = {"ORDERSTREAM_NAMESPACE": namespace, **env}
+        self.names = TopicNames(namespace)
+        self.procs: dict[str, processes.Proc] = {}
+        os.environ.update(self.env)
+        self.s = load_settings()
+        stack.up(self.s)
+        stack.ensure_topics(self.s, self.names)
+        self.producer = kafka_io.producer(self.s)
+
+    @property
+    def group(self) -> str:
+        return self.ns + self.s.app_id
+
+    def start_worker(self, index: int = 0, **overrides: str) -> processes.Proc:
+        env = {**self.env, **overrides}
+        proc = processes.start(self.s, f"{self.ns}worker-{index}", ["worker"],
+                               {**env, "ORDERSTREAM_WORKER_WEB_PORT": str(self.s.worker_web_port + 10 + index)})
+        processes.wait_http(f"http://127.0.0.1:{self.s.worker_web_port + 10 + index}/ready", proc, timeout=120)
+        self.procs[f"worker-{index}"] = proc
+        return proc
+
+    def worker_url(self, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.s.worker_web_port + 10 + index}"
+
+    def start_verifiers(self) -> processes.Proc:
+        proc = processes.start_verifiers(self.s, self.env)
+        self.procs["verifiers"] = proc
+        return proc
+
+    def produce(self, records) -> None:
+        """records: (topic, key, value) tuples."""
+        kafka_io.produce_all(self.producer, ((t, k, v, None) for t, k, v in records))
+
+    def read(self, topic: str, idle_s: float = 1.5):
+        return list(kafka_io.read_topics(self.s, [topic], idle_s=idle_s))
+
+    def drain(self, timeout: float = 120.0) -> None:
+        wait_drained(self.s, self.names, self.group, timeout)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline_factory():
+    made: list[Pipeline] = []
+    saved = dict(os.environ)
+
+    def make(**env: str) -> Pipeline:
+        p = Pipeline(f"t{uuid.uuid4().hex[:8]}.", {k: str(v) for k, v in env.items()})
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+    os.environ.clear()
+    os.environ.update(saved)
