@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pipeline import metrics
-from pipeline.app import app, canonical, settings, unique
+from pipeline.app import app, json_table, canonical, settings, unique
 from pipeline.codecs import order_codec
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
 
@@ -14,9 +14,7 @@ ORDER_CODEC = order_codec()
 WINDOW = timedelta(seconds=settings.dedupe_window_s)
 
 # key = global order id; the window bounds state, RocksDB keeps it on disk, expired windows are dropped
-seen_versions = app.Table("dedupe-seen", default=None, key_type=str, value_type=bytes,
-                          key_serializer="json", value_serializer="json",
-                          partitions=settings.partitions).tumbling(WINDOW, expires=WINDOW * 2)
+seen_versions = json_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=WINDOW * 2)
 
 
 def remembered(order_id: str) -> SeenVersion | None:
@@ -40,11 +38,12 @@ async def dedupe_agent(stream):
         order = ORDER_CODEC.decode(msg.value)
         order_id = order["order_id"]
         incoming = version_of(order)
-        change = decide(remembered(order_id), incoming)
+        source = f"{msg.partition}:{msg.offset}"
+        change = decide(remembered(order_id), incoming, source)
         metrics.DEDUPE.labels(platform=order["platform"], outcome=change.value).inc()
         if change in (Change.NEW, Change.UPDATE):
             await unique.send(key=risk_partition_key(order), value=msg.value,
                               headers=with_header(headers_of(msg), change=change.value))
-            # remember only after the send is queued: a crash in between re-emits, and every
-            # downstream effect (reservation, ClickHouse rows) is idempotent by order id/version
-            seen_versions[order_id] = incoming.to_json()
+            # a crash may land this table write without the send above: the source offset stored
+            # with it makes re-processing re-emit (see decide); effects downstream are idempotent
+            seen_versions[order_id] = incoming.remembered_as(source, change).to_json()

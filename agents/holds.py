@@ -8,13 +8,14 @@ rebuilt from its changelog and the timer of whichever worker owns the partition 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 
 from pipeline import metrics
-from pipeline.app import accepted, app, risk_decisions, risk_events, risk_queue, settings
+from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, risk_queue, settings
 from pipeline.codecs import encode_json, order_codec
-from pipeline.domain.holds import DecisionError, apply_decision, due_holds, new_hold, parse_decision, timeout_decision
-from pipeline.domain.risk import evaluate_summary
+from pipeline.domain.holds import (DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
+                                   timeout_decision)
 from pipeline.topics import names
 
 from .common import headers_of, now_ms
@@ -23,8 +24,7 @@ from .inventory import release_order
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
 
-holds = app.Table("risk-holds", default=None, key_type=str, value_type=bytes,
-                  key_serializer="json", value_serializer="json", partitions=settings.partitions)
+holds = json_table("risk-holds")
 
 
 @app.agent(app.topic(names.RISK_QUEUE, names.RISK_DECISIONS, key_type=bytes, value_type=bytes,
@@ -36,18 +36,18 @@ async def holds_agent(stream):
             await hold(msg)
         else:
             await decide(msg)
-        metrics.RISK_HELD.set(len(holds))
 
 
 async def hold(msg) -> None:
     order = ORDER_CODEC.decode(msg.value)
     order_id = order["order_id"]
     if holds.get(order_id) is not None:
-        return  # a redelivered hold keeps its original deadline
-    summary = evaluate_summary(order)
-    record = new_hold(order_id, order["platform"], now_ms(), summary, settings.risk_hold_timeout_s, msg.partition)
+        return  # a redelivered hold keeps its original deadline (and a decided one stays decided)
+    headers = headers_of(msg)
+    verdict = json.loads(headers.get("verdict", b"{}"))
+    record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition)
     record["order_b64"] = base64.b64encode(msg.value).decode()
-    record["headers"] = {k: v.decode(errors="replace") for k, v in headers_of(msg).items()}
+    record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != "verdict"}
     holds[order_id] = record
     log.info("held", extra={"order_id": order_id})
 
@@ -59,28 +59,48 @@ async def decide(msg) -> None:
         log.error("ignored malformed decision at %s:%s:%s: %s", msg.topic, msg.partition, msg.offset, exc)
         metrics.RISK_DECISIONS.labels(outcome="malformed").inc()
         return
+    source = f"{msg.partition}:{msg.offset}"
     record = holds.get(decision.order_id)
     resolution = apply_decision(record, decision)
-    metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
     if resolution.outcome == "ignored":
+        if record is not None and record.get("decided_by") == source:
+            # re-processing after a crash: the table kept the resolution, the outputs may be lost
+            await publish_resolution(record, record["resolution_event"])
+        else:
+            metrics.RISK_DECISIONS.labels(outcome="ignored").inc()
         return
-    key = decision.order_id.encode()
+    metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
+    # resolved holds stay in the table (marked), so late or repeated decisions are ignored
+    holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
+                                "resolution_event": resolution.event}
+    await publish_resolution(record, resolution.event)
+    log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
+
+
+async def publish_resolution(record: dict, event: dict) -> None:
+    key = record["order_id"].encode()
     order_bytes = base64.b64decode(record["order_b64"])
-    if resolution.outcome in ("approved", "auto_released"):
-        headers = [(k, v.encode()) for k, v in record.get("headers", {}).items()]
-        await accepted.send(key=key, value=order_bytes, headers=headers + [("risk", resolution.outcome.encode())])
+    if event["event"] in ("approved", "auto_released"):
+        headers = [(k, v.encode()) for k, v in record.get("headers", {}).items() if k != "risk"]
+        await accepted.send(key=key, value=order_bytes, headers=headers + [("risk", event["event"].encode())])
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
         await release_order(ORDER_CODEC.decode(order_bytes), reason="risk_rejected")
-    await risk_events.send(key=key, value=encode_json(resolution.event))
-    holds.pop(decision.order_id, None)
-    log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
+    await risk_events.send(key=key, value=encode_json(event))
+
+
+_requested: dict[str, float] = {}
 
 
 @app.timer(interval=1.0)
 async def release_overdue_holds():
     """Default policy: no decision within the timeout -> release. Only this worker's partitions."""
-    due = due_holds(list(holds.items()), now_ms())
-    for order_id in due:
-        decision = timeout_decision(order_id, now_ms())
+    now = now_ms()
+    items = list(holds.items())
+    metrics.RISK_HELD.set(sum(1 for _, h in items if h and h.get("status") == "held"))
+    for order_id in due_holds(items, now):
+        if now - _requested.get(order_id, 0) < 10_000:
+            continue  # already requested; the decision is on its way through risk.decisions
+        _requested[order_id] = now
+        decision = timeout_decision(order_id, now, settings.risk_hold_timeout_s)
         await risk_decisions.send(key=order_id.encode(), value=encode_json(decision.to_json()))

@@ -59,14 +59,11 @@ def order_lines(order: dict) -> list[tuple[str, int]]:
 
 
 async def ranked_warehouses(order: dict, lines: list[tuple[str, int]]) -> list[str]:
-    """Weighted score (distance 40 %, depth 30 %, on-time 20 %, cost 10 %); depth = stock for this order."""
-    depth: dict[str, int] = defaultdict(int)
-    for sku, _ in lines:
-        for warehouse, units in (await with_redis_retry(store().available_by_warehouse, sku)).items():
-            depth[warehouse] += units
+    """Weighted score (distance 40 %, depth 30 %, on-time 20 %, cost 10 %); depth = what this order can get."""
+    depth = await with_redis_retry(store().depth_for, [sku for sku, _ in lines])
     known = [w for w in DEFAULT_WAREHOUSES if w.id in depth] or list(DEFAULT_WAREHOUSES)
     extra = sorted(set(depth) - {w.id for w in known})
-    scored = score_warehouses(known, order["address"]["province"], dict(depth), Weights())
+    scored = score_warehouses(known, order["address"]["province"], depth, Weights())
     return [wid for wid, _ in scored] + extra
 
 
@@ -92,13 +89,15 @@ def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), r
                         "latency_ms": latency_ms})
 
 
-async def release_order(order: dict, reason: str) -> None:
+async def release_order(order: dict, reason: str) -> bool:
+    """Give back what the order holds; False when it held nothing (a tombstone still blocks a late reserve)."""
     released = await with_redis_retry(store().release, order["order_id"], reason)
     if released.released:
         metrics.RESERVATIONS.labels(outcome="released").inc()
         await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
             "released", order, allocations=released.allocations, reason=reason))
         await publish_channel_state({sku for _, sku, _ in released.allocations})
+    return released.released
 
 
 @app.agent(accepted)
@@ -108,7 +107,11 @@ async def inventory_agent(stream):
         headers = headers_of(msg)
         order = ORDER_CODEC.decode(msg.value)
         if order["status"] in RELEASING_STATES:
-            await release_order(order, reason=f"order {order['status'].lower()}")
+            if not await release_order(order, reason=f"order {order['status'].lower()}") \
+                    and headers.get("change") != b"update":
+                # an order that arrives already cancelled never needs stock: say so explicitly
+                await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+                    "cancelled", order, reason="cancelled before reservation"))
             continue
         if headers.get("change") == b"update":
             continue  # status progress of a reserved order; the sink records it from orders.unique
@@ -116,13 +119,20 @@ async def inventory_agent(stream):
         candidates = await ranked_warehouses(order, lines)
         result = await with_redis_retry(store().reserve, order["order_id"], lines, candidates, "next")
         latency = ms_since_raw(headers)
+        outcome = result.outcome
+        if outcome == "released":
+            outcome = "cancelled"  # cancelled (tombstone) before this reservation attempt came
+        elif outcome == "duplicate" and result.original_outcome == "reserved":
+            # re-processing (crash, replay, approval of a light-path order): Redis kept one
+            # reservation; the event is re-published under its natural key (order id, event)
+            outcome = "reserved"
         metrics.RESERVATIONS.labels(outcome=result.outcome).inc()
-        if latency is not None:
+        if latency is not None and result.outcome != "duplicate":
             metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)
-        reason = "" if result.outcome != "out_of_stock" else ", ".join(f"{s} short {n}" for s, n in result.short.items())
+        reason = ", ".join(f"{s} short {n}" for s, n in result.short.items()) if outcome == "out_of_stock" else ""
         await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
-            result.outcome, order, warehouse=result.warehouse, allocations=result.allocations,
-            reason=reason, latency_ms=latency))
+            outcome, order, warehouse=result.warehouse, allocations=result.allocations,
+            reason=reason, latency_ms=latency if result.outcome != "duplicate" else None))
         if result.outcome == "reserved":
             await publish_channel_state({sku for sku, _ in lines})
 

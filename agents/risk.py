@@ -8,13 +8,14 @@ and queued on risk.recheck, which re-runs the full rule set once the breaker has
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
-from pipeline.app import accepted, app, risk_events, risk_queue, risk_recheck, settings, unique
+from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, risk_queue, risk_recheck, settings, unique
 from pipeline.codecs import encode_json, order_codec
 from pipeline.domain.risk import RiskContext, RuleSet, RuleSetError, evaluate, load_rule_file, verifiers_needed
 from pipeline.topics import names
@@ -56,9 +57,7 @@ active = ActiveRules(load_rule_file(settings.risk_rules_file))
 _verifier: VerifierClient | None = None
 
 # key = buyer IP; orders.unique is keyed by IP, so this table is co-partitioned with its stream
-ip_orders = app.Table("risk-ip-orders", default=int, key_type=str, value_type=int,
-                      key_serializer="json", value_serializer="json",
-                      partitions=settings.partitions).tumbling(IP_WINDOW, expires=IP_WINDOW * 2)
+ip_orders = json_table("risk-ip-orders", default=int).tumbling(IP_WINDOW, expires=IP_WINDOW * 2)
 
 
 def verifier() -> VerifierClient:
@@ -102,6 +101,13 @@ async def full_check(order: dict, ip_count: int) -> tuple:
     return verdict, unavailable
 
 
+def verdict_summary(order: dict, verdict) -> dict:
+    """What the holds agent needs to know about why an order is held (travels as a header)."""
+    return {"hits": [h.to_json() for h in verdict.hits], "approvers": list(verdict.approvers),
+            "amount_minor": order["amounts"]["total_minor"], "currency": order["currency"],
+            "ruleset_version": active.rules.version}
+
+
 def risk_event(kind: str, order: dict, verdict) -> bytes:
     return encode_json({
         "event": kind, "order_id": order["order_id"], "platform": order["platform"], "at_ms": now_ms(),
@@ -142,7 +148,7 @@ async def risk_agent(stream):
             metrics.RISK_FLAGS.labels(rule=hit.rule_id).inc()
         metrics.RISK_VERDICTS.labels(outcome=verdict.action).inc()
         value = ORDER_CODEC.encode(order)
-        out_headers = with_header(headers, risk=verdict.action)
+        out_headers = with_header(headers, risk=verdict.action, verdict=json.dumps(verdict_summary(order, verdict)))
         if verdict.action == "accept":
             await accepted.send(key=key, value=value, headers=out_headers)
             if verdict.hits:
@@ -169,10 +175,17 @@ async def recheck_agent(stream):
         key = order["order_id"].encode()
         verdict, still_light = await full_check(order, ip_count=0)
         await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
-        if verdict.action == "hold" and headers_of(msg).get("risk") == b"accept":
+        headers = headers_of(msg)
+        if verdict.action == "hold" and headers.get("risk") == b"accept":
             order["checked_lightly"] = still_light
-            await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=list(headers_of(msg).items()))
+            await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=with_header(
+                headers, risk="hold", verdict=json.dumps(verdict_summary(order, verdict))))
             await risk_events.send(key=key, value=risk_event("held", order, verdict))
         elif verdict.action == "reject":
             await release_order(order, reason="risk_recheck_rejected")
             await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
+            if headers.get("risk") == b"hold":
+                # it is waiting in the risk queue: close that hold too
+                await risk_decisions.send(key=key, value=encode_json({
+                    "order_id": order["order_id"], "action": "reject", "operator": "recheck",
+                    "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))

@@ -17,11 +17,14 @@ def _store_url() -> str:
     return "rocksdb://" if settings.table_store == "rocksdb" else "memory://"
 
 
+DATADIR = settings.var / "faust" / f"{t.NAMESPACE}worker-{settings.worker_web_port}"
+DATADIR.parent.mkdir(parents=True, exist_ok=True)
+
 app = faust.App(
     t.NAMESPACE + settings.app_id,
     broker=f"kafka://{settings.bootstrap}",
     store=_store_url(),
-    datadir=str(settings.var / "faust" / f"worker-{settings.worker_web_port}"),
+    datadir=str(DATADIR),
     topic_partitions=settings.partitions,
     topic_replication_factor=1,
     topic_allow_declare=True,
@@ -63,3 +66,9 @@ inventory_events = raw_topic(t.INVENTORY_EVENTS)
 channel_control = raw_topic(t.CHANNEL_CONTROL)
 breaker_events = raw_topic(t.BREAKER_EVENTS)
 dlq = raw_topic(t.DLQ)
+
+
+def json_table(name: str, default=None) -> faust.Table:
+    """A changelogged table with JSON keys and values (the app default is raw bytes)."""
+    schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
+    return app.Table(name, default=default, schema=schema, partitions=settings.partitions)

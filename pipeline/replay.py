@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+from datetime import datetime, timezone
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,7 +69,8 @@ def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=N
     producer = kafka_io.producer(s)
     kafka_io.produce_all(producer, ((names.INVENTORY_STOCK, f"{e['warehouse']}:{e['sku']}".encode(),
                                      encode_json(e), None) for e in stock_events(cfg)))
-    messages = list(generate_stream(cfg.count, cfg.seed, cfg.mix))
+    # event times start now, so SLA countdowns and time checks see a live sale
+    messages = list(generate_stream(cfg.count, cfg.seed, cfg.mix, start=datetime.now(timezone.utc)))
     offsets = send_offsets(len(messages), cfg)
     coordinates: dict[int, tuple[str, int, int]] = {}
     failures: list[str] = []
@@ -119,8 +121,10 @@ def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
     return lag
 
 
-def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0) -> float:
-    """Wait until the worker group has committed everything on every pipeline input topic."""
+def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0,
+                 check_alive=None) -> float:
+    """Wait until the worker group has committed everything on every pipeline input topic.
+    `check_alive()` may raise to stop waiting early (a worker that crashed will never drain)."""
     topics = [*names.RAW_TOPICS, names.CANONICAL, names.UNIQUE, names.ACCEPTED, names.RISK_QUEUE,
               names.RISK_DECISIONS, names.INVENTORY_STOCK]
     start = time.monotonic()
@@ -133,6 +137,8 @@ def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float,
                 return time.monotonic() - start
         else:
             zero_since = None
+        if check_alive:
+            check_alive()
         time.sleep(0.5)
     raise TimeoutError(f"pipeline did not drain within {timeout:.0f}s (lag {lag})")
 
@@ -178,10 +184,11 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     reserved = {o for o, evs in inv_by_order.items() if "reserved" in evs}
     out_of_stock = {o for o, evs in inv_by_order.items() if evs & {"out_of_stock", "backorder"}} - reserved
     released = {o for o, evs in inv_by_order.items() if "released" in evs}
+    cancelled = {o for o, evs in inv_by_order.items() if "cancelled" in evs} - reserved
     rejected = verdicts["rejected"]
     still_held = verdicts["held"] - verdicts["approved"] - verdicts["auto_released"] - rejected
     unaccounted = expected_new - accepted_new - rejected - still_held
-    not_reserved = accepted_new - reserved - out_of_stock - rejected
+    not_reserved = accepted_new - reserved - out_of_stock - cancelled - rejected
     latencies = [ev["latency_ms"] for ev in inventory if ev.get("latency_ms") is not None
                  and ev["event"] in ("reserved", "out_of_stock", "backorder")]
     units_reserved = sum(ev["units"] for ev in inventory if ev["event"] == "reserved")
@@ -211,6 +218,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
         "units_reserved": units_reserved,
         "out_of_stock": len(out_of_stock),
         "released": len(released),
+        "cancelled_before_reservation": len(cancelled),
         "breaker_transitions": [f"{b['from']}->{b['to']}" for b in breaker],
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "p99": percentile(latencies, 99), "samples": len(latencies)},
@@ -235,18 +243,18 @@ def worker_peak_rss_mb(s: Settings) -> float | None:
 
 
 def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig, progress=None,
-               settle_holds_s: float = 0.0) -> dict:
+               settle_holds_s: float = 0.0, check_alive=None) -> dict:
     """Produce, wait for the pipeline to drain, reconcile. With settle_holds_s, also wait that long
     for held orders to be decided or released by the default policy before the final count."""
     t0 = time.monotonic()
     messages, produced = produce_replay(s, names, cfg, progress)
-    drain_s = wait_drained(s, names, app_group, cfg.drain_timeout_s)
+    drain_s = wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
     elapsed = time.monotonic() - t0
     report = reconcile(s, names, messages, produced["coordinates"])
     deadline = time.monotonic() + settle_holds_s
     while report["awaiting_decision"] and time.monotonic() < deadline:
         time.sleep(2)
-        wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0)
+        wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0, check_alive=check_alive)
         report = reconcile(s, names, messages, produced["coordinates"])
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},

@@ -28,13 +28,21 @@ class SeenVersion:
     fingerprint: str
     updated_at_ms: int
     status_rank: int
+    # the canonical message ("partition:offset") that made this the newest version, and how it
+    # was classified: re-processing that same message after a crash re-emits instead of dropping
+    source: str = ""
+    change: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "SeenVersion":
-        return cls(data["fingerprint"], int(data["updated_at_ms"]), int(data["status_rank"]))
+        return cls(data["fingerprint"], int(data["updated_at_ms"]), int(data["status_rank"]),
+                   data.get("source", ""), data.get("change", ""))
+
+    def remembered_as(self, source: str, change: "Change") -> "SeenVersion":
+        return SeenVersion(self.fingerprint, self.updated_at_ms, self.status_rank, source, change.value)
 
 
 def version_of(order: dict) -> SeenVersion:
@@ -43,10 +51,17 @@ def version_of(order: dict) -> SeenVersion:
     return SeenVersion(content_fingerprint(order), updated_ms, _STATUS_RANK[order["status"]])
 
 
-def decide(previous: SeenVersion | None, incoming: SeenVersion) -> Change:
-    """Classify `incoming` against the newest version seen so far."""
+def decide(previous: SeenVersion | None, incoming: SeenVersion, source: str = "") -> Change:
+    """Classify `incoming` (read from canonical message `source`) against the newest version seen.
+
+    At-least-once processing re-reads messages after a crash. If the table already remembers
+    this very message, its output may or may not have reached the broker, so it is emitted
+    again (downstream effects are idempotent); a redelivery is a *different* message and is dropped.
+    """
     if previous is None:
         return Change.NEW
+    if source and previous.source == source:
+        return Change(previous.change)
     if incoming.fingerprint == previous.fingerprint:
         return Change.DUPLICATE
     # newer modification time wins; on a tie the further-along status wins

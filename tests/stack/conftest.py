@@ -1,6 +1,7 @@
 """A real pipeline per test module: its own topic namespace, a real worker process on the real broker."""
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 
@@ -14,11 +15,15 @@ from pipeline.topics import TopicNames
 pytestmark = pytest.mark.stack
 
 
+_port_offsets = itertools.count(10, 4)
+
+
 class Pipeline:
     """Start/stop workers and produce/read messages inside one namespace."""
 
     def __init__(self, namespace: str, env: dict[str, str]):
         self.ns = namespace
+        self.port_offset = next(_port_offsets)  # pipelines alive at once never share a web port
         self.env = {"ORDERSTREAM_NAMESPACE": namespace, **env}
         self.names = TopicNames(namespace)
         self.procs: dict[str, processes.Proc] = {}
@@ -35,13 +40,16 @@ class Pipeline:
     def start_worker(self, index: int = 0, **overrides: str) -> processes.Proc:
         env = {**self.env, **overrides}
         proc = processes.start(self.s, f"{self.ns}worker-{index}", ["worker"],
-                               {**env, "ORDERSTREAM_WORKER_WEB_PORT": str(self.s.worker_web_port + 10 + index)})
-        processes.wait_http(f"http://127.0.0.1:{self.s.worker_web_port + 10 + index}/ready", proc, timeout=120)
+                               {**env, "ORDERSTREAM_WORKER_WEB_PORT": str(self.worker_port(index))})
+        processes.wait_http(f"{self.worker_url(index)}/ready", proc, timeout=120)
         self.procs[f"worker-{index}"] = proc
         return proc
 
+    def worker_port(self, index: int = 0) -> int:
+        return self.s.worker_web_port + self.port_offset + index
+
     def worker_url(self, index: int = 0) -> str:
-        return f"http://127.0.0.1:{self.s.worker_web_port + 10 + index}"
+        return f"http://127.0.0.1:{self.worker_port(index)}"
 
     def start_verifiers(self) -> processes.Proc:
         proc = processes.start_verifiers(self.s, self.env)
@@ -55,8 +63,13 @@ class Pipeline:
     def read(self, topic: str, idle_s: float = 1.5):
         return list(kafka_io.read_topics(self.s, [topic], idle_s=idle_s))
 
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if not proc.alive():
+                raise RuntimeError(f"{name} died; log tail:\n{proc.tail(60)}")
+
     def drain(self, timeout: float = 120.0) -> None:
-        wait_drained(self.s, self.names, self.group, timeout)
+        wait_drained(self.s, self.names, self.group, timeout, check_alive=self.check_alive)
 
     def stop(self) -> None:
         for proc in self.procs.values():

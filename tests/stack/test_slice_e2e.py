@@ -16,7 +16,7 @@ def test_mixed_batch_is_accounted_for_exactly(pipeline_factory):
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_worker()
     cfg = ReplayConfig(count=800, seed=3, mix=ReplayMix(malformed=0.05), drain_timeout_s=180)
-    report = run_replay(p.s, p.names, p.group, cfg, settle_holds_s=30)
+    report = run_replay(p.s, p.names, p.group, cfg, settle_holds_s=30, check_alive=p.check_alive)
 
     assert report["produced"] == 800
     assert report["canonical"] + report["dead_lettered"] == report["produced"]

@@ -1,0 +1,338 @@
+"""InventoryStore against the real redis-server: atomic, idempotent reservations and releases."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis
+import redis.asyncio
+
+from pipeline.inventory_store import (AsyncInventoryStore, InventoryStore, ReserveRequest, StockEventError,
+                                      StockLevel)
+
+pytestmark = pytest.mark.stack
+
+NOW = 1_700_000_000_000
+
+
+def _purge(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture()
+def client(redis_url):
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def store(client, redis_prefix):
+    yield InventoryStore(client, prefix=redis_prefix)
+    _purge(client, redis_prefix)
+
+
+def reserved_sum(store: InventoryStore, sku: str) -> int:
+    return sum(level.reserved for level in store.stock_by_warehouse(sku).values())
+
+
+# ---------------------------------------------------------------- stock model
+
+def test_presale_and_locked_reduce_availability(store):
+    assert store.apply_snapshot("WH-SH", "A", total=20, locked=3, presale=5) == 12
+    assert store.stock("WH-SH", "A") == StockLevel(total=20, locked=3, presale=5, reserved=0)
+    res = store.reserve("o1", [("A", 13)], ["WH-SH"])
+    assert res.outcome == "out_of_stock" and res.short == {"A": 1}
+    assert store.reserve("o1", [("A", 12)], ["WH-SH"]).outcome == "reserved"
+    assert store.available("WH-SH", "A") == 0
+
+
+def test_snapshot_overwrites_delta_adds_and_neither_touches_reserved(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    store.reserve("o1", [("A", 4)], ["WH-SH"])
+    assert store.apply_delta("WH-SH", "A", total=5, locked=1) == 10 - 4 + 5 - 1
+    assert store.apply_snapshot("WH-SH", "A", total=7, presale=2) == 7 - 2 - 4
+    assert store.stock("WH-SH", "A") == StockLevel(7, 0, 2, 4)
+    # the warehouse may report less than is reserved: shown as negative, never hidden
+    assert store.apply_snapshot("WH-SH", "A", total=1) == -3
+    assert store.total_available("A") == 0
+
+
+def test_stock_events_from_the_topic(store):
+    assert store.apply_stock_event({"type": "snapshot", "warehouse": "WH-GZ", "sku": "B", "total": 8,
+                                    "locked": 1, "presale": 0}) == 7
+    assert store.apply_stock_event(json.dumps({"type": "delta", "warehouse": "WH-GZ", "sku": "B",
+                                               "total": -2})) == 5
+    assert store.apply_stock_event({"type": "snapshot", "warehouse": "WH-SH", "sku": "B", "total": 3}) == 3
+    assert store.available_by_warehouse("B") == {"WH-GZ": 5, "WH-SH": 3}
+    assert store.total_available("B") == 8
+    assert store.warehouses_for(["B", "nothing"]) == ["WH-GZ", "WH-SH"]
+    assert store.depth_for(["B"]) == {"WH-GZ": 5, "WH-SH": 3}
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "restock", "warehouse": "W", "sku": "A", "total": 1},
+    {"type": "snapshot", "warehouse": "W", "sku": "A"},
+    {"type": "snapshot", "warehouse": "W", "sku": "A", "total": -1},
+    {"type": "snapshot", "warehouse": "W", "sku": "A", "total": "5"},
+    {"type": "delta", "warehouse": "", "sku": "A", "total": 1},
+    {"type": "delta", "warehouse": "W", "sku": None, "total": 1},
+    {"type": "delta", "warehouse": "W", "sku": "A", "total": True},
+    {"type": "delta", "warehouse": "W", "sku": "A", "locked": 1.5},
+    "not json", [1, 2],
+])
+def test_invalid_stock_events_are_rejected_and_change_nothing(store, event):
+    with pytest.raises(StockEventError):
+        store.apply_stock_event(event)
+    assert store.warehouses_for(["A"]) == []
+
+
+# ---------------------------------------------------------------- reserve
+
+def test_all_or_nothing_one_short_line_reserves_nothing(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    store.apply_snapshot("WH-SH", "B", total=1)
+    res = store.reserve("o1", [("A", 5), ("B", 2)], ["WH-SH"])
+    assert res.outcome == "out_of_stock"
+    assert res.short == {"B": 1} and res.allocations == [] and res.warehouse is None
+    assert store.stock("WH-SH", "A").reserved == 0 and store.stock("WH-SH", "B").reserved == 0
+    assert store.reservation("o1") is None
+
+
+def test_out_of_stock_is_not_recorded_so_a_retry_after_restock_succeeds(store):
+    store.apply_snapshot("WH-SH", "A", total=1)
+    assert store.reserve("o1", [("A", 2)], ["WH-SH"]).outcome == "out_of_stock"
+    store.apply_delta("WH-SH", "A", total=5)
+    assert store.reserve("o1", [("A", 2)], ["WH-SH"]).outcome == "reserved"
+
+
+def test_reserve_is_idempotent_by_order_id(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    first = store.reserve("o1", [("A", 3)], ["WH-SH"])
+    again = store.reserve("o1", [("A", 3)], ["WH-SH"])
+    changed = store.reserve("o1", [("A", 9)], ["WH-SH"])   # a replay with other content still changes nothing
+    assert first.outcome == "reserved" and first.allocations == [("WH-SH", "A", 3)] and first.warehouse == "WH-SH"
+    assert again.outcome == changed.outcome == "duplicate"
+    assert again.allocations == changed.allocations == first.allocations
+    assert again.original_outcome == "reserved"
+    assert store.available("WH-SH", "A") == 7
+
+
+def test_next_policy_takes_the_whole_order_from_the_first_candidate_that_can(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    store.apply_snapshot("WH-SH", "B", total=0)
+    store.apply_snapshot("WH-GZ", "A", total=2)
+    store.apply_snapshot("WH-GZ", "B", total=2)
+    store.apply_snapshot("WH-BJ", "A", total=5)
+    store.apply_snapshot("WH-BJ", "B", total=5)
+    res = store.reserve("o1", [("A", 2), ("B", 1)], ["WH-SH", "WH-GZ", "WH-BJ"])
+    assert res.outcome == "reserved" and res.warehouse == "WH-GZ"
+    assert sorted(res.allocations) == [("WH-GZ", "A", 2), ("WH-GZ", "B", 1)]
+    res2 = store.reserve("o2", [("A", 2), ("B", 1)], ["WH-SH", "WH-GZ", "WH-BJ"])
+    assert res2.warehouse == "WH-BJ"
+
+
+def test_next_policy_does_not_split(store):
+    store.apply_snapshot("WH-SH", "A", total=3)
+    store.apply_snapshot("WH-GZ", "A", total=3)
+    res = store.reserve("o1", [("A", 5)], ["WH-SH", "WH-GZ"], policy="next")
+    assert res.outcome == "out_of_stock" and res.short == {"A": 2}
+    assert reserved_sum(store, "A") == 0
+
+
+def test_split_policy_allocates_lines_across_warehouses_in_candidate_order(store):
+    store.apply_snapshot("WH-SH", "A", total=3)
+    store.apply_snapshot("WH-GZ", "A", total=3)
+    store.apply_snapshot("WH-BJ", "A", total=3)
+    store.apply_snapshot("WH-BJ", "B", total=1)
+    res = store.reserve("o1", [("A", 5), ("B", 1)], ["WH-GZ", "WH-SH", "WH-BJ"], policy="split")
+    assert res.outcome == "reserved" and res.warehouse is None
+    assert res.allocations == [("WH-GZ", "A", 3), ("WH-SH", "A", 2), ("WH-BJ", "B", 1)]
+    assert store.available_by_warehouse("A") == {"WH-BJ": 3, "WH-GZ": 0, "WH-SH": 1}
+    # the split is still all or nothing
+    short = store.reserve("o2", [("A", 4), ("B", 1)], ["WH-GZ", "WH-SH", "WH-BJ"], policy="split")
+    assert short.outcome == "out_of_stock" and short.short == {"B": 1}
+    assert store.available_by_warehouse("A") == {"WH-BJ": 3, "WH-GZ": 0, "WH-SH": 1}
+
+
+def test_split_prefers_a_single_warehouse_when_one_can_ship_everything(store):
+    store.apply_snapshot("WH-SH", "A", total=1)
+    store.apply_snapshot("WH-GZ", "A", total=4)
+    res = store.reserve("o1", [("A", 4)], ["WH-SH", "WH-GZ"], policy="split")
+    assert res.allocations == [("WH-GZ", "A", 4)] and res.warehouse == "WH-GZ"
+
+
+def test_backorder_policy_records_a_backorder_and_reserves_nothing(store):
+    store.apply_snapshot("WH-SH", "A", total=1)
+    res = store.reserve("o1", [("A", 3)], ["WH-SH"], policy="backorder")
+    assert res.outcome == "backorder" and res.short == {"A": 2} and res.allocations == []
+    assert store.stock("WH-SH", "A").reserved == 0
+    assert store.reservation("o1")["state"] == "backorder"
+    replay = store.reserve("o1", [("A", 3)], ["WH-SH"], policy="backorder")
+    assert replay.outcome == "duplicate" and replay.original_outcome == "backorder"
+    rel = store.release("o1", "cancelled")
+    assert rel.released is True and rel.units == 0
+
+
+def test_no_candidates_means_out_of_stock_for_everything(store):
+    res = store.reserve("o1", [("A", 2), ("B", 1)], [])
+    assert res.outcome == "out_of_stock" and res.short == {"A": 2, "B": 1}
+
+
+def test_lines_of_the_same_sku_are_summed(store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    assert store.reserve("o1", [("A", 2), ("A", 4)], ["WH-SH"]).short == {"A": 1}
+    res = store.reserve("o1", [("A", 2), ("A", 3)], ["WH-SH"])
+    assert res.allocations == [("WH-SH", "A", 5)]
+
+
+@pytest.mark.parametrize("lines", [[], [("A", 0)], [("A", -1)], [("A", 1.0)], [("A", True)], [("", 1)], [("A",)]])
+def test_bad_lines_raise_value_error_and_touch_nothing(store, lines):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    with pytest.raises(ValueError):
+        store.reserve("o1", lines, ["WH-SH"])
+    assert store.reservation("o1") is None and store.available("WH-SH", "A") == 5
+
+
+def test_unknown_policy_is_a_value_error(store):
+    with pytest.raises(ValueError):
+        store.reserve("o1", [("A", 1)], ["WH-SH"], policy="teleport")
+
+
+# ---------------------------------------------------------------- release
+
+def test_release_gives_the_units_back_once(store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    store.apply_snapshot("WH-GZ", "A", total=5)
+    store.reserve("o1", [("A", 8)], ["WH-SH", "WH-GZ"], policy="split")
+    assert store.total_available("A") == 2
+    first = store.release("o1", "cancelled")
+    second = store.release("o1", "cancelled")
+    assert first.released is True and first.units == 8
+    assert sorted(first.allocations) == [("WH-GZ", "A", 3), ("WH-SH", "A", 5)]
+    assert second.released is False and second.units == 0
+    assert store.total_available("A") == 10 and reserved_sum(store, "A") == 0
+    record = store.reservation("o1")
+    assert record["state"] == "released" and record["reason"] == "cancelled" and record["released_units"] == 8
+
+
+def test_a_released_order_is_never_reserved_again(store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    store.reserve("o1", [("A", 2)], ["WH-SH"])
+    store.release("o1", "refund")
+    late = store.reserve("o1", [("A", 2)], ["WH-SH"])
+    assert late.outcome == "released" and late.allocations == []
+    assert store.available("WH-SH", "A") == 5
+
+
+def test_release_before_reserve_blocks_the_late_reserve(store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    rel = store.release("o1", "risk_rejected")
+    assert rel.released is False and rel.units == 0
+    assert store.reserve("o1", [("A", 1)], ["WH-SH"]).outcome == "released"
+    assert store.available("WH-SH", "A") == 5
+
+
+def test_reservation_timeouts_are_released_by_the_sweeper(client, redis_prefix, store):
+    short_store = InventoryStore(client, prefix=redis_prefix, reservation_ttl_s=60)
+    short_store.apply_snapshot("WH-SH", "A", total=10)
+    short_store.reserve("old", [("A", 3)], ["WH-SH"], now_ms=NOW)
+    short_store.reserve("new", [("A", 2)], ["WH-SH"], now_ms=NOW + 50_000)
+    assert short_store.expired(now_ms=NOW + 59_000) == []
+    assert client.ttl(short_store.keys.order("old")) > 60   # the record outlives its deadline
+    swept = short_store.release_expired(now_ms=NOW + 61_000)
+    assert [(oid, r.released, r.units) for oid, r in swept] == [("old", True, 3)]
+    assert short_store.available("WH-SH", "A") == 8
+    assert short_store.reservation("old")["reason"] == "timeout"
+    assert short_store.release_expired(now_ms=NOW + 61_000) == []
+
+
+# ---------------------------------------------------------------- batching
+
+def test_reserve_many_matches_one_at_a_time_and_dedupes_within_a_batch(store):
+    store.apply_snapshot("WH-SH", "A", total=4)
+    results = store.reserve_many([
+        ReserveRequest("o1", [("A", 2)], ["WH-SH"]),
+        ("o2", [("A", 3)], ["WH-SH"]),
+        ("o1", [("A", 2)], ["WH-SH"]),
+        ("o3", [("A", 2)], ["WH-SH"], "next"),
+    ])
+    assert [r.outcome for r in results] == ["reserved", "out_of_stock", "duplicate", "reserved"]
+    assert store.available("WH-SH", "A") == 0
+    assert store.reserve_many([]) == []
+
+
+# ---------------------------------------------------------------- channels
+
+def test_channel_paused_flag_changes_exactly_once(store):
+    assert store.is_channel_paused("A") is False
+    assert store.set_channel_paused("A", True) is True
+    assert store.set_channel_paused("A", True) is False
+    assert store.is_channel_paused("A") is True
+    assert store.set_channel_paused("A", False) is True
+    assert store.set_channel_paused("A", False) is False
+
+
+def test_channel_update_pauses_once_and_resumes_after_restock(store, client, redis_prefix):
+    store.apply_snapshot("WH-SH", "A", total=12)
+    platforms = ["TMALL", "JD", "SHOPIFY"]
+    assert store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
+    store.reserve("o1", [("A", 3)], ["WH-SH"])
+    other_worker = InventoryStore(client, prefix=redis_prefix)
+    paused = store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW)
+    assert [(e["event"], e["platform"], e["available"]) for e in paused] == [("pause", "TMALL", 9), ("pause", "JD", 9)]
+    assert other_worker.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
+    store.release("o1", "cancelled")
+    resumed = other_worker.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW)
+    assert [e["event"] for e in resumed] == ["resume", "resume"]
+    assert store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
+
+
+def test_channel_flag_race_has_a_single_winner(redis_url, redis_prefix, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [InventoryStore(redis.Redis.from_url(redis_url), prefix=redis_prefix) for _ in range(8)]
+    try:
+        for _ in range(20):
+            with ThreadPoolExecutor(8) as pool:
+                wins = list(pool.map(lambda s: s.set_channel_paused("HOT", True), stores))
+            assert sum(wins) == 1
+            with ThreadPoolExecutor(8) as pool:
+                wins = list(pool.map(lambda s: s.set_channel_paused("HOT", False), stores))
+            assert sum(wins) == 1
+    finally:
+        for s in stores:
+            s.redis.close()
+        _purge(client, redis_prefix)
+
+
+# ---------------------------------------------------------------- async twin
+
+def test_async_store_shares_scripts_and_records(redis_url, redis_prefix, store):
+    async def scenario():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            a = AsyncInventoryStore(client, prefix=redis_prefix)
+            assert await a.apply_snapshot("WH-SH", "A", total=6, presale=1) == 5
+            assert await a.apply_stock_event({"type": "delta", "warehouse": "WH-GZ", "sku": "A", "total": 2}) == 2
+            one = await a.reserve("o1", [("A", 4)], ["WH-SH"])
+            batch = await a.reserve_many([("o1", [("A", 4)], ["WH-SH"]), ("o2", [("A", 3)], ["WH-SH", "WH-GZ"], "split")])
+            rel = await a.release("o2", "cancelled")
+            return (one, batch, rel, await a.available_by_warehouse("A"), await a.total_available("A"),
+                    await a.warehouses_for(["A"]), await a.set_channel_paused("A", True), await a.is_channel_paused("A"))
+        finally:
+            await client.aclose()
+
+    one, batch, rel, by_wh, total, whs, flipped, paused = asyncio.run(scenario())
+    assert one.outcome == "reserved"
+    assert [r.outcome for r in batch] == ["duplicate", "reserved"]
+    assert batch[1].allocations == [("WH-SH", "A", 1), ("WH-GZ", "A", 2)]
+    assert rel.released and rel.units == 3
+    assert by_wh == {"WH-GZ": 2, "WH-SH": 1} and total == 3 and whs == ["WH-GZ", "WH-SH"]
+    assert flipped and paused
+    # the sync store sees what the async one wrote
+    assert store.reserve("o1", [("A", 4)], ["WH-SH"]).outcome == "duplicate"
+    assert store.is_channel_paused("A")

@@ -1,0 +1,82 @@
+"""Kafka message -> fact row mapping (pure, with the pipeline's real codecs)."""
+import base64
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from pipeline.clickhouse.rows import (Message, RowError, ch_time, dead_letter_row, inventory_row, order_row,
+                                      risk_row, table_specs)
+from pipeline.codecs import dead_letter_codec, encode_json, order_codec
+from pipeline.topics import TopicNames
+from tests.unit.test_clickhouse_chdb import canonical_order
+
+T = 1_773_144_450_123
+
+
+def msg(value, topic="orders.unique", headers=None, offset=7):
+    return Message(topic, 2, offset, b"k", value, headers or {}, T)
+
+
+def test_ch_time_keeps_milliseconds():
+    assert ch_time(T) == "1773144450.123"
+    assert ch_time(5) == "0.005"
+    assert ch_time(datetime.fromtimestamp(T / 1000, timezone.utc)) == "1773144450.123"
+    assert ch_time(None) is None
+
+
+def test_order_row_maps_the_canonical_order():
+    o = canonical_order(random.Random(3), "JD-000001", "JD", T, "PAID", T + 1000, T + 86_400_000)
+    row = order_row(msg(order_codec().encode(o), headers={"change": b"update"}))
+    assert row["order_id"] == "JD-000001" and row["platform"] == "JD" and row["change"] == "update"
+    assert row["total_minor"] == o["amounts"]["total_minor"]
+    assert row["units"] == sum(line["quantity"] for line in o["lines"])
+    assert row["created_at"] == ch_time(T) and row["updated_at"] == ch_time(T + 1000)
+    assert row["ship_by"] == ch_time(T + 86_400_000)
+    assert (row["src_topic"], row["src_partition"], row["src_offset"]) == ("orders.unique", 2, 7)
+    assert set(row) == set(table_specs(TopicNames())["orders.unique"].columns)
+
+
+def test_every_row_has_exactly_its_table_columns():
+    names = TopicNames()
+    samples = {
+        names.RISK_EVENTS: encode_json({"event": "held", "order_id": "o", "at_ms": T, "approvers": ["a"]}),
+        names.INVENTORY_EVENTS: encode_json({"event": "reserved", "order_id": "o", "at_ms": T, "lines": []}),
+        names.CHANNEL_CONTROL: encode_json({"event": "pause", "sku": "s", "at_ms": T}),
+        names.BREAKER_EVENTS: encode_json({"event": "transition", "from": "closed", "to": "open", "at_ms": T}),
+    }
+    for topic, value in samples.items():
+        spec = table_specs(names)[topic]
+        assert set(spec.to_row(msg(value, topic))) == set(spec.columns), topic
+
+
+def test_inventory_lines_fall_back_to_event_warehouse():
+    row = inventory_row(msg(encode_json({
+        "event": "reserved", "order_id": "o", "platform": "JD", "at_ms": T, "warehouse": "WH-1",
+        "lines": [{"sku": "a", "quantity": 2, "warehouse": None}, {"sku": "b", "quantity": 1, "warehouse": "WH-2"}],
+        "units": 3, "reason": "", "latency_ms": 12.5}), "inventory.events"))
+    assert row["line_warehouses"] == ["WH-1", "WH-2"] and row["line_quantities"] == [2, 1]
+    assert row["latency_ms"] == 12.5 and row["warehouse"] == "WH-1"
+
+
+def test_dead_letter_payload_is_opaque_base64():
+    payload = b"'); DROP TABLE x; --\x00\xff"
+    row = dead_letter_row(msg(dead_letter_codec().encode({
+        "source_topic": "orders.raw.jd", "partition": 1, "offset": 5, "platform": "JD",
+        "reason_code": "malformed_json", "reason": "bad", "key": None, "payload": payload, "failed_at": T}), "orders.dlq"))
+    assert base64.b64decode(row["payload_b64"]) == payload and row["key_b64"] is None
+    assert row["payload_bytes"] == len(payload)
+
+
+@pytest.mark.parametrize("fn,value", [
+    (order_row, b"not avro at all"),
+    (order_row, b"\xc3\x01" + b"\x00" * 8 + b"body"),
+    (risk_row, b"{broken"),
+    (risk_row, encode_json(["a", "list"])),
+    (risk_row, encode_json({"event": "held"})),  # no order_id / at_ms
+    (inventory_row, encode_json({"event": "reserved", "order_id": "o", "at_ms": T, "lines": "nope"})),
+    (dead_letter_row, b"plain"),
+])
+def test_undecodable_input_raises_row_error(fn, value):
+    with pytest.raises(RowError):
+        fn(msg(value))

@@ -1,0 +1,155 @@
+"""Hold bookkeeping: deadlines, decision parsing, idempotent resolution and the default policy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.codecs import decode_json, encode_json
+from pipeline.domain.holds import (Decision, DecisionError, apply_decision, due_holds, new_hold, parse_decision,
+                                   resolved, timeout_decision)
+from pipeline.domain.risk import RiskContext, default_rules, evaluate
+
+T0 = 1_760_000_000_000  # ms
+
+
+@pytest.fixture()
+def verdict():
+    order = {
+        "order_id": "TMALL-9", "platform": "TMALL", "currency": "CNY",
+        "amounts": {"total_minor": 680_000},
+        "lines": [{"sku": "SOFA-C", "quantity": 1, "unit_price_minor": 680_000, "is_gift_card": False,
+                   "is_custom": True}],
+        "buyer": {"buyer_id": "b", "name": "李四", "phone": "1", "ip": "10.0.0.1"},
+        "address": {"country": "CN", "province": "西藏", "city": "拉萨", "detail": "北京中路 1 号",
+                    "postal_code": "850000"},
+        "flags": {"invoice": False, "gift": False, "urgent": False, "gift_card": False},
+    }
+    return evaluate(default_rules(), order, RiskContext(ip_order_count=1))
+
+
+@pytest.fixture()
+def hold(verdict):
+    return new_hold("TMALL-9", "TMALL", T0, verdict, timeout_s=30 * 60, partition=2)
+
+
+def decision(**kw) -> Decision:
+    data = {"order_id": "TMALL-9", "action": "approve", "operator": "wang.manager", "reason": "known customer",
+            "decided_at_ms": T0 + 60_000, **kw}
+    return parse_decision(data)
+
+
+def test_new_hold_is_json_and_carries_what_operators_need(hold, verdict):
+    assert verdict.action == "hold"
+    assert decode_json(encode_json(hold)) == hold  # survives the table's JSON serializer
+    assert hold["due_at_ms"] == T0 + 30 * 60 * 1000
+    assert hold["rule_ids"] == ["amount_over_5000", "remote_region"]
+    assert hold["approvers"] == ["regional_manager", "production"]
+    assert hold["amount_minor"] == 680_000 and hold["currency"] == "CNY"
+    assert hold["partition"] == 2 and hold["status"] == "held" and hold["ruleset_version"] == 1
+
+
+def test_new_hold_accepts_a_plain_dict_verdict():
+    h = new_hold("X", "JD", T0, {"hits": [{"rule_id": "r", "severity": "low"}], "approvers": ["ops"],
+                                 "amount_minor": 5, "currency": "USD"}, timeout_s=2, partition=0)
+    assert h["rule_ids"] == ["r"] and h["approvers"] == ["ops"] and h["due_at_ms"] == T0 + 2000
+
+
+def test_new_hold_rejects_non_positive_timeout(verdict):
+    with pytest.raises(ValueError):
+        new_hold("X", "JD", T0, verdict, timeout_s=0, partition=0)
+
+
+def test_parse_decision_from_bytes_round_trip():
+    d = decision()
+    again = parse_decision(json.dumps(d.to_json()).encode())
+    assert again == d and again.source == "operator"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    ({"action": "approve", "operator": "a", "decided_at_ms": 1}, "order_id"),
+    ({"order_id": "X", "action": "maybe", "operator": "a", "decided_at_ms": 1}, "'action'"),
+    ({"order_id": "X", "action": "approve", "decided_at_ms": 1}, "'operator'"),
+    ({"order_id": "X", "action": "approve", "operator": " ", "decided_at_ms": 1}, "'operator'"),
+    ({"order_id": "X", "action": "reject", "operator": "a", "decided_at_ms": 1}, "needs a 'reason'"),
+    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": "yesterday"}, "decided_at_ms"),
+    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": 1, "source": "robot"}, "'source'"),
+    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": 1, "reason": 5}, "'reason'"),
+])
+def test_bad_decisions_raise(data, message):
+    with pytest.raises(DecisionError, match=message):
+        parse_decision(data)
+
+
+def test_operator_approval(hold):
+    res = apply_decision(hold, decision())
+    assert res.outcome == "approved"
+    ev = res.event
+    assert ev["event"] == "approved" and ev["order_id"] == "TMALL-9" and ev["platform"] == "TMALL"
+    assert ev["operator"] == "wang.manager" and ev["reason"] == "known customer"
+    assert ev["waited_ms"] == 60_000 and ev["at_ms"] == T0 + 60_000
+    assert ev["rule_ids"] == hold["rule_ids"] and ev["approvers"] == hold["approvers"]
+    json.dumps(ev)
+
+
+def test_operator_rejection(hold):
+    res = apply_decision(hold, decision(action="reject", reason="stolen card"))
+    assert res.outcome == "rejected" and res.event["event"] == "rejected" and res.event["reason"] == "stolen card"
+
+
+def test_decision_without_hold_or_after_resolution_is_ignored(hold):
+    assert apply_decision(None, decision()).outcome == "ignored"
+    first = apply_decision(hold, decision())
+    again = apply_decision(resolved(hold, first), decision(action="reject", reason="too late"))
+    assert again.outcome == "ignored" and again.event is None
+
+
+def test_decision_for_another_order_is_ignored(hold):
+    assert apply_decision(hold, decision(order_id="OTHER")).outcome == "ignored"
+
+
+def test_due_holds(verdict):
+    holds = [
+        ("A", new_hold("A", "JD", T0, verdict, 60, 0)),          # due T0+60s
+        ("B", new_hold("B", "JD", T0 + 10_000, verdict, 30, 0)),  # due T0+40s
+        ("C", new_hold("C", "JD", T0, verdict, 3600, 1)),        # due much later
+        ("D", None),
+    ]
+    assert due_holds(holds, T0 + 39_999) == []
+    assert due_holds(holds, T0 + 40_000) == ["B"]
+    assert due_holds(holds, T0 + 61_000) == ["B", "A"]
+    closed = resolved(holds[1][1], apply_decision(holds[1][1], decision(order_id="B")))
+    assert due_holds([("B", closed)], T0 + 61_000) == []
+
+
+def test_timeout_releases_with_default_policy(hold):
+    now = hold["due_at_ms"] + 5
+    d = timeout_decision("TMALL-9", now, timeout_s=30 * 60)
+    assert d.action == "approve" and d.operator == "default_policy" and d.source == "default_policy"
+    assert d.reason == "no decision within 30 min"
+    assert parse_decision(encode_json(d.to_json())) == d  # travels over risk.decisions
+    res = apply_decision(hold, d)
+    assert res.outcome == "auto_released" and res.event["event"] == "auto_released"
+    assert res.event["waited_ms"] == 30 * 60 * 1000 + 5
+
+
+def test_timeout_reason_for_short_test_timeouts():
+    assert timeout_decision("X", T0, timeout_s=2).reason == "no decision within 2 s"
+    assert "timeout" in timeout_decision("X", T0).reason
+
+
+def test_default_policy_before_deadline_is_ignored(hold):
+    early = timeout_decision("TMALL-9", hold["due_at_ms"] - 1)
+    assert apply_decision(hold, early).outcome == "ignored"
+
+
+def test_operator_and_timeout_race_only_first_counts(hold):
+    """The timer may emit a release while an operator's rejection is in flight: first one wins."""
+    operator_first = apply_decision(hold, decision(action="reject", reason="fraud"))
+    after = resolved(hold, operator_first)
+    assert apply_decision(after, timeout_decision("TMALL-9", hold["due_at_ms"])).outcome == "ignored"
+    timer_first = apply_decision(hold, timeout_decision("TMALL-9", hold["due_at_ms"]))
+    assert timer_first.outcome == "auto_released"
+    assert apply_decision(resolved(hold, timer_first), decision(action="reject", reason="x")).outcome == "ignored"
