@@ -96,7 +96,8 @@ async def full_check(order: dict, ip_count: int) -> tuple:
         metrics.VERIFIER_CALLS.labels(verifier=name, outcome="skipped" if r.skipped else
                                       {True: "ok", False: "failed", None: "unavailable"}[r.ok]).inc()
     unavailable = any(ok is None for ok in outcomes.values())
-    verdict = evaluate(active.rules, order, RiskContext(ip_order_count=ip_count, degraded=unavailable,
+    # all rules run; an unavailable verifier (None) is not a hit, but the check counts as light
+    verdict = evaluate(active.rules, order, RiskContext(ip_order_count=ip_count, degraded=False,
                                                         verifier_results=outcomes))
     return verdict, unavailable
 
@@ -110,8 +111,11 @@ def verdict_summary(order: dict, verdict) -> dict:
 
 def risk_event(kind: str, order: dict, verdict) -> bytes:
     return encode_json({
-        "event": kind, "order_id": order["order_id"], "platform": order["platform"], "at_ms": now_ms(),
-        "rule_ids": [h.rule_id for h in verdict.hits], "severity": max((h.severity for h in verdict.hits), default=""),
+        # at = the order's ingest time: identical when a crash makes this event go out twice,
+        # so the sink recognises the copy; checked_at_ms is the wall clock of this check
+        "event": kind, "order_id": order["order_id"], "platform": order["platform"],
+        "at_ms": int(order["ingest_time"].timestamp() * 1000), "checked_at_ms": now_ms(),
+        "rule_ids": [h.rule_id for h in verdict.hits], "severity": verdict.severity or "",
         "approvers": list(verdict.approvers), "operator": None,
         "reason": "; ".join(h.reason for h in verdict.hits), "amount_minor": order["amounts"]["total_minor"],
         "currency": order["currency"], "ruleset_version": active.rules.version,

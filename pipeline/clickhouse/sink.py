@@ -19,6 +19,7 @@ from pipeline import metrics
 from pipeline.topics import TopicNames
 
 from .backends import Backend
+from .natural_keys import NaturalKeyFilter
 from .batching import Batch, Batcher
 from .rows import Message, RowError, table_specs
 
@@ -52,6 +53,7 @@ class ClickHouseSink:
         self._retry_at: dict[str, float] = {}
         self._next: dict[tuple[str, int], int] = {}
         self.stats: Counter = Counter()
+        self.natural_keys = NaturalKeyFilter()
         self.last_error: str | None = None
 
     # -- positions ------------------------------------------------------------------------
@@ -68,6 +70,7 @@ class ClickHouseSink:
                 positions[(topic, int(r["p"]))] = int(r["last"]) + 1
         for tp, nxt in positions.items():
             self._next[tp] = max(self._next.get(tp, 0), nxt)
+        self.natural_keys.preload(self.backend)
         return positions
 
     def next_offset(self, topic: str, partition: int) -> int | None:
@@ -93,6 +96,9 @@ class ClickHouseSink:
         except RowError as exc:
             self.stats["undecodable"] += 1
             log.warning("sink skips %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc)
+            return False
+        if not self.natural_keys.first_time(spec.table, row):
+            self.stats["repeated_fact"] += 1  # an upstream re-emission of a fact already stored
             return False
         batcher = self._batchers[spec.table]
         batcher.add(row, msg.topic, msg.partition, msg.offset, self.clock())
