@@ -14,6 +14,7 @@ import time
 from pipeline import metrics
 from pipeline.app import app, breaker_events, settings
 from pipeline.codecs import encode_json
+from pipeline.topics import names
 from pipeline.domain.breaker import BreakerState, DegradationBreaker, RateMeter
 
 from .common import now_ms
@@ -24,6 +25,26 @@ STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.O
 WORKER_NAME = f"{socket.gethostname()}:{settings.worker_web_port}:{os.getpid()}"
 
 intake = RateMeter(settings.breaker_window_s)
+
+
+def backlog() -> int:
+    """Orders waiting in front of the risk stage on this worker's partitions (end - committed).
+
+    The intake rate alone would let the breaker close while thousands of orders that arrived
+    during the burst still queue in front of the slow full path; counting the queue keeps the
+    light path on until it is worked off. Self-correcting: it is read from the broker offsets."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    waiting = 0
+    for tp in consumer.assignment():
+        if tp.topic in (names.CANONICAL, names.UNIQUE):
+            high = consumer.highwater(tp)
+            if high is not None:
+                waiting += max(0, high - (committed.get(tp) or 0))
+    return waiting
+
+
+
 breaker = DegradationBreaker(open_per_min=settings.breaker_open_per_min,
                              close_per_min=settings.breaker_close_per_min,
                              cooldown_s=settings.breaker_cooldown_s)
@@ -35,7 +56,8 @@ async def observe_intake():
     now = time.monotonic()
     rate = intake.rate_per_min(now)
     metrics.INTAKE_RATE.set(rate)
-    transition = breaker.observe(rate, now)
+    # a queue of N orders is treated like N orders arriving within the next minute
+    transition = breaker.observe(max(rate, backlog()), now)
     if transition is None:
         return
     src, dst = transition.from_state.value, transition.to_state.value

@@ -7,7 +7,7 @@ and queued on risk.recheck, which re-runs the full rule set once the breaker has
 """
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import logging
 from datetime import timedelta
@@ -168,28 +168,65 @@ async def risk_agent(stream):
         metrics.STAGE_OUT.labels(stage="risk", platform=order["platform"], outcome=verdict.action).inc()
 
 
+# lightly-checked orders waiting for the breaker to close (key = order id, co-partitioned with
+# risk.recheck). An agent must never sit on a message: Faust only commits once every in-flight
+# event is acknowledged, so waiting inside the stream would stall the whole worker's commits.
+recheck_pending = json_table("risk-recheck-pending")
+
+
 @app.agent(risk_recheck)
 async def recheck_agent(stream):
     """Full rule set for orders let through lightly, once the breaker has closed again."""
     async for event in stream.events():
-        while breaker.degraded:
-            await asyncio.sleep(0.5)
         msg = event.message
-        order = ORDER_CODEC.decode(msg.value)
-        key = order["order_id"].encode()
-        verdict, still_light = await full_check(order, ip_count=0)
-        await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
+        order_id = msg.key.decode()
         headers = headers_of(msg)
-        if verdict.action == "hold" and headers.get("risk") == b"accept":
-            order["checked_lightly"] = still_light
-            await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=with_header(
-                headers, risk="hold", verdict=json.dumps(verdict_summary(order, verdict))))
-            await risk_events.send(key=key, value=risk_event("held", order, verdict))
-        elif verdict.action == "reject":
-            await release_order(order, reason="risk_recheck_rejected")
-            await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
-            if headers.get("risk") == b"hold":
-                # it is waiting in the risk queue: close that hold too
-                await risk_decisions.send(key=key, value=encode_json({
-                    "order_id": order["order_id"], "action": "reject", "operator": "recheck",
-                    "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))
+        if headers.get("retry") == b"1":
+            parked = recheck_pending.get(order_id)
+            if parked is None:
+                continue  # already re-checked (a duplicate retry)
+            value, headers = base64.b64decode(parked["order_b64"]), {k: v.encode() for k, v in parked["headers"].items()}
+        else:
+            value = msg.value
+        if breaker.degraded:
+            recheck_pending[order_id] = {"order_b64": base64.b64encode(value).decode(),
+                                         "headers": {k: v.decode(errors="replace") for k, v in headers.items()}}
+            continue
+        await recheck(ORDER_CODEC.decode(value), headers)
+        if recheck_pending.get(order_id) is not None:
+            recheck_pending.pop(order_id, None)
+
+
+@app.timer(interval=2.0)
+async def resume_rechecks():
+    """Breaker closed: send every parked order of this worker's partitions back through the agent."""
+    if breaker.degraded:
+        return
+    now = now_ms()
+    for order_id, _ in list(recheck_pending.items())[:2000]:
+        if now - _retry_requested.get(order_id, 0) < 30_000:
+            continue  # its retry is still on the way
+        _retry_requested[order_id] = now
+        await risk_recheck.send(key=order_id.encode(), value=b"", headers=[("retry", b"1")])
+
+
+_retry_requested: dict[str, int] = {}
+
+
+async def recheck(order: dict, headers: dict[str, bytes]) -> None:
+    key = order["order_id"].encode()
+    verdict, still_light = await full_check(order, ip_count=0)
+    await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
+    if verdict.action == "hold" and headers.get("risk") == b"accept":
+        order["checked_lightly"] = still_light
+        await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=with_header(
+            headers, risk="hold", verdict=json.dumps(verdict_summary(order, verdict))))
+        await risk_events.send(key=key, value=risk_event("held", order, verdict))
+    elif verdict.action == "reject":
+        await release_order(order, reason="risk_recheck_rejected")
+        await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
+        if headers.get("risk") == b"hold":
+            # it is waiting in the risk queue: close that hold too
+            await risk_decisions.send(key=key, value=encode_json({
+                "order_id": order["order_id"], "action": "reject", "operator": "recheck",
+                "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))

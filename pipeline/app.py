@@ -34,6 +34,7 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     broker_commit_interval=1.0,
     web_host="127.0.0.1",
+    web_bind=settings.bind_host,
     web_port=settings.worker_web_port,
     web_in_thread=False,
     autodiscover=False,

@@ -105,7 +105,7 @@ def verifiers(latency_ms: float = 5.0, error_rate: float = 0.0) -> None:
     """Run the local external-verifier service (payment, address) over HTTP on loopback."""
     from .verifiers import run_verifier_service
     s = load_settings()
-    run_verifier_service("127.0.0.1", s.verifier_port, latency_ms=latency_ms, error_rate=error_rate)
+    run_verifier_service(s.bind_host, s.verifier_port, latency_ms=latency_ms, error_rate=error_rate)
 
 
 # ------------------------------------------------------------------------------- replay

@@ -42,6 +42,7 @@ class Settings:
     partitions: int = _setting(4, "Partitions of every pipeline topic.")
     app_id: str = _setting("orderstream", "Faust application id (consumer group, changelog prefix).")
     table_store: str = _setting("rocksdb", "Faust table store: rocksdb (rocksdict, bounded by disk) or memory.")
+    bind_host: str = _setting("127.0.0.1", "Address the HTTP servers (worker, sink, verifiers) listen on; 0.0.0.0 in containers.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
     sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")
     dedupe_window_s: int = _setting(24 * 3600, "Retention window of the dedupe tables.")

@@ -206,7 +206,7 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         migrate(backend)
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
         sink.resume_positions()
-        server = serve_http(backend, settings.sink_web_port, status=sink.status)
+        server = serve_http(backend, settings.sink_web_port, host=settings.bind_host, status=sink.status)
         # manual assignment: positions come from ClickHouse, the group id only names the client
         consumer = kafka_io.consumer(settings, group=f"{names.ns}orderstream-sink")
         assigned: set[tuple[str, int]] = set()
