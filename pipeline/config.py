@@ -38,6 +38,7 @@ class Settings:
     redis_port: int = _setting(16379, "Port of the project's own redis-server.")
     redis_url: str = _setting("", "Redis URL; empty means the local redis-server.")
     clickhouse_backend: str = _setting("chdb", "chdb (embedded, default) or server (clickhouse-connect).")
+    chdb_path: str = _setting("", "Data dir of the embedded chDB engine; empty means <var_dir>/chdb.")
     clickhouse_url: str = _setting("http://default:@127.0.0.1:8123/orderstream", "ClickHouse server URL for the server backend.")
     partitions: int = _setting(4, "Partitions of every pipeline topic.")
     app_id: str = _setting("orderstream", "Faust application id (consumer group, changelog prefix).")

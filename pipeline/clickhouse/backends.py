@@ -188,7 +188,8 @@ def open_backend(settings, database: str | None = None) -> Backend:
     """The backend the settings ask for: 'chdb' (default, data in var/chdb) or 'server'."""
     kind = settings.clickhouse_backend
     if kind == "chdb":
-        return ChdbBackend(settings.var / "chdb", database=database or "default")
+        return ChdbBackend(Path(settings.chdb_path) if settings.chdb_path else settings.var / "chdb",
+                           database=database or "default")
     if kind == "server":
         return ServerBackend(settings.clickhouse_url, database=database)
     raise ValueError(f"ORDERSTREAM_CLICKHOUSE_BACKEND must be 'chdb' or 'server', not {kind!r}")

@@ -15,7 +15,8 @@ from pipeline.topics import TopicNames
 pytestmark = pytest.mark.stack
 
 
-_port_offsets = itertools.count(10, 4)
+# distinct per pytest process too, so helpers/CI shards running side by side never collide
+_port_offsets = itertools.count(10 + (os.getpid() % 40) * 20, 4)
 
 
 class Pipeline:
@@ -50,6 +51,19 @@ class Pipeline:
 
     def worker_url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.worker_port(index)}"
+
+    @property
+    def sink_port(self) -> int:
+        return 7000 + self.port_offset
+
+    def start_sink(self, **overrides: str) -> processes.Proc:
+        """The ClickHouse sink on its own chDB data dir and port."""
+        env = {**self.env, "ORDERSTREAM_SINK_WEB_PORT": str(self.sink_port),
+               "ORDERSTREAM_CHDB_PATH": str(self.s.var / f"chdb-{self.ns.rstrip('.')}"), **overrides}
+        proc = processes.start(self.s, f"{self.ns}sink", ["sink"], env)
+        processes.wait_http(f"http://127.0.0.1:{self.sink_port}/health", proc, timeout=120)
+        self.procs["sink"] = proc
+        return proc
 
     def start_verifiers(self) -> processes.Proc:
         proc = processes.start_verifiers(self.s, self.env)
