@@ -25,7 +25,8 @@ class Pipeline:
     def __init__(self, namespace: str, env: dict[str, str]):
         self.ns = namespace
         self.port_offset = next(_port_offsets)  # pipelines alive at once never share a web port
-        self.env = {"ORDERSTREAM_NAMESPACE": namespace, **env}
+        self.env = {"ORDERSTREAM_NAMESPACE": namespace,
+                    "ORDERSTREAM_VERIFIER_PORT": str(18100 + self.port_offset), **env}
         self.names = TopicNames(namespace)
         self.procs: dict[str, processes.Proc] = {}
         os.environ.update(self.env)
@@ -65,8 +66,10 @@ class Pipeline:
         self.procs["sink"] = proc
         return proc
 
-    def start_verifiers(self) -> processes.Proc:
-        proc = processes.start_verifiers(self.s, self.env)
+    def start_verifiers(self, *args: str) -> processes.Proc:
+        """The local verifier service on this pipeline's own port (args: --latency-ms, --error-rate)."""
+        proc = processes.start(self.s, f"{self.ns}verifiers", ["verifiers", *args], self.env)
+        processes.wait_http(f"http://127.0.0.1:{self.s.verifier_port}/health", proc, timeout=30)
         self.procs["verifiers"] = proc
         return proc
 
