@@ -5,6 +5,8 @@ project's Avro single-object encoding rather than Faust's own JSON envelope.
 """
 from __future__ import annotations
 
+import os
+
 import faust
 
 from . import topics as t
@@ -32,7 +34,7 @@ app = faust.App(
     table_standby_replicas=0,
     processing_guarantee="at_least_once",
     consumer_auto_offset_reset="earliest",
-    broker_commit_interval=1.0,
+    broker_commit_interval=float(os.environ.get("ORDERSTREAM_COMMIT_INTERVAL_S", "1.0")),
     web_host="127.0.0.1",
     web_bind=settings.bind_host,
     web_port=settings.worker_web_port,

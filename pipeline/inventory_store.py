@@ -615,6 +615,38 @@ class AsyncInventoryStore:
             values = await pipe.execute()
         return {w: self._core.level(v) for w, v in zip(whs, values)}
 
+    async def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, StockLevel]]:
+        """Every warehouse's level for many SKUs in two pipelined round trips (batch agents)."""
+        skus = list(dict.fromkeys(skus))
+        if not skus:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku in skus:
+                pipe.smembers(self.keys.warehouses(sku))
+            members = await pipe.execute()
+        pairs = [(sku, w) for sku, whs in zip(skus, members) for w in sorted(_text(x) for x in whs)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku, w in pairs:
+                pipe.hmget(self.keys.stock(w, sku), *STOCK_FIELDS)
+            values = await pipe.execute()
+        out: dict[str, dict[str, StockLevel]] = {sku: {} for sku in skus}
+        for (sku, w), v in zip(pairs, values):
+            out[sku][w] = self._core.level(v)
+        return out
+
+    async def set_channels_paused(self, wanted: dict[str, bool]) -> dict[str, bool]:
+        """Flip many pause flags in one round trip; returns, per SKU, whether this call changed it."""
+        if not wanted:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku, paused in wanted.items():
+                if paused:
+                    pipe.set(self.keys.paused(sku), _now_ms(), nx=True)
+                else:
+                    pipe.delete(self.keys.paused(sku))
+            results = await pipe.execute()
+        return {sku: bool(r) for sku, r in zip(wanted, results)}
+
     async def available_by_warehouse(self, sku: str) -> dict[str, int]:
         return {w: lvl.available for w, lvl in (await self.stock_by_warehouse(sku)).items()}
 

@@ -1,0 +1,233 @@
+"""Issue 8 end to end: a real worker and the ClickHouse (chDB) sink on one pipeline.
+
+A replay goes through the worker; the sink lands its output in chDB; every tier the sink
+serves over HTTP is checked against a count made here, independently, from the replay's own
+messages (what was produced) and from the Kafka topics (what the worker emitted)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+
+import pytest
+
+from pipeline.codecs import decode_json, order_codec
+from pipeline.config import PROJECT_ROOT
+from pipeline.domain.raw_orders import ReplayMix
+from pipeline.replay import ReplayConfig, produce_replay, reconcile
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+CLOSED_STATES = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED", "CANCELLED"}
+
+
+def http_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def sql(p, query: str) -> list[dict]:
+    code, body = http_json(f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(query)}")
+    assert code == 200, body
+    return body["rows"]
+
+
+def expected_rows(p) -> dict[str, int]:
+    """Distinct facts per table, counted from the topics the sink reads (a fact's natural key:
+    upstream stages may re-emit one, the table must hold it once)."""
+    codec = order_codec()
+    orders = {(o["order_id"], o["status"], o["updated_at"], r.headers.get("change"))
+              for r in p.read(p.names.UNIQUE) for o in [codec.decode(r.value)]}
+    risk = {(e["order_id"], e["event"], e["at_ms"]) for e in map(decode_json, (r.value for r in p.read(p.names.RISK_EVENTS)))}
+    inventory = {(e["order_id"], e["event"]) for e in
+                 map(decode_json, (r.value for r in p.read(p.names.INVENTORY_EVENTS)))}
+    return {"order_events": len(orders), "risk_events": len(risk), "inventory_events": len(inventory),
+            "dead_letters": len(p.read(p.names.DLQ)), "channel_events": len(p.read(p.names.CHANNEL_CONTROL)),
+            "breaker_events": len(p.read(p.names.BREAKER_EVENTS))}
+
+
+def table_counts(p) -> dict[str, int]:
+    rows = sql(p, " UNION ALL ".join(f"SELECT '{t}' AS t, count() AS n FROM {t}" for t in
+                                     ("order_events", "risk_events", "inventory_events", "dead_letters",
+                                      "channel_events", "breaker_events")))
+    return {r["t"]: int(r["n"]) for r in rows}
+
+
+def wait_sunk(p, expected: dict[str, int], timeout: float = 60.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        p.check_alive()
+        got = table_counts(p)
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)
+
+
+def settle(p, messages, produced, timeout: float = 40.0) -> dict:
+    """Drain, then wait for every held order to be released by the default policy."""
+    p.drain(timeout=180)
+    deadline = time.monotonic() + timeout
+    report = reconcile(p.s, p.names, messages, produced["coordinates"])
+    while report["awaiting_decision"] and time.monotonic() < deadline:
+        time.sleep(2)
+        p.drain(timeout=60)
+        report = reconcile(p.s, p.names, messages, produced["coordinates"])
+    return report
+
+
+@pytest.fixture(scope="module")
+def sunk(pipeline_factory):
+    """One replay through worker + sink, shared by the tier checks below."""
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
+    p.start_worker()
+    p.start_sink()
+    cfg = ReplayConfig(count=600, seed=8, mix=ReplayMix(malformed=0.04, update=0.08), scarce_skus=4)
+    messages, produced = produce_replay(p.s, p.names, cfg)
+    report = settle(p, messages, produced)
+    assert report["balanced"] and report["awaiting_decision"] == 0, report
+    expected = expected_rows(p)
+    got = wait_sunk(p, expected)
+    assert got == expected, f"sink rows {got} != distinct facts in the topics {expected}"
+    return p, messages, report
+
+
+def test_strategic_tier_matches_the_replay(sunk):
+    p, messages, _ = sunk
+    code, view = http_json(f"http://127.0.0.1:{p.sink_port}/views/strategic")
+    assert code == 200
+    # independent count: distinct new orders the generator produced, per platform
+    new_by_platform: dict[str, set] = defaultdict(set)
+    for m in messages:
+        if m.kind == "new":
+            new_by_platform[m.platform].add(m.order_id)
+    expected = {plat: len(ids) for plat, ids in new_by_platform.items()}
+    total = sum(expected.values())
+    assert view["total_orders"] == total > 0
+    assert {c["platform"]: c["orders"] for c in view["channel_share"]} == expected
+    for c in view["channel_share"]:
+        assert c["share"] == pytest.approx(expected[c["platform"]] / total)
+    assert sum(d["orders"] for d in view["orders_per_day"]) == total
+    assert sum(h["orders"] for h in view["orders_per_hour"]) == total
+    # revenue per currency from the new orders on orders.unique (the canonical amounts)
+    codec = order_codec()
+    revenue: Counter = Counter()
+    orders_per_currency: Counter = Counter()
+    for r in p.read(p.names.UNIQUE):
+        if r.headers.get("change") == b"new":
+            o = codec.decode(r.value)
+            revenue[o["currency"]] += o["amounts"]["total_minor"]
+            orders_per_currency[o["currency"]] += 1
+    got_revenue: Counter = Counter()
+    got_orders: Counter = Counter()
+    for a in view["aov_per_hour"]:
+        got_revenue[a["currency"]] += a["revenue_minor"]
+        got_orders[a["currency"]] += a["orders"]
+        assert a["aov_minor"] == pytest.approx(a["revenue_minor"] / a["orders"])
+    assert got_revenue == revenue and got_orders == orders_per_currency
+
+
+def test_tactical_tier_matches_the_topics(sunk):
+    p, messages, report = sunk
+    code, view = http_json(f"http://127.0.0.1:{p.sink_port}/views/tactical")
+    assert code == 200
+    totals = view["exception_totals"]
+    assert totals["dead_letter"] == sum(1 for m in messages if m.expect == "dlq") == report["dead_lettered"] > 0
+    risk = [decode_json(r.value) for r in p.read(p.names.RISK_EVENTS)]
+    inventory = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    held = {(e["order_id"], e["at_ms"]) for e in risk if e["event"] == "held"}
+    out_of_stock = {e["order_id"] for e in inventory if e["event"] == "out_of_stock"}
+    assert totals["risk_hold"] == len(held) > 0
+    assert totals["out_of_stock"] == len(out_of_stock) > 0, "scarce SKUs should run out"
+    assert totals["sla_breach"] == 0  # every deadline is 48 h or more after a live replay
+    assert sum(b["dead_letter"] for b in view["exceptions"]) == totals["dead_letter"]
+    # outbound progress: per warehouse, reserved orders and units of the first reservation of each order
+    first_reservation: dict[str, dict] = {}
+    for e in inventory:
+        if e["event"] == "reserved":
+            first_reservation.setdefault(e["order_id"], e)
+    orders_per_wh: Counter = Counter()
+    units_per_wh: Counter = Counter()
+    for e in first_reservation.values():
+        for wh in {line["warehouse"] or e["warehouse"] for line in e["lines"]}:
+            orders_per_wh[wh] += 1
+        for line in e["lines"]:
+            units_per_wh[line["warehouse"] or e["warehouse"]] += line["quantity"]
+    got = {w["warehouse"]: (w["reserved_orders"], w["reserved_units"]) for w in view["warehouses"]}
+    assert got == {wh: (orders_per_wh[wh], units_per_wh[wh]) for wh in orders_per_wh}
+    assert sum(n for n, _ in got.values()) >= report["reserved"] > 0
+    for w in view["warehouses"]:
+        assert 0 <= w["shipped_orders"] <= w["reserved_orders"]
+
+
+def test_execution_tier_matches_the_topics(sunk):
+    p, _, report = sunk
+    code, view = http_json(f"http://127.0.0.1:{p.sink_port}/views/execution")
+    assert code == 200
+    # every hold was auto-released (timeout 3 s): nothing left on anyone's to-do list
+    assert report["auto_released"] == report["held"] > 0
+    assert view["todo"] == {} and view["held_orders"] == 0
+    # open orders, independently: latest version per order on orders.unique, with a deadline
+    codec = order_codec()
+    latest: dict[str, dict] = {}
+    deadline: dict[str, datetime] = {}
+    for r in p.read(p.names.UNIQUE):
+        o = codec.decode(r.value)
+        if o["order_id"] not in latest or o["updated_at"] > latest[o["order_id"]]["updated_at"]:
+            latest[o["order_id"]] = o
+        if o["ship_by"] is not None:
+            deadline[o["order_id"]] = max(deadline.get(o["order_id"], o["ship_by"]), o["ship_by"])
+    open_orders = {oid for oid, o in latest.items() if oid in deadline and o["status"] not in CLOSED_STATES}
+    closed = {oid for oid, o in latest.items() if o["status"] in CLOSED_STATES}
+    assert closed, "the replay's updates should ship or cancel some orders"
+    sla = view["sla"]
+    assert sum(sla["levels"].values()) == len(open_orders) > 0
+    rows = sla["orders"]
+    assert len(rows) == min(200, len(open_orders))
+    assert {r["order_id"] for r in rows} <= open_orders
+    now = datetime.fromisoformat(view["now"].replace("Z", "+00:00"))
+    for r in rows:
+        hours = (deadline[r["order_id"]] - now).total_seconds() / 3600
+        assert r["hours_left"] == pytest.approx(hours, abs=0.01)
+        assert r["level"] == "green" and r["status"] == latest[r["order_id"]]["status"]
+    assert [r["hours_left"] for r in rows] == sorted(r["hours_left"] for r in rows)  # most urgent first
+    assert view["processing"]["decisions"] >= 0
+
+
+def test_sql_endpoint_is_read_only_and_counts_match(sunk):
+    p, _, report = sunk
+    rows = sql(p, "SELECT countIf(change = 'new') AS new, countIf(change = 'update') AS upd FROM order_events")
+    assert int(rows[0]["new"]) == report["unique_new_orders"]
+    assert int(rows[0]["upd"]) == report["unique_updates"]
+    for statement in ("DROP TABLE order_events", "INSERT INTO dead_letters (reason) VALUES ('x')",
+                      "ALTER TABLE order_events DELETE WHERE 1", "TRUNCATE TABLE risk_events"):
+        code, body = http_json(f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(statement)}")
+        assert code == 400 and "error" in body, (statement, code, body)
+    assert int(sql(p, "SELECT count() AS n FROM order_events")[0]["n"]) == \
+        report["unique_new_orders"] + report["unique_updates"]
+    # no duplicate landing: each source coordinate at most once
+    dupes = sql(p, "SELECT count() AS n FROM (SELECT src_topic, src_partition, src_offset, count() AS c "
+                   "FROM order_events GROUP BY src_topic, src_partition, src_offset HAVING c > 1)")
+    assert int(dupes[0]["n"]) == 0
+
+
+def test_views_cli_prints_the_strategic_tier_as_json(sunk):
+    p, _, report = sunk
+    env = {**os.environ, "ORDERSTREAM_SINK_WEB_PORT": str(p.sink_port), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "views", "strategic", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["tier"] == "strategic"
+    assert data["total_orders"] == report["unique_new_orders"]
+    # the CLI read the running sink (no second process may open its chDB data dir)
+    assert datetime.fromisoformat(data["now"].replace("Z", "+00:00")) <= datetime.now(timezone.utc)
