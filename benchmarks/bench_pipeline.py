@@ -169,7 +169,8 @@ def main() -> None:
     result = {
         "benchmark": "bench_pipeline",
         "command": "python -m benchmarks.bench_pipeline " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                    vars(args).items() if v not in (False, None)),
+                                                                    vars(args).items() if v not in (False, True, None))
+                   + (" --skip-scale" if args.skip_scale else ""),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "baseline_confluent_copy": {"runs": baselines, "median_msgs_per_s": base},
         "one_worker": {"runs": runs, "median_orders_per_s": one, "ratio_to_baseline": round(one / base, 4)},

@@ -28,12 +28,35 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def derived_summary(name: str, d: dict) -> list[str]:
+    """Summary lines for result files that do not carry their own."""
+    if name == "bench_normalize":
+        r = d["results"]
+        return [f"normalize, one core, no Kafka: {r['normalize']['orders_per_s']:,} orders/s; "
+                f"with Avro encode {r['normalize+avro_encode']['orders_per_s']:,}/s"]
+    if name == "bench_risk":
+        m = d["modes"]
+        return [f"rule evaluation: {m['full']['median_orders_per_s']:,.0f} orders/s full, "
+                f"{m['degraded']['median_orders_per_s']:,.0f} degraded"]
+    if name == "bench_inventory":
+        m = d["median"]
+        return [f"Redis reservations: {m['one_at_a_time']:,.0f}/s one at a time, "
+                f"{m['pipelined_batch_100']:,.0f}/s pipelined x100 "
+                f"({m['pipelined_batch_100'] / m['one_at_a_time']:.2f}x)"]
+    if name == "bench_clickhouse":
+        v = d["views"]
+        return [f"chDB sink path {d['sink_path']['rows_per_s']:,} rows/s, bulk insert {d['bulk_insert']['rows_per_s']:,} rows/s",
+                f"views at {d['params']['orders']:,} orders: strategic {v['strategic']['median_ms']} ms, "
+                f"tactical {v['tactical']['median_ms']} ms, execution {v['execution']['median_ms']} ms"]
+    return []
+
+
 def benchmark_table() -> str:
     rows = ["| benchmark | figure (median) | command | result file |", "|---|---|---|---|"]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        for line in data.get("summary", []):
-            rows.append(f"| {path.stem} | {line} | `{data.get('command', '.venv/bin/python -m benchmarks.' + path.stem)}` "
+        for line in data.get("summary") or derived_summary(path.stem, data):
+            rows.append(f"| {path.stem} | {line} | `{data.get('command', 'python -m benchmarks.' + path.stem)}` "
                         f"| `benchmarks/results/{path.name}` |")
     if len(rows) == 2:
         rows.append("| (no results yet) | | | |")
