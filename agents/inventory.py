@@ -33,7 +33,8 @@ def store() -> AsyncInventoryStore:
     global _store
     if _store is None:
         client = aioredis.Redis.from_url(settings.redis, socket_timeout=5, socket_connect_timeout=2)
-        _store = AsyncInventoryStore(client, prefix=f"{names.ns}inv", reservation_ttl_s=settings.idempotency_ttl_s)
+        # unpaid orders' reservations time out; paid ones are settled (taken off that schedule)
+        _store = AsyncInventoryStore(client, prefix=f"{names.ns}inv", reservation_ttl_s=settings.reservation_timeout_s)
     return _store
 
 
@@ -105,6 +106,8 @@ async def inventory_agent(stream):
                         "cancelled", order, reason="cancelled before reservation"))
             elif headers.get("change") != b"update":
                 reservations.append((order, headers))
+            elif order["status"] != "PENDING_PAYMENT":
+                await with_redis_retry(store().settle, [order["order_id"]])  # paid now: keep the stock
             # other updates: status progress of a reserved order; the sink records it from orders.unique
         await reserve_batch(reservations)
 
@@ -145,6 +148,8 @@ async def reserve_batch(batch: list[tuple[dict, dict]]) -> None:
         await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
             outcome, order, warehouse=result.warehouse, allocations=result.allocations,
             reason=reason, latency_ms=latency if fresh else None))
+    await with_redis_retry(store().settle, [order["order_id"] for (order, _), res in zip(batch, results)
+                                            if res.outcome == "reserved" and order["status"] != "PENDING_PAYMENT"])
     await publish_channel_states({sku for (_, res) in zip(batch, results) if res.outcome == "reserved"
                                   for _, sku, _ in res.allocations})
 
@@ -166,6 +171,19 @@ async def publish_channel_states(skus) -> None:
                                  settings.primary_platform, now_ms()):
             metrics.CHANNEL_CONTROL.labels(action=ev["event"]).inc()
             await channel_control.send(key=f"{sku}:{ev['platform']}".encode(), value=encode_json(ev))
+
+
+@app.timer(interval=2.0)
+async def release_timed_out_reservations():
+    """Unpaid orders do not hold stock forever: release what passed its deadline (reason timeout)."""
+    for order_id, released in await with_redis_retry(store().release_expired):
+        if not released.released:
+            continue
+        metrics.RESERVATIONS.labels(outcome="released").inc()
+        order = {"order_id": order_id, "platform": ""}
+        await inventory_events.send(key=order_id.encode(), value=inventory_event(
+            "released", order, allocations=released.allocations, reason="timeout: unpaid"))
+        await publish_channel_state({sku for _, sku, _ in released.allocations})
 
 
 @app.agent(inventory_stock)

@@ -59,6 +59,7 @@ class Settings:
     verifier_url: str = _setting("", "Base URL of the external verifiers; empty means the local one.")
     verifier_port: int = _setting(18089, "Port of the local verifier service.")
     verifier_timeout_s: float = _setting(0.5, "Per-call timeout of an external verifier.")
+    reservation_timeout_s: int = _setting(30 * 60, "An unpaid order's reservation is released after this long.")
     safety_stock: int = _setting(10, "Available units below which non-primary channels are paused.")
     primary_platform: str = _setting("SHOPIFY", "The channel that keeps selling when stock runs low.")
     sink_batch_rows: int = _setting(10_000, "The sink flushes when a batch has this many rows ...")

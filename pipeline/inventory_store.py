@@ -701,6 +701,13 @@ class AsyncInventoryStore:
         members = await self.redis.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=limit)
         return [_text(m) for m in members]
 
+    async def settle(self, order_ids: Iterable[str]) -> int:
+        """Paid orders keep their stock: take them off the time-out schedule (idempotent)."""
+        order_ids = list(order_ids)
+        if not order_ids:
+            return 0
+        return int(await self.redis.zrem(self.keys.deadlines, *order_ids))
+
     async def release_expired(self, now_ms: int | None = None, limit: int = 100) -> list[tuple[str, Release]]:
         return [(oid, await self.release(oid, "timeout", now_ms)) for oid in await self.expired(now_ms, limit)]
 
