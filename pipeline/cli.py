@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -74,7 +75,7 @@ def stack_down() -> None:
 # ------------------------------------------------------------------------------- roles
 
 @cli.command()
-def worker(loglevel: str = "warning") -> None:
+def worker(loglevel: str = "info") -> None:
     """Run one Faust worker with every agent (normalize, dedupe, risk, holds, inventory, breaker)."""
     from . import stack
     from .logs import setup_logging
@@ -86,7 +87,12 @@ def worker(loglevel: str = "warning") -> None:
 
     import agents  # noqa: F401  - registers the agents on the app
     from .app import app
-    faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back
+            setup_logging(s.log_json, level=getattr(logging, loglevel.upper(), logging.INFO))
+
+    Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 @cli.command()
