@@ -140,7 +140,7 @@ async def reserve_batch(batch: list[tuple[dict, dict]]) -> None:
             # re-processing (crash, replay, approval of a light-path order): Redis kept one
             # reservation; the event is re-published under its natural key (order id, event)
             outcome = "reserved"
-        metrics.RESERVATIONS.labels(outcome=result.outcome).inc()
+        metrics.RESERVATIONS.labels(outcome="cancelled" if result.outcome == "released" else result.outcome).inc()
         fresh = result.outcome != "duplicate"
         if latency is not None and fresh:
             metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)

@@ -119,6 +119,7 @@ def risk_event(kind: str, order: dict, verdict) -> bytes:
         "approvers": list(verdict.approvers), "operator": None,
         "reason": "; ".join(h.reason for h in verdict.hits), "amount_minor": order["amounts"]["total_minor"],
         "currency": order["currency"], "ruleset_version": active.rules.version,
+        "checked_lightly": order.get("checked_lightly", False),
     })
 
 
@@ -188,11 +189,11 @@ async def recheck_agent(stream):
             value, headers = base64.b64decode(parked["order_b64"]), {k: v.encode() for k, v in parked["headers"].items()}
         else:
             value = msg.value
-        if breaker.degraded:
+        # park while degraded, or while a verifier is still unavailable (the check would be light again)
+        if breaker.degraded or not await recheck(ORDER_CODEC.decode(value), headers):
             recheck_pending[order_id] = {"order_b64": base64.b64encode(value).decode(),
                                          "headers": {k: v.decode(errors="replace") for k, v in headers.items()}}
             continue
-        await recheck(ORDER_CODEC.decode(value), headers)
         if recheck_pending.get(order_id) is not None:
             recheck_pending.pop(order_id, None)
 
@@ -213,9 +214,12 @@ async def resume_rechecks():
 _retry_requested: dict[str, int] = {}
 
 
-async def recheck(order: dict, headers: dict[str, bytes]) -> None:
+async def recheck(order: dict, headers: dict[str, bytes]) -> bool:
+    """The full check of a light-path order; False (nothing emitted) when it would be light again."""
     key = order["order_id"].encode()
     verdict, still_light = await full_check(order, ip_count=0)
+    if still_light and verdict.action != "reject":
+        return False
     await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
     if verdict.action == "hold" and headers.get("risk") == b"accept":
         order["checked_lightly"] = still_light
@@ -230,3 +234,10 @@ async def recheck(order: dict, headers: dict[str, bytes]) -> None:
             await risk_decisions.send(key=key, value=encode_json({
                 "order_id": order["order_id"], "action": "reject", "operator": "recheck",
                 "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))
+    return True
+
+
+@app.on_before_shutdown.connect
+async def close_verifier_client(app, **kwargs) -> None:
+    if _verifier is not None:
+        await _verifier.close()

@@ -44,7 +44,7 @@ VERIFIER_CALLS = Counter("orderstream_verifier_calls_total", "External verifier 
 
 # -- inventory --------------------------------------------------------------------------------
 RESERVATIONS = Counter("orderstream_reservations_total",
-                       "Reservation outcomes (reserved, out_of_stock, duplicate, released).", ["outcome"])
+                       "Reservation outcomes (reserved, out_of_stock, backorder, duplicate, cancelled, released).", ["outcome"])
 CHANNEL_CONTROL = Counter("orderstream_channel_control_total", "Channel pause/resume events.", ["action"])
 REDIS_RETRIES = Counter("orderstream_redis_retries_total", "Redis calls retried after a connection error.")
 

@@ -19,12 +19,22 @@ pytestmark = pytest.mark.stack
 _port_offsets = itertools.count(10 + (os.getpid() % 40) * 20, 4)
 
 
+def _free_offset() -> int:
+    """The next offset whose worker, sink and verifier ports are all free (other pytest processes)."""
+    base = load_settings()
+    for offset in _port_offsets:
+        ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 18100 + offset]
+        if not any(stack.port_open("127.0.0.1", port, timeout=0.05) for port in ports):
+            return offset
+    raise RuntimeError("no free port offset")
+
+
 class Pipeline:
     """Start/stop workers and produce/read messages inside one namespace."""
 
     def __init__(self, namespace: str, env: dict[str, str]):
         self.ns = namespace
-        self.port_offset = next(_port_offsets)  # pipelines alive at once never share a web port
+        self.port_offset = _free_offset()  # pipelines alive at once never share a web port
         self.env = {"ORDERSTREAM_NAMESPACE": namespace,
                     "ORDERSTREAM_VERIFIER_PORT": str(18100 + self.port_offset), **env}
         self.names = TopicNames(namespace)
@@ -43,8 +53,8 @@ class Pipeline:
         env = {**self.env, **overrides}
         proc = processes.start(self.s, f"{self.ns}worker-{index}", ["worker"],
                                {**env, "ORDERSTREAM_WORKER_WEB_PORT": str(self.worker_port(index))})
+        self.procs[f"worker-{index}"] = proc  # registered first: stopped at teardown even if it never gets ready
         processes.wait_http(f"{self.worker_url(index)}/ready", proc, timeout=120)
-        self.procs[f"worker-{index}"] = proc
         return proc
 
     def worker_port(self, index: int = 0) -> int:
@@ -62,15 +72,15 @@ class Pipeline:
         env = {**self.env, "ORDERSTREAM_SINK_WEB_PORT": str(self.sink_port),
                "ORDERSTREAM_CHDB_PATH": str(self.s.var / f"chdb-{self.ns.rstrip('.')}"), **overrides}
         proc = processes.start(self.s, f"{self.ns}sink", ["sink"], env)
-        processes.wait_http(f"http://127.0.0.1:{self.sink_port}/health", proc, timeout=120)
         self.procs["sink"] = proc
+        processes.wait_http(f"http://127.0.0.1:{self.sink_port}/health", proc, timeout=120)
         return proc
 
     def start_verifiers(self, *args: str) -> processes.Proc:
         """The local verifier service on this pipeline's own port (args: --latency-ms, --error-rate)."""
         proc = processes.start(self.s, f"{self.ns}verifiers", ["verifiers", *args], self.env)
-        processes.wait_http(f"http://127.0.0.1:{self.s.verifier_port}/health", proc, timeout=30)
         self.procs["verifiers"] = proc
+        processes.wait_http(f"http://127.0.0.1:{self.s.verifier_port}/health", proc, timeout=30)
         return proc
 
     def produce(self, records) -> None:
@@ -99,6 +109,9 @@ def pipeline_factory():
     saved = dict(os.environ)
 
     def make(**env: str) -> Pipeline:
+        # each pipeline starts from the test session's environment, not the previous pipeline's
+        os.environ.clear()
+        os.environ.update(saved)
         p = Pipeline(f"t{uuid.uuid4().hex[:8]}.", {k: str(v) for k, v in env.items()})
         made.append(p)
         return p
@@ -106,5 +119,9 @@ def pipeline_factory():
     yield make
     for p in made:
         p.stop()
+        try:  # the shared broker stays small: restarts and metadata stay fast
+            kafka_io.delete_topics(p.s, list(p.names.ALL_TOPICS))
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
     os.environ.clear()
     os.environ.update(saved)
