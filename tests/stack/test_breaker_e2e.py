@@ -301,10 +301,6 @@ def test_slow_or_failing_verifier_does_not_stall_the_stream(pipeline_factory):
     p.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap (agents/risk.py recheck_agent/recheck): an order checked lightly because a verifier "
-    "was unavailable is re-checked at once, while the verifier is still down; that still-light re-check "
-    "is final, so the order never gets its full check once the verifier is back"))
 def test_order_checked_lightly_during_a_verifier_outage_is_rechecked_when_it_is_back(pipeline_factory):
     p = pipeline_factory(ORDERSTREAM_VERIFIER_TIMEOUT_S="0.3", ORDERSTREAM_BREAKER_OPEN_PER_MIN="100000",
                          ORDERSTREAM_BREAKER_CLOSE_PER_MIN="50000", ORDERSTREAM_BREAKER_WINDOW_S="60")
