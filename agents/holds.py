@@ -12,7 +12,7 @@ import json
 import logging
 
 from pipeline import metrics
-from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, risk_queue, settings
+from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, settings
 from pipeline.codecs import encode_json, order_codec
 from pipeline.domain.holds import (DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
                                    timeout_decision)

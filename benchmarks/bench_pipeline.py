@@ -96,7 +96,7 @@ def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 
                  port_base: int = 6300) -> dict:
     """Fresh namespace, worker(s), a replay, exact reconciliation; throughput from first raw to last outcome."""
     from pipeline import kafka_io, stack
-    from pipeline.codecs import decode_json
+
     from pipeline.replay import ReplayConfig, run_replay
     from pipeline.topics import TopicNames
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+
 
 from pipeline.config import PROJECT_ROOT, settings_table
 

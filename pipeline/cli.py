@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+
 import time
-import uuid
+
 from pathlib import Path
 
 import typer

@@ -2,7 +2,6 @@
 must add up to what was produced (the replay's own messages) and to what the topics hold."""
 from __future__ import annotations
 
-import random
 import threading
 import time
 import urllib.error
@@ -12,7 +11,6 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import stack
 from pipeline.codecs import decode_json
 from pipeline.domain.raw_orders import ReplayMix
 from pipeline.replay import ReplayConfig, produce_replay, reconcile
@@ -20,18 +18,6 @@ from pipeline.replay import ReplayConfig, produce_replay, reconcile
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
-def own_ports(p):
-    """Move this pipeline to web ports nobody listens on. conftest derives them from pid % 40,
-    which collides across pytest processes running side by side, and a foreign worker answering
-    /ready would pass for ours."""
-    rng = random.Random()
-    for _ in range(200):
-        offset = rng.randrange(300, 1900, 4)
-        ports = (p.s.worker_web_port + offset, p.s.worker_web_port + offset + 1, 7000 + offset)
-        if not any(stack.port_open("127.0.0.1", port) for port in ports):
-            p.port_offset = offset
-            return p
-    raise RuntimeError("no free web ports")
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -68,7 +54,7 @@ def by_label(samples: dict, name: str, label: str) -> dict[str, float]:
 
 
 def test_worker_counters_add_up_to_the_replay(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker()
     url = p.worker_url()
     for path in ("/health", "/ready"):

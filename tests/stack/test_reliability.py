@@ -46,18 +46,6 @@ SINK_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters"
 REPLAY = dict(count=1500, rate_per_min=4800, mix=ReplayMix(), drain_timeout_s=240)
 
 
-def own_ports(p):
-    """Move this pipeline to web ports nobody listens on. conftest derives them from pid % 40,
-    which collides across pytest processes running side by side, and a foreign worker answering
-    /ready would pass for ours."""
-    rng = random.Random()
-    for _ in range(200):
-        offset = rng.randrange(300, 1900, 4)
-        ports = (p.s.worker_web_port + offset, p.s.worker_web_port + offset + 1, 7000 + offset)
-        if not any(stack.port_open("127.0.0.1", port) for port in ports):
-            p.port_offset = offset
-            return p
-    raise RuntimeError("no free web ports")
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -287,7 +275,7 @@ def duplicate_rows(p) -> dict[str, int]:
 # -- a. a worker SIGKILLed and restarted (test_dedupe_e2e has the burst version) --------------------
 
 def test_worker_sigkill_and_restart_loses_and_doubles_nothing(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker(0)
     replay = FaultyReplay(p, ReplayConfig(seed=505, **REPLAY)).start()
     replay.at(0.4)
@@ -306,7 +294,7 @@ def test_worker_sigkill_and_restart_loses_and_doubles_nothing(pipeline_factory):
 # -- b. rebalance ------------------------------------------------------------------------------------
 
 def test_rebalance_join_and_leave_loses_and_doubles_nothing(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker(0)
     replay = FaultyReplay(p, ReplayConfig(seed=101, **REPLAY)).start()
     replay.at(0.25)
@@ -342,7 +330,7 @@ def restart_redis(s, down_s: float) -> float:
 
 
 def test_redis_restart_pauses_reservations_and_oversells_nothing(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker(0)
     replay = FaultyReplay(p, ReplayConfig(seed=202, **REPLAY)).start()
     replay.at(0.4)
@@ -369,7 +357,7 @@ def test_redis_restart_pauses_reservations_and_oversells_nothing(pipeline_factor
 # -- d. the ClickHouse sink failing ------------------------------------------------------------------
 
 def test_sink_killed_mid_replay_lands_every_fact_once(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker(0)
     p.start_sink()
     replay = FaultyReplay(p, ReplayConfig(seed=303, **REPLAY)).start()
@@ -526,7 +514,7 @@ def hostile_messages(now: datetime) -> list[dict]:
 
 
 def test_hostile_input_never_crashes_and_never_executes(pipeline_factory):
-    p = own_ports(pipeline_factory())
+    p = pipeline_factory()
     p.start_worker(0)
     p.start_sink()
     msgs = hostile_messages(datetime.now(timezone.utc))
@@ -628,7 +616,7 @@ def wait_broker_serving(p, timeout: float = 120.0) -> float:
 
 
 def test_broker_restart_worker_reconnects_and_catches_up(pipeline_factory):
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
     p.start_worker(0)
     replay = FaultyReplay(p, ReplayConfig(seed=404, **REPLAY)).start()
     replay.at(0.4)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline import stack
 from pipeline.codecs import decode_json, order_codec
 from pipeline.config import PROJECT_ROOT
 from pipeline.domain.raw_orders import ReplayMix
@@ -30,18 +28,6 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 CLOSED_STATES = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED", "CANCELLED"}
 
 
-def own_ports(p):
-    """Move this pipeline to web ports nobody listens on. conftest derives them from pid % 40,
-    which collides across pytest processes running side by side, and a foreign worker answering
-    /ready would pass for ours."""
-    rng = random.Random()
-    for _ in range(200):
-        offset = rng.randrange(300, 1900, 4)
-        ports = (p.s.worker_web_port + offset, p.s.worker_web_port + offset + 1, 7000 + offset)
-        if not any(stack.port_open("127.0.0.1", port) for port in ports):
-            p.port_offset = offset
-            return p
-    raise RuntimeError("no free web ports")
 
 
 def http_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
@@ -105,7 +91,7 @@ def settle(p, messages, produced, timeout: float = 40.0) -> dict:
 @pytest.fixture(scope="module")
 def sunk(pipeline_factory):
     """One replay through worker + sink, shared by the tier checks below."""
-    p = own_ports(pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3"))
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_worker()
     p.start_sink()
     cfg = ReplayConfig(count=600, seed=8, mix=ReplayMix(malformed=0.04, update=0.08), scarce_skus=4)
