@@ -203,6 +203,8 @@ async def resume_rechecks():
     """Breaker closed: send every parked order of this worker's partitions back through the agent."""
     if breaker.degraded:
         return
+    if any(verifier().breaker_open(name) for name in verifiers_needed(active.rules)):
+        return  # a verifier is still being skipped: the re-check would only be light again
     now = now_ms()
     for order_id, _ in list(recheck_pending.items())[:2000]:
         if now - _retry_requested.get(order_id, 0) < 30_000:

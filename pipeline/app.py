@@ -34,6 +34,8 @@ app = faust.App(
     table_standby_replicas=0,
     processing_guarantee="at_least_once",
     consumer_auto_offset_reset="earliest",
+    # a SIGKILLed worker never says goodbye: its partitions move after this long
+    broker_session_timeout=settings.session_timeout_s,
     broker_commit_interval=float(os.environ.get("ORDERSTREAM_COMMIT_INTERVAL_S", "1.0")),
     web_host="127.0.0.1",
     web_bind=settings.bind_host,

@@ -42,6 +42,7 @@ class Settings:
     clickhouse_url: str = _setting("http://default:@127.0.0.1:8123/orderstream", "ClickHouse server URL for the server backend.")
     partitions: int = _setting(4, "Partitions of every pipeline topic.")
     app_id: str = _setting("orderstream", "Faust application id (consumer group, changelog prefix).")
+    session_timeout_s: float = _setting(10.0, "Consumer-group session timeout: how soon a killed worker's partitions move.")
     table_store: str = _setting("rocksdb", "Faust table store: rocksdb (rocksdict, bounded by disk) or memory.")
     bind_host: str = _setting("127.0.0.1", "Address the HTTP servers (worker, sink, verifiers) listen on; 0.0.0.0 in containers.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")

@@ -66,6 +66,7 @@ def test_redeliveries_updates_and_lookalikes(pipeline_factory):
 
 def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
+    p.start_verifiers("--latency-ms", "2")
     worker = p.start_worker()
     cfg = ReplayConfig(count=3000, seed=77, rate_per_min=90_000, mix=ReplayMix(), drain_timeout_s=240)
     result: dict = {}
@@ -76,7 +77,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
     worker.kill()    # SIGKILL: no shutdown hooks, no final commit
     producer.join()
     p.start_worker()
-    p.drain(timeout=240)
+    p.drain(timeout=360)
     time.sleep(4)  # holds released by the default policy
     p.drain(timeout=60)
     report = reconcile(p.s, p.names, result["messages"], result["produced"]["coordinates"])
