@@ -18,7 +18,7 @@ from pipeline.app import accepted, app, channel_control, inventory_events, inven
 from pipeline.codecs import decode_json, encode_json, order_codec
 from pipeline.domain.channels import channel_events
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Weights, score_warehouses
-from pipeline.inventory_store import AsyncInventoryStore, StockEventError
+from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth_over
 from pipeline.topics import PLATFORMS, names
 
 from .common import headers_of, ms_since_raw, now_ms
@@ -114,9 +114,8 @@ async def inventory_agent(stream):
 
 def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> list[str]:
     """Weighted score (distance 40 %, depth 30 %, on-time 20 %, cost 10 %); depth = what this order can get."""
-    whs = sorted({w for sku, _ in lines for w in levels.get(sku, {})})
-    depth = {w: max(0, min(levels.get(sku, {}).get(w).available if w in levels.get(sku, {}) else 0
-                           for sku, _ in lines)) for w in whs}
+    depth = depth_over({sku: {w: level.available for w, level in levels.get(sku, {}).items()}
+                        for sku, _ in lines})
     known = [w for w in DEFAULT_WAREHOUSES if w.id in depth] or list(DEFAULT_WAREHOUSES)
     extra = sorted(set(depth) - {w.id for w in known})
     return [wid for wid, _ in score_warehouses(known, order["address"]["province"], depth, Weights())] + extra

@@ -424,6 +424,12 @@ class _Core:
         return StockLevel(*(_int(v) for v in values))
 
 
+def depth_over(available_by_sku: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Per warehouse, the smallest available over the SKUs (a warehouse missing a SKU has 0)."""
+    whs = sorted({w for by_wh in available_by_sku.values() for w in by_wh})
+    return {w: max(0, min(by_wh.get(w, 0) for by_wh in available_by_sku.values())) for w in whs}
+
+
 def _decode_record(raw) -> dict | None:
     return json.loads(_text(raw)) if raw is not None else None
 
@@ -501,9 +507,7 @@ class InventoryStore:
     def depth_for(self, skus: Iterable[str]) -> dict[str, int]:
         """Per warehouse, the smallest available over `skus` (the depth the warehouse score wants)."""
         skus = list(dict.fromkeys(skus))
-        by_sku = {sku: self.available_by_warehouse(sku) for sku in skus}
-        whs = sorted({w for d in by_sku.values() for w in d})
-        return {w: max(0, min(by_sku[s].get(w, 0) for s in skus)) for w in whs}
+        return depth_over({sku: self.available_by_warehouse(sku) for sku in skus})
 
     # ------------------------------------------------------------ reservations
     def reserve(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str],
@@ -662,9 +666,7 @@ class AsyncInventoryStore:
 
     async def depth_for(self, skus: Iterable[str]) -> dict[str, int]:
         skus = list(dict.fromkeys(skus))
-        by_sku = {sku: await self.available_by_warehouse(sku) for sku in skus}
-        whs = sorted({w for d in by_sku.values() for w in d})
-        return {w: max(0, min(by_sku[s].get(w, 0) for s in skus)) for w in whs}
+        return depth_over({sku: await self.available_by_warehouse(sku) for sku in skus})
 
     # ------------------------------------------------------------ reservations
     async def reserve(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str],
