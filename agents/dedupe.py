@@ -39,11 +39,14 @@ async def dedupe_agent(stream):
         order_id = order["order_id"]
         incoming = version_of(order)
         source = f"{msg.partition}:{msg.offset}"
-        change = decide(remembered(order_id), incoming, source)
+        previous = remembered(order_id)
+        change = decide(previous, incoming, source)
         metrics.DEDUPE.labels(platform=order["platform"], outcome=change.value).inc()
         if change in (Change.NEW, Change.UPDATE):
             await unique.send(key=risk_partition_key(order), value=msg.value,
                               headers=with_header(headers_of(msg), change=change.value))
+            if previous is not None and previous.emitted_by(source):
+                continue  # re-emitting after a crash: the table already holds this and newer
             # a crash may land this table write without the send above: the source offset stored
             # with it makes re-processing re-emit (see decide); effects downstream are idempotent
-            seen_versions[order_id] = incoming.remembered_as(source, change).to_json()
+            seen_versions[order_id] = incoming.remembered_as(source, change, previous).to_json()

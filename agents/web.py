@@ -46,6 +46,27 @@ async def ready_page(web, request):
     return web.json({"ready": ready}, status=200 if ready else 503)
 
 
+@app.page("/debug/offsets")
+async def offsets_page(web, request):
+    """Per assigned partition: committed, last read, acked-but-uncommitted and unacked offsets.
+    A lag that never shrinks shows up here as an offset that was read but never acked."""
+    consumer = app.consumer
+    unacked: dict = {}
+    for message in list(getattr(consumer, "_unacked_messages", ())):
+        unacked.setdefault(message.tp, []).append(message.offset)
+    rows = {}
+    for tp in sorted(consumer.assignment()):
+        rows[f"{tp.topic}[{tp.partition}]"] = {
+            "highwater": consumer.highwater(tp),
+            "committed": consumer._committed_offset.get(tp),
+            "read": consumer._read_offset.get(tp),
+            "acked_pending": sorted(consumer._acked.get(tp, ()))[:20],
+            "gaps": [(i.begin, i.end) for i in sorted(consumer._gap.get(tp, ()))][:20],
+            "unacked": sorted(unacked.get(tp, ()))[:20],
+        }
+    return web.json(rows)
+
+
 @app.timer(interval=5.0)
 async def export_consumer_lag():
     consumer = app.consumer

@@ -9,6 +9,7 @@ import os
 
 import faust
 
+from . import consumer
 from . import topics as t
 from .config import load_settings
 
@@ -49,6 +50,7 @@ app = faust.App(
     producer_max_batch_size=256 * 1024,
     logging_config=None,
 )
+consumer.install(app)
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

@@ -81,7 +81,7 @@ def worker(loglevel: str = "info") -> None:
     from .logs import setup_logging
     from .topics import names
     s = load_settings()
-    setup_logging(s.log_json)
+    setup_logging(s.log_json, library_level=s.library_log_level)
     stack.ensure_topics(s, names)
     import faust
 
@@ -90,7 +90,8 @@ def worker(loglevel: str = "info") -> None:
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back
-            setup_logging(s.log_json, level=getattr(logging, loglevel.upper(), logging.INFO))
+            setup_logging(s.log_json, level=getattr(logging, loglevel.upper(), logging.INFO),
+                          library_level=s.library_log_level)
 
     Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
@@ -102,7 +103,7 @@ def sink() -> None:
     from .logs import setup_logging
     from .topics import names
     s = load_settings()
-    setup_logging(s.log_json)
+    setup_logging(s.log_json, library_level=s.library_log_level)
     run_sink(s, names)
 
 

@@ -66,6 +66,7 @@ class Settings:
     sink_batch_rows: int = _setting(10_000, "The sink flushes when a batch has this many rows ...")
     sink_batch_seconds: float = _setting(1.0, "... or when the oldest row has waited this long.")
     log_json: bool = _setting(False, "Structured JSON logs.")
+    library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka and mode (INFO shows rebalances).")
 
     @property
     def bootstrap(self) -> str:

@@ -35,7 +35,7 @@ class TextFormatter(logging.Formatter):
         return f"{base} order_id={order_id}" if order_id else base
 
 
-def setup_logging(json_lines: bool = False, level: int = logging.INFO) -> None:
+def setup_logging(json_lines: bool = False, level: int = logging.INFO, library_level: str = "WARNING") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else
                          TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -43,4 +43,4 @@ def setup_logging(json_lines: bool = False, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("aiokafka", "kafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(library_level.upper())

@@ -56,6 +56,9 @@ INTAKE_RATE = Gauge("orderstream_intake_rate_per_minute", "Raw orders per minute
 LIGHT_CHECKS = Counter("orderstream_checked_lightly_total", "Orders let through on the degraded path.")
 
 # -- consumers --------------------------------------------------------------------------------
+COMMIT_STALLS_HEALED = Counter("orderstream_commit_stalls_healed_total",
+                               "Offset commits that had stopped advancing, by remedy (adopted, reread).",
+                               ["topic", "remedy"])
 CONSUMER_LAG = Gauge("orderstream_consumer_lag_messages", "End offset minus committed offset.",
                      ["topic", "partition"])
 

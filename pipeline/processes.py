@@ -61,7 +61,8 @@ def start(s: Settings, name: str, args: list[str], env: dict | None = None) -> P
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pipeline.cli", *args]
     log_file = log_dir / f"{name}.log"
-    log_file.write_text("")
+    with log_file.open("a") as log:  # a restarted process keeps its predecessor's log above this line
+        log.write(f"--- {name} starting {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n")
     pid = spawn(cmd, log_file, pid_file, env=full_env)
     return Proc(name, pid, pid_file, log_file, full_env, args)
 

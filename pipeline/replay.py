@@ -105,8 +105,8 @@ def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=N
     return messages, {"coordinates": coordinates, "produce_s": time.monotonic() - start}
 
 
-def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
-    """Sum of (end offset - committed offset) of `group` over `topics`; None when unknown yet."""
+def group_lag_by_partition(s: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int] | None:
+    """(topic, partition) -> end offset - committed offset of `group`; None when unknown yet."""
     admin = AdminClient({"bootstrap.servers": s.bootstrap})
     ends = kafka_io.end_offsets(s, topics)
     if not ends:
@@ -114,11 +114,13 @@ def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in ends])]
     result = admin.list_consumer_group_offsets(request)[group].result()
     committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
-    lag = 0
-    for tp, end in ends.items():
-        done = committed.get(tp, -1)
-        lag += end - (done if done >= 0 else 0)
-    return lag
+    return {tp: end - max(committed.get(tp, -1), 0) for tp, end in ends.items()}
+
+
+def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
+    """Sum of (end offset - committed offset) of `group` over `topics`; None when unknown yet."""
+    lags = group_lag_by_partition(s, group, topics)
+    return None if lags is None else sum(lags.values())
 
 
 def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0,
@@ -131,9 +133,10 @@ def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float,
     zero_since = None
     while time.monotonic() - start < timeout:
         try:
-            lag = group_lag(s, app_group, topics)
+            lags = group_lag_by_partition(s, app_group, topics)
         except KafkaException:
-            lag = None  # the broker is (re)electing leaders, e.g. right after a restart: keep polling
+            lags = None  # the broker is (re)electing leaders, e.g. right after a restart: keep polling
+        lag = None if lags is None else sum(lags.values())
         if lag == 0:
             zero_since = zero_since or time.monotonic()
             if time.monotonic() - zero_since >= settle_s:
@@ -143,7 +146,8 @@ def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float,
         if check_alive:
             check_alive()
         time.sleep(0.5)
-    raise TimeoutError(f"pipeline did not drain within {timeout:.0f}s (lag {lag})")
+    behind = {f"{t}[{p}]": n for (t, p), n in (lags or {}).items() if n}
+    raise TimeoutError(f"pipeline did not drain within {timeout:.0f}s (lag {lag}: {behind})")
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import urllib.request
 import uuid
 
 import pytest
@@ -96,7 +98,29 @@ class Pipeline:
                 raise RuntimeError(f"{name} died; log tail:\n{proc.tail(60)}")
 
     def drain(self, timeout: float = 120.0) -> None:
-        wait_drained(self.s, self.names, self.group, timeout, check_alive=self.check_alive)
+        try:
+            wait_drained(self.s, self.names, self.group, timeout, check_alive=self.check_alive)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.diagnostics()}") from None
+
+    def diagnostics(self) -> str:
+        """What each live worker says about its offsets, and its log tail: why a drain got stuck."""
+        out = []
+        for name, proc in self.procs.items():
+            if not name.startswith("worker-") or not proc.alive():
+                continue
+            try:
+                with urllib.request.urlopen(f"{self.worker_url(int(name.split('-')[1]))}/debug/offsets",
+                                            timeout=5) as resp:
+                    offsets = json.loads(resp.read())
+                behind = {tp: row for tp, row in offsets.items()
+                          if row["acked_pending"] or row["unacked"] or row["gaps"]
+                          or (row["highwater"] or 0) != (row["committed"] or 0)}
+                out.append(f"{name} offsets: {json.dumps(behind)}")
+            except OSError as exc:
+                out.append(f"{name} offsets unavailable: {exc}")
+            out.append(f"{name} log tail:\n{proc.tail(40)}")
+        return "\n".join(out)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -119,6 +143,8 @@ def pipeline_factory():
     yield make
     for p in made:
         p.stop()
+        if os.environ.get("ORDERSTREAM_TEST_KEEP_TOPICS"):
+            continue  # investigating a failure: the topics and offsets stay for inspection
         try:  # the shared broker stays small: restarts and metadata stay fast
             kafka_io.delete_topics(p.s, list(p.names.ALL_TOPICS))
         except Exception:  # noqa: BLE001 - best effort cleanup

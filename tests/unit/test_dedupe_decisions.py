@@ -44,3 +44,26 @@ def test_json_round_trip_keeps_source_and_change():
 def test_newest_keeps_only_emitted_versions():
     assert newest(v("a"), v("b"), Change.UPDATE) == v("b")
     assert newest(v("a"), v("b"), Change.STALE) is None
+
+
+def test_re_reading_an_earlier_output_after_a_crash_re_emits_it_too():
+    # SIGKILL story: the crashed worker's RocksDB kept PAID (new, from 0:20) and then SHIPPED
+    # (update, from 0:22), but neither output reached the broker. On restart 0:20 is read first.
+    paid = v("paid", 1000, 1).remembered_as("0:20", Change.NEW)
+    shipped = v("shipped", 2000, 7).remembered_as("0:22", Change.UPDATE, previous=paid)
+    assert decide(shipped, v("paid", 1000, 1), "0:20") is Change.NEW       # not STALE: re-emitted
+    assert decide(shipped, v("shipped", 2000, 7), "0:22") is Change.UPDATE
+    # the same PAID content re-normalized into another canonical message is a redelivery
+    assert decide(shipped, v("paid", 1000, 1), "0:88") is Change.STALE
+    assert decide(shipped, v("shipped", 2000, 7), "0:94") is Change.DUPLICATE
+
+
+def test_history_is_bounded_and_survives_json():
+    from pipeline.domain.dedupe import HISTORY
+    seen = None
+    for i in range(HISTORY + 5):
+        seen = v(f"f{i}", 1000 + i, 1).remembered_as(f"0:{i}", Change.UPDATE if seen else Change.NEW, previous=seen)
+    assert len(seen.earlier) == HISTORY - 1
+    assert seen.emitted_by(f"0:{HISTORY + 4}") == "update" and seen.emitted_by(f"0:{HISTORY - 2}") == "update"
+    assert seen.emitted_by("0:0") is None  # fell out of the window of remembered outputs
+    assert SeenVersion.from_json(seen.to_json()) == seen

@@ -1,0 +1,142 @@
+"""Where one worker spends its time: py-spy samples a worker while it drains a backlog.
+
+The throughput target (issue 10) is far above what one worker reaches, and this benchmark says
+why with numbers: the share of samples spent in Faust/mode, aiokafka, the event loop, our own
+code (pipeline/, agents/), Avro, Redis and RocksDB, plus the worker's memory at the end.
+
+    .venv/bin/pip install -e '.[bench]' -c constraints.txt    # py-spy
+    .venv/bin/python -m benchmarks.bench_worker_profile --orders 20000
+
+Writes benchmarks/results/bench_worker_profile.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.bench_pipeline import fresh_namespace, peak_rss_mb, start_workers
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_worker_profile.json"
+
+# first matching marker in a frame's file path names its owner
+OWNERS = [
+    ("our code", ("/pipeline/", "/agents/")),
+    ("faust + mode (stream, table, agent machinery)", ("/faust/", "/mode/")),
+    ("aiokafka (client, protocol, record batches)", ("/aiokafka/",)),
+    ("asyncio + selectors (event loop)", ("/asyncio/", "selectors.py")),
+    ("fastavro (Avro)", ("/fastavro/",)),
+    ("redis client", ("/redis/",)),
+    ("rocksdict (RocksDB tables)", ("/rocksdict/",)),
+    ("aiohttp (verifier calls, web)", ("/aiohttp/", "/yarl/", "/multidict/")),
+    ("prometheus client", ("/prometheus_client/",)),
+]
+STAGES = {"normalize": "agents/normalize.py", "dedupe": "agents/dedupe.py", "risk": "agents/risk.py",
+          "holds": "agents/holds.py", "inventory": "agents/inventory.py"}
+
+
+def owner_of(frame: str) -> str:
+    for owner, markers in OWNERS:
+        if any(m in frame for m in markers):
+            return owner
+    return "other (stdlib, json, logging, ...)"
+
+
+def summarize(collapsed: str) -> dict:
+    """py-spy --format raw: 'frame;frame;...;leaf count' per line, root first."""
+    self_time: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = idle = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        leaf = frames[-1]
+        if leaf.startswith(("select (", "poll (", "epoll (")) and "selectors.py" in leaf:
+            idle += n  # the event loop waiting for I/O: nothing to do
+        self_time[owner_of(leaf)] += n
+        for stage, path in STAGES.items():
+            if any(path in f for f in frames):
+                inclusive[stage] += n
+    share = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
+    return {
+        "samples": total,
+        "idle_in_select_pct": share(idle),
+        "self_time_pct_by_owner": {k: share(v) for k, v in self_time.most_common()},
+        "inclusive_pct_by_stage": {k: share(v) for k, v in inclusive.most_common()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=20000)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        sys.exit("py-spy is missing: .venv/bin/pip install -e '.[bench]' -c constraints.txt")
+
+    from pipeline import stack
+    from pipeline.config import load_settings
+    from pipeline.replay import ReplayConfig, produce_replay, wait_drained
+    from pipeline.topics import TopicNames
+
+    s = load_settings()
+    stack.up(s)
+    ns = fresh_namespace("bf")
+    names = TopicNames(ns)
+    stack.ensure_topics(s, names)
+    procs = start_workers(s, ns, 1, port_base=6500)
+    worker = procs[1]
+    out = Path(tempfile.mkdtemp()) / "profile.txt"
+    try:
+        # the backlog first, then the worker drains it while py-spy samples
+        messages, _ = produce_replay(s, names, ReplayConfig(count=args.orders, seed=31, rate_per_min=None))
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate",
+                                str(args.rate), "--nonblocking", "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.monotonic()
+        drained_s = wait_drained(s, names, ns + s.app_id, timeout=3600)
+        elapsed = time.monotonic() - start
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+        rss_now = None
+        for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_now = round(int(line.split()[1]) / 1024, 1)
+        rss_peak = peak_rss_mb(worker.pid)
+        profile = summarize(out.read_text())
+    finally:
+        for p in procs:
+            p.stop()
+    result = {
+        "benchmark": "bench_worker_profile",
+        "command": f"python -m benchmarks.bench_worker_profile --orders {args.orders} --rate {args.rate}",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "messages": len(messages),
+        "drain_s": round(elapsed, 1),
+        "messages_per_s": round(len(messages) / elapsed, 1),
+        "worker_rss_mb_at_end": rss_now,
+        "worker_peak_rss_mb": rss_peak,
+        "profile": profile,
+        "wait_drained_s": round(drained_s, 1),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The Faust consumer, with a seek that cannot rewind partitions it is already reading.
+
+faust-streaming 0.15 resumes the stream partitions *before* its recovery seeks them to their
+committed offsets, and the fetcher may seek again whenever it polls with the flow paused. With
+a table to restore (a restarted worker) that seek takes long enough that messages are fetched,
+processed and even committed meanwhile; the seek then rewinds the position and Faust's read
+offset while the fetcher is still handing out the batch it had, so the re-fetched messages fall
+below the read offset and are dropped, never acked. A hole of two or more unacked offsets stops
+the partition's commit for good (a lag that never drains); a hole of one is committed over by
+`Consumer._new_offset` (a lost message). Both were seen after SIGKILL + restart.
+
+This consumer seeks only partitions nothing has been fetched from since they were assigned:
+the others already read from the committed offset (the position the broker gave them on
+assignment). It asks for all committed offsets in one request (Faust's path asks per
+partition), and keeps a committed offset it already knows when the broker's answer was read
+before a commit of ours landed.
+"""
+from __future__ import annotations
+
+import logging
+
+from aiokafka import TopicPartition
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+
+def keep_newest_committed(before: dict, after: dict) -> dict:
+    """Committed offsets after a seek: never lower than what was known before it."""
+    merged = dict(after)
+    for tp, ours in before.items():
+        if ours is not None and tp in merged and (merged[tp] is None or merged[tp] < ours):
+            merged[tp] = ours
+    return merged
+
+
+class SeekSafeConsumer(aiokafka_driver.Consumer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetched_since_assignment: set[TP] = set()
+
+    async def getmany(self, timeout: float):
+        async for tp, message in super().getmany(timeout):
+            self._fetched_since_assignment.add(tp)
+            yield tp, message
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._fetched_since_assignment.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def perform_seek(self) -> None:
+        generation = self.app.consumer_generation_id
+        before = dict(self._committed_offset)
+        reading = set(self._fetched_since_assignment)
+        thread = self._thread
+        committed = await thread.call_thread(_seek_unread_to_committed, thread._ensure_consumer(), reading)
+        if self.app.consumer_generation_id != generation:
+            return  # reassigned meanwhile: the next assignment seeks again
+        fresh = {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
+                 if TP(tp.topic, tp.partition) not in reading}
+        self._read_offset.update({tp: offset if offset is not None and offset >= 0 else None
+                                  for tp, offset in fresh.items()})
+        known = {TP(tp.topic, tp.partition): offset or None for tp, offset in committed.items()
+                 if offset is not None}
+        merged = keep_newest_committed(before, known)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("seek gen %s: %d partitions already reading, %d sought; committed %s",
+                      generation, len(reading), len(fresh), _short(merged))
+        self._committed_offset.update(merged)
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        did = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("commit gen %s did=%s %s", self.app.consumer_generation_id, did, _short(offsets))
+        return did
+
+
+async def _seek_unread_to_committed(consumer, reading: set) -> dict:
+    """On the consumer's thread: committed offsets of every assigned partition (one request);
+    seek those not in `reading` to theirs."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    answer = await consumer._coordinator.fetch_committed_offsets(assigned)
+    committed = {}
+    for tp in assigned:
+        meta = answer.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else None
+        committed[tp] = offset
+        if offset and (tp.topic, tp.partition) not in reading:
+            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+    return committed
+
+
+def _short(offsets) -> str:
+    """`tmall2=15 unique0=7` (last topic word + partition), no changelogs: for the debug log."""
+    return " ".join(f"{tp.topic.split('.')[-1]}{tp.partition}={o}" for tp, o in sorted(offsets.items())
+                    if "changelog" not in tp.topic)
+
+
+def install(app) -> None:
+    """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists)."""
+    app.transport.Consumer = SeekSafeConsumer
+
+
+def stalled_partitions(committed: dict, acked: dict, in_flight: dict) -> dict:
+    """Partitions whose commit cannot advance: tp -> (committed, lowest acked offset).
+
+    Faust commits a partition only up to the first offset that was never acked. When the acked
+    offsets start two or more past the committed one and nothing in between is still being
+    processed, no ack will ever fill the hole (its messages were consumed in an earlier
+    assignment, or dropped by a stale seek) and the partition would stay behind forever.
+    """
+    out = {}
+    for tp, offsets in acked.items():
+        base = committed.get(tp)
+        if base is None or not offsets:
+            continue
+        low = min(offsets)
+        if low - base > 1 and not any(base <= o < low for o in in_flight.get(tp, ())):
+            out[tp] = (base, low)
+    return out

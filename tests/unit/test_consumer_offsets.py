@@ -1,0 +1,48 @@
+"""The consumer keeps the newest committed offset when a late seek reports an older one."""
+from faust.types import TP
+
+from pipeline.consumer import keep_newest_committed
+
+A, B, C = TP("orders.raw.tmall", 0), TP("orders.raw.tmall", 1), TP("orders.raw.jd", 0)
+
+
+def test_a_late_seek_cannot_move_a_committed_offset_back():
+    # we committed 15 while a seek that had read 13 was in flight
+    assert keep_newest_committed({A: 15}, {A: 13}) == {A: 15}
+
+
+def test_a_seek_that_saw_a_newer_commit_wins():
+    # another worker committed further while the partition was away: take the broker's word
+    assert keep_newest_committed({A: 10}, {A: 40}) == {A: 40}
+
+
+def test_partitions_the_seek_did_not_report_are_left_alone():
+    # revoked meanwhile (not in the seek's result): no stale entry is brought back
+    assert keep_newest_committed({A: 15, B: 7}, {A: 15}) == {A: 15}
+
+
+def test_unknown_offsets_are_filled_from_what_we_knew():
+    assert keep_newest_committed({A: 5, C: None}, {A: None, C: 3}) == {A: 5, C: 3}
+
+
+from pipeline.consumer import stalled_partitions  # noqa: E402
+
+
+def test_acked_offsets_two_past_the_committed_one_are_a_stall():
+    assert stalled_partitions({A: 13}, {A: [15, 16, 17]}, {}) == {A: (13, 15)}
+
+
+def test_the_next_offset_acked_is_progress_not_a_stall():
+    assert stalled_partitions({A: 13}, {A: [13, 14]}, {}) == {}
+    # Faust tolerates a hole of one at the head (it commits over it): not reported either
+    assert stalled_partitions({A: 13}, {A: [14, 15]}, {}) == {}
+
+
+def test_a_message_still_being_processed_inside_the_hole_is_not_a_stall():
+    assert stalled_partitions({A: 13}, {A: [15, 16]}, {A: [13]}) == {}
+    # in flight elsewhere on the partition does not explain the hole
+    assert stalled_partitions({A: 13}, {A: [15, 16]}, {A: [40]}) == {A: (13, 15)}
+
+
+def test_partitions_without_a_committed_offset_or_acks_are_skipped():
+    assert stalled_partitions({A: None, B: 4}, {A: [9], B: []}, {}) == {}
