@@ -96,6 +96,9 @@ _requested: dict[str, float] = {}
 async def release_overdue_holds():
     """Default policy: no decision within the timeout -> release. Only this worker's partitions."""
     now = now_ms()
+    for order_id, at in list(_requested.items()):
+        if now - at >= 10_000:
+            del _requested[order_id]  # past its guard period: keeps the dict bounded over millions of holds
     items = list(holds.items())
     metrics.RISK_HELD.set(sum(1 for _, h in items if h and h.get("status") == "held"))
     for order_id in due_holds(items, now):

@@ -206,6 +206,9 @@ async def resume_rechecks():
     if any(verifier().breaker_open(name) for name in verifiers_needed(active.rules)):
         return  # a verifier is still being skipped: the re-check would only be light again
     now = now_ms()
+    for order_id, at in list(_retry_requested.items()):
+        if now - at >= 30_000:
+            del _retry_requested[order_id]  # past its guard period: keeps the dict bounded
     for order_id, _ in list(recheck_pending.items())[:2000]:
         if now - _retry_requested.get(order_id, 0) < 30_000:
             continue  # its retry is still on the way

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,6 +80,33 @@ def summarize(collapsed: str) -> dict:
     }
 
 
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """The worker's resident memory every `every_s` seconds while it drains."""
+
+    def __init__(self, pid: int, every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every_s = pid, every_s
+        self.samples: list[tuple[float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.wait(self.every_s):
+            value = rss_mb(self.pid)
+            if value is not None:
+                self.samples.append((round(time.monotonic() - start, 1), value))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=20000)
@@ -107,15 +135,15 @@ def main() -> None:
         spy = subprocess.Popen([py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate",
                                 str(args.rate), "--nonblocking", "--output", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sampler = RssSampler(worker.pid)
+        sampler.start()
         start = time.monotonic()
-        drained_s = wait_drained(s, names, ns + s.app_id, timeout=3600)
+        drained_s = wait_drained(s, names, ns + s.app_id, timeout=4 * 3600)
         elapsed = time.monotonic() - start
+        sampler.done.set()
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
-        rss_now = None
-        for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss_now = round(int(line.split()[1]) / 1024, 1)
+        rss_now = rss_mb(worker.pid)
         rss_peak = peak_rss_mb(worker.pid)
         profile = summarize(out.read_text())
     finally:
@@ -130,6 +158,8 @@ def main() -> None:
         "messages_per_s": round(len(messages) / elapsed, 1),
         "worker_rss_mb_at_end": rss_now,
         "worker_peak_rss_mb": rss_peak,
+        # (seconds into the drain, MB): flat means bounded state, a slope means growth per order
+        "worker_rss_mb_over_time": sampler.samples[:: max(1, len(sampler.samples) // 20)],
         "profile": profile,
         "wait_drained_s": round(drained_s, 1),
     }
