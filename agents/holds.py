@@ -14,7 +14,7 @@ import logging
 from pipeline import metrics
 from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, settings
 from pipeline.codecs import encode_json, order_codec
-from pipeline.domain.holds import (DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
+from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
                                    timeout_decision)
 from pipeline.topics import names
 
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
 
 holds = json_table("risk-holds")
+# only the holds still waiting (order id -> deadline): the timer reads this small table every
+# second instead of every hold ever decided, which the main table keeps to ignore late decisions
+open_holds = json_table("risk-holds-open")
+
+
+def open_entry(record: dict) -> dict:
+    return {"status": HELD, "due_at_ms": record["due_at_ms"]}
 
 
 @app.agent(app.topic(names.RISK_QUEUE, names.RISK_DECISIONS, key_type=bytes, value_type=bytes,
@@ -41,14 +48,19 @@ async def holds_agent(stream):
 async def hold(msg) -> None:
     order = ORDER_CODEC.decode(msg.value)
     order_id = order["order_id"]
-    if holds.get(order_id) is not None:
-        return  # a redelivered hold keeps its original deadline (and a decided one stays decided)
+    existing = holds.get(order_id)
+    if existing is not None:
+        # a redelivered hold keeps its original deadline (and a decided one stays decided)
+        if existing.get("status") == HELD and open_holds.get(order_id) is None:
+            open_holds[order_id] = open_entry(existing)  # a crash came between the two writes
+        return
     headers = headers_of(msg)
     verdict = json.loads(headers.get("verdict", b"{}"))
     record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition)
     record["order_b64"] = base64.b64encode(msg.value).decode()
     record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != "verdict"}
     holds[order_id] = record
+    open_holds[order_id] = open_entry(record)
     log.info("held", extra={"order_id": order_id})
 
 
@@ -63,6 +75,8 @@ async def decide(msg) -> None:
     record = holds.get(decision.order_id)
     resolution = apply_decision(record, decision)
     if resolution.outcome == "ignored":
+        if record is None or record.get("status") != HELD:
+            open_holds.pop(decision.order_id, None)  # nothing left to time out
         if record is not None and record.get("decided_by") == source:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
             await publish_resolution(record, record["resolution_event"])
@@ -73,6 +87,7 @@ async def decide(msg) -> None:
     # resolved holds stay in the table (marked), so late or repeated decisions are ignored
     holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
                                 "resolution_event": resolution.event}
+    open_holds.pop(decision.order_id, None)
     await publish_resolution(record, resolution.event)
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
 
@@ -99,8 +114,8 @@ async def release_overdue_holds():
     for order_id, at in list(_requested.items()):
         if now - at >= 10_000:
             del _requested[order_id]  # past its guard period: keeps the dict bounded over millions of holds
-    items = list(holds.items())
-    metrics.RISK_HELD.set(sum(1 for _, h in items if h and h.get("status") == "held"))
+    items = list(open_holds.items())
+    metrics.RISK_HELD.set(len(items))
     for order_id in due_holds(items, now):
         if now - _requested.get(order_id, 0) < 10_000:
             continue  # already requested; the decision is on its way through risk.decisions

@@ -75,7 +75,15 @@ breaker_events = raw_topic(t.BREAKER_EVENTS)
 dlq = raw_topic(t.DLQ)
 
 
+# Faust opens one RocksDB per table partition with 64 MB x 3 memtables and a 2 GB block cache
+# each: a worker's memory grew by ~3 MB per 1,000 orders until the memtables filled. Small
+# buffers flush state to disk early and keep a worker's memory flat.
+ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
+                   "block_cache_size": 8 * 2**20}
+
+
 def json_table(name: str, default=None) -> faust.Table:
     """A changelogged table with JSON keys and values (the app default is raw bytes)."""
     schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
-    return app.Table(name, default=default, schema=schema, partitions=settings.partitions)
+    options = dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else None
+    return app.Table(name, default=default, schema=schema, partitions=settings.partitions, options=options)

@@ -2,10 +2,11 @@
 from benchmarks.bench_worker_profile import summarize
 
 COLLAPSED = "\n".join([
-    "<module> (pipeline/cli.py:1);normalize_agent (/w/agents/normalize.py:30);normalize (/w/pipeline/domain/normalize.py:9) 6",
-    "<module> (pipeline/cli.py:1);normalize_agent (/w/agents/normalize.py:30);send (/v/faust/topics.py:5) 2",
-    "<module> (pipeline/cli.py:1);_run_once (/p/asyncio/base_events.py:1);select (/p/selectors.py:468) 10",
-    "<module> (pipeline/cli.py:1);risk_agent (/w/agents/risk.py:3);_encode (/v/aiokafka/record.py:1) 2",
+    # py-spy names files relative to their sys.path entry
+    "<module> (pipeline/cli.py:1);normalize_agent (agents/normalize.py:30);normalize (pipeline/domain/normalize.py:9) 6",
+    "<module> (pipeline/cli.py:1);normalize_agent (agents/normalize.py:30);send (faust/topics.py:5) 2",
+    "<module> (pipeline/cli.py:1);_run_once (asyncio/base_events.py:1);select (selectors.py:468) 10",
+    "<module> (pipeline/cli.py:1);risk_agent (agents/risk.py:3);_encode (aiokafka/record.py:1) 2",
     "not a sample line",
 ])
 
