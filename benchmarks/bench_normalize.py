@@ -48,20 +48,20 @@ def main(argv: list[str] | None = None) -> dict:
     norm = normalize
 
     def only_normalize():
-        for platform, value in messages:
-            norm(platform, value, now)
+        for source, value in messages:
+            norm(source, value, now)
 
     def normalize_and_encode():
         encode = codec.encode
-        for platform, value in messages:
-            result = norm(platform, value, now)
+        for source, value in messages:
+            result = norm(source, value, now)
             if result.order is not None:
                 encode(result.order)
 
     def normalize_encode_fingerprint():
         encode = codec.encode
-        for platform, value in messages:
-            result = norm(platform, value, now)
+        for source, value in messages:
+            result = norm(source, value, now)
             if result.order is not None:
                 encode(result.order)
                 content_fingerprint(result.order)

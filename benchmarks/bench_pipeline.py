@@ -82,14 +82,19 @@ def start_workers(s, ns: str, count: int, port_base: int, extra_env: dict | None
     return procs
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def status_mb(pid: int, field: str) -> float | None:
+    """A memory line of /proc/PID/status (VmRSS now, VmHWM the peak) in MB; None once it exited."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return status_mb(pid, "VmHWM")
 
 
 def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 1, partitions: int | None = None,

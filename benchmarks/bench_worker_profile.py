@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.bench_pipeline import fresh_namespace, peak_rss_mb, start_workers
+from benchmarks.bench_pipeline import fresh_namespace, peak_rss_mb, start_workers, status_mb
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_worker_profile.json"
 
@@ -82,13 +82,7 @@ def summarize(collapsed: str) -> dict:
 
 
 def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return status_mb(pid, "VmRSS")
 
 
 class RssSampler(threading.Thread):

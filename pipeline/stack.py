@@ -155,6 +155,15 @@ def _kafka_dir(s: Settings) -> Path:
     return s.var / "kafka"
 
 
+def new_cluster_id(random_bytes=lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id (URL-safe base64 of a UUID). One in 64 begins with '-', which the
+    storage tool's argument parser reads as an option and fails on: draw again then."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_properties(s: Settings) -> str:
     data = _kafka_dir(s) / "data"
     host, port = s.kafka_host, s.kafka_port
@@ -215,7 +224,7 @@ def kafka_up(s: Settings, timeout: float = 90.0) -> ComponentStatus:
     java_base = ["java", f"-Xmx{s.kafka_heap_mb}m", f"-Xms{min(s.kafka_heap_mb, 256)}m",
                  f"-Dlog4j.configuration=file:{kdir / 'log4j.properties'}", "-cp", classpath]
     if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         fmt = subprocess.run([*java_base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
                              capture_output=True, text=True)
         if fmt.returncode != 0:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import aiohttp
 from aiohttp import web

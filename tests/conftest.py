@@ -2,7 +2,6 @@
 brought up (idempotently) by pipeline.stack, exactly as `orderstream stack up` does."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest

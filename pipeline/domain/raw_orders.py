@@ -12,7 +12,7 @@ import copy
 import json
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterator
 
 from .normalize import CHINA_TZ, UTC, VALID_ID, _TIME_PARSERS, global_order_id

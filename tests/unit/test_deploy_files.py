@@ -508,3 +508,4 @@ def test_grafana_provisioning_points_at_compose_services_and_the_mounted_dashboa
     assert mounts.get("/etc/grafana/provisioning") == (DEPLOY / "grafana" / "provisioning").resolve()
     for provider in load_yaml(DASHBOARD_PROVIDERS)["providers"]:
         assert mounts.get(provider["options"]["path"]) == DASHBOARD.parent.resolve()
+
