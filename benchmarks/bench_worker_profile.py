@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
@@ -160,7 +161,8 @@ def main() -> None:
             p.stop()
     result = {
         "benchmark": "bench_worker_profile",
-        "command": f"python -m benchmarks.bench_worker_profile --orders {args.orders} --rate {args.rate}",
+        "command": f"python -m benchmarks.bench_worker_profile --orders {args.orders} --rate {args.rate}"
+                   + ("" if args.results == RESULTS else f" --results {args.results}"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "messages": len(messages),
         "drain_s": round(elapsed, 1),
@@ -173,8 +175,8 @@ def main() -> None:
         "wait_drained_s": round(drained_s, 1),
     }
     result["summary"] = summary_of(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
