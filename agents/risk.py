@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from itertools import islice
 from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -209,7 +210,9 @@ async def resume_rechecks():
     for order_id, at in list(_retry_requested.items()):
         if now - at >= 30_000:
             del _retry_requested[order_id]  # past its guard period: keeps the dict bounded
-    for order_id, _ in list(recheck_pending.items())[:2000]:
+    # at most 2000 ids, never the whole table: after a long burst it holds every light-path order
+    # (the likely cause of a jump from 545 to 936 MB at the end of the 300k-message profile run)
+    for order_id in list(islice(recheck_pending.keys(), 2000)):
         if now - _retry_requested.get(order_id, 0) < 30_000:
             continue  # its retry is still on the way
         _retry_requested[order_id] = now
