@@ -13,17 +13,14 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import kafka_io
-from pipeline.codecs import decode_json, order_codec
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.raw_orders import RawOrderFactory
+from tests.stack.helpers import CODEC, Watch
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-CODEC = order_codec()
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU")
 BREAKER_ENV = {  # a low threshold and short windows keep the test fast
     "ORDERSTREAM_BREAKER_OPEN_PER_MIN": "120", "ORDERSTREAM_BREAKER_CLOSE_PER_MIN": "60",
@@ -32,55 +29,6 @@ BREAKER_ENV = {  # a low threshold and short windows keep the test fast
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Watch:
-    """Follows topics from their beginning and keeps every record (wait for outcomes, do not sleep)."""
-
-    def __init__(self, p, *topics: str):
-        self.c = kafka_io.consumer(p.s, group=f"watch-{uuid.uuid4().hex}")
-        deadline = time.monotonic() + 15  # a just-created topic may take a moment to show up
-        while True:
-            md = self.c.list_topics(timeout=10)
-            missing = [t for t in topics if t not in md.topics]
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert not missing, f"topics do not exist: {missing}"
-        self.c.assign([TopicPartition(t, part, OFFSET_BEGINNING) for t in topics for part in md.topics[t].partitions])
-        self.records: list = []
-
-    def poll(self, seconds: float = 0.3) -> None:
-        self.records += [m for m in self.c.consume(2000, timeout=seconds) if m.error() is None]
-
-    def until(self, condition, timeout: float, what: str, check_alive=None):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll()
-            result = condition(self)
-            if result:
-                return result
-            if check_alive:
-                check_alive()
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-    def settle(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.poll()
-
-    def on(self, topic: str) -> list:
-        return [m for m in self.records if m.topic() == topic]
-
-    def json(self, topic: str) -> list[dict]:
-        return [decode_json(m.value()) for m in self.on(topic)]
-
-    def orders(self, topic: str) -> list[dict]:
-        # risk.recheck also carries empty "retry" markers for parked orders: skip those
-        return [CODEC.decode(m.value()) for m in self.on(topic) if m.value()]
-
-    def close(self) -> None:
-        self.c.close()
 
 
 class GaugeSampler(threading.Thread):

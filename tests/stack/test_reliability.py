@@ -36,12 +36,12 @@ from pipeline.domain.normalize import CHINA_TZ
 from pipeline.domain.platforms import SPECS, TimeFormat
 from pipeline.domain.raw_orders import SKUS, RawOrderFactory, ReplayMix, expected_order_id
 from pipeline.inventory_store import InventoryStore
-from pipeline.replay import ReplayConfig, group_lag, produce_replay, reconcile
+from pipeline.replay import ReplayConfig, group_lag, produce_replay
+from tests.stack.helpers import SINK_TABLES, distinct_facts, settle, sink_counts, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "reliability.json"
-SINK_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters", "channel_events", "breaker_events")
 # a steady stream of ~80 messages/s: long enough (~19 s) for a fault to land mid-replay
 REPLAY = dict(count=1500, rate_per_min=4800, mix=ReplayMix(), drain_timeout_s=240)
 
@@ -121,21 +121,19 @@ class FaultyReplay:
         return self.result["messages"], self.result["produced"]
 
 
-def settle(p, messages, produced, holds_s: float = 30.0) -> dict:
-    """Drain, wait for the default policy to release every hold, reconcile."""
-    p.drain(timeout=240)
-    report = reconcile(p.s, p.names, messages, produced["coordinates"])
-    deadline = time.monotonic() + holds_s
-    while report["awaiting_decision"] and time.monotonic() < deadline:
-        time.sleep(2)
-        p.drain(timeout=60)
-        report = reconcile(p.s, p.names, messages, produced["coordinates"])
-    return report
-
-
 def lost_of(report: dict) -> int:
     return (report["raw_lost"] + report["missing_new_orders"] + report["unaccounted_new_orders"]
             + report["accepted_without_outcome"])
+
+
+def account_for(p, fault: str, messages, report: dict, in_flight: int, **detail) -> None:
+    """Record the fault's figures (benchmarks/results/reliability.json), then hold the run to
+    exactly-once effects and a live pipeline."""
+    audit = reservation_audit(p)
+    record_fault(fault, len(messages), in_flight, lost_of(report), doubled_of(report, audit),
+                 {**detail, **summary(report), "redis": audit})
+    assert_exactly_once(report, audit)
+    p.check_alive()
 
 
 def summary(report: dict) -> dict:
@@ -221,43 +219,6 @@ def scrape_counter(url: str, name: str) -> float:
 
 # -- ClickHouse helpers ------------------------------------------------------------------------------
 
-def sink_sql(p, query: str) -> list[dict]:
-    url = f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(query)}"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return json.loads(resp.read())["rows"]
-    except urllib.error.HTTPError as exc:
-        raise AssertionError(f"{query!r} -> {exc.code} {exc.read()[:500]!r}") from None
-
-
-def sink_counts(p) -> dict[str, int]:
-    rows = sink_sql(p, " UNION ALL ".join(f"SELECT '{t}' AS t, count() AS n FROM {t}" for t in SINK_TABLES))
-    return {r["t"]: int(r["n"]) for r in rows}
-
-
-def distinct_facts(p) -> dict[str, int]:
-    """Per table, the facts the topics hold, each once (natural keys: upstream may re-emit)."""
-    codec = order_codec()
-    orders = {(o["order_id"], o["status"], o["updated_at"], r.headers.get("change"))
-              for r in p.read(p.names.UNIQUE) for o in [codec.decode(r.value)]}
-    risk = {(e["order_id"], e["event"], e["at_ms"])
-            for e in (decode_json(r.value) for r in p.read(p.names.RISK_EVENTS))}
-    inventory = {(e["order_id"], e["event"]) for e in (decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS))}
-    return {"order_events": len(orders), "risk_events": len(risk), "inventory_events": len(inventory),
-            "dead_letters": len(p.read(p.names.DLQ)), "channel_events": len(p.read(p.names.CHANNEL_CONTROL)),
-            "breaker_events": len(p.read(p.names.BREAKER_EVENTS))}
-
-
-def wait_sunk(p, expected: dict[str, int], timeout: float = 90.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        p.check_alive()
-        got = sink_counts(p)
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
-
-
 def duplicate_rows(p) -> dict[str, int]:
     """Rows landed more than once, by Kafka coordinates and by natural key."""
     out = {}
@@ -283,12 +244,7 @@ def test_worker_sigkill_and_restart_loses_and_doubles_nothing(pipeline_factory):
     p.procs["worker-0"].kill()             # no shutdown hooks, no final commit
     p.start_worker(0)
     messages, produced = replay.finish()
-    report = settle(p, messages, produced)
-    audit = reservation_audit(p)
-    record_fault("worker_sigkill", len(messages), in_flight, lost_of(report), doubled_of(report, audit),
-                 {**summary(report), "redis": audit})
-    assert_exactly_once(report, audit)
-    p.check_alive()
+    account_for(p, "worker_sigkill", messages, settle(p, messages, produced), in_flight)
 
 
 # -- b. rebalance ------------------------------------------------------------------------------------
@@ -304,14 +260,8 @@ def test_rebalance_join_and_leave_loses_and_doubles_nothing(pipeline_factory):
     lag_leave = pipeline_lag(p)
     p.procs.pop("worker-0").stop()         # leave: SIGTERM, worker 1 takes everything
     messages, produced = replay.finish()
-    report = settle(p, messages, produced)
-    audit = reservation_audit(p)
-    record_fault("rebalance_join_leave", len(messages), max(lag_join, lag_leave), lost_of(report),
-                 doubled_of(report, audit),
-                 {"in_flight_at_join": lag_join, "in_flight_at_leave": lag_leave,
-                  **summary(report), "redis": audit})
-    assert_exactly_once(report, audit)
-    p.check_alive()
+    account_for(p, "rebalance_join_leave", messages, settle(p, messages, produced), max(lag_join, lag_leave),
+                in_flight_at_join=lag_join, in_flight_at_leave=lag_leave)
 
 
 # -- c. Redis restarted ---------------------------------------------------------------------------------
@@ -624,11 +574,5 @@ def test_broker_restart_worker_reconnects_and_catches_up(pipeline_factory):
     outage_s = restart_broker(p.s)
     leaders_back_s = wait_broker_serving(p)
     messages, produced = replay.finish()
-    report = settle(p, messages, produced)
-    audit = reservation_audit(p)
-    record_fault("broker_restart", len(messages), in_flight, lost_of(report), doubled_of(report, audit),
-                 {"outage_s": round(outage_s, 2), "partitions_serving_after_s": round(leaders_back_s, 2),
-                  **summary(report),
-                  "redis": audit})
-    p.check_alive()
-    assert_exactly_once(report, audit)
+    account_for(p, "broker_restart", messages, settle(p, messages, produced), in_flight,
+                outage_s=round(outage_s, 2), partitions_serving_after_s=round(leaders_back_s, 2))

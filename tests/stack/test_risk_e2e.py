@@ -14,77 +14,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import kafka_io
-from pipeline.codecs import decode_json, encode_json, order_codec
+from pipeline.codecs import decode_json, encode_json
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.raw_orders import RawOrderFactory
 from pipeline.domain.risk import DEFAULT_RULES_FILE, RuleSet, RuleSetError
+from tests.stack.helpers import Watch
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-CODEC = order_codec()
 BIG = 600_000      # 6000 CNY in fen: above the default 5000 CNY hold threshold
 SMALL = 10_000     # 100 CNY: clean under the default rules
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Watch:
-    """Follows topics from their beginning and keeps every record, so a test can wait for an
-    outcome instead of sleeping a guessed amount of time."""
-
-    def __init__(self, p, *topics: str):
-        self.c = kafka_io.consumer(p.s, group=f"watch-{uuid.uuid4().hex}")
-        deadline = time.monotonic() + 15  # a just-created topic may take a moment to show up
-        while True:
-            md = self.c.list_topics(timeout=10)
-            missing = [t for t in topics if t not in md.topics]
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert not missing, f"topics do not exist: {missing}"
-        self.c.assign([TopicPartition(t, part, OFFSET_BEGINNING) for t in topics for part in md.topics[t].partitions])
-        self.records: list = []
-
-    def poll(self, seconds: float = 0.3) -> None:
-        for m in self.c.consume(1000, timeout=seconds):
-            if m.error() is None:
-                self.records.append(m)
-
-    def until(self, condition, timeout: float, what: str, check_alive=None):
-        """Poll until condition(self) is truthy; its value is returned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll()
-            result = condition(self)
-            if result:
-                return result
-            if check_alive:
-                check_alive()
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-    def settle(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.poll()
-
-    def on(self, topic: str) -> list:
-        return [m for m in self.records if m.topic() == topic]
-
-    def events(self, p, order_id: str | None = None, kind: str | None = None) -> list[dict]:
-        out = [decode_json(m.value()) for m in self.on(p.names.RISK_EVENTS)]
-        return [e for e in out if (order_id is None or e["order_id"] == order_id)
-                and (kind is None or e["event"] == kind)]
-
-    def order_ids(self, topic: str) -> Counter:
-        return Counter(CODEC.decode(m.value())["order_id"] for m in self.on(topic))
-
-    def close(self) -> None:
-        self.c.close()
 
 
 def send_orders(p, f: RawOrderFactory, specs: list[tuple[str, str, dict]]) -> dict[str, str]:

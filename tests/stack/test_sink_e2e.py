@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +20,8 @@ import pytest
 from pipeline.codecs import decode_json, order_codec
 from pipeline.config import PROJECT_ROOT
 from pipeline.domain.raw_orders import ReplayMix
-from pipeline.replay import ReplayConfig, produce_replay, reconcile
+from pipeline.replay import ReplayConfig, produce_replay
+from tests.stack.helpers import distinct_facts, settle, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -38,56 +38,6 @@ def http_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def sql(p, query: str) -> list[dict]:
-    code, body = http_json(f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(query)}")
-    assert code == 200, body
-    return body["rows"]
-
-
-def expected_rows(p) -> dict[str, int]:
-    """Distinct facts per table, counted from the topics the sink reads (a fact's natural key:
-    upstream stages may re-emit one, the table must hold it once)."""
-    codec = order_codec()
-    orders = {(o["order_id"], o["status"], o["updated_at"], r.headers.get("change"))
-              for r in p.read(p.names.UNIQUE) for o in [codec.decode(r.value)]}
-    risk = {(e["order_id"], e["event"], e["at_ms"])
-            for e in map(decode_json, (r.value for r in p.read(p.names.RISK_EVENTS)))}
-    inventory = {(e["order_id"], e["event"]) for e in
-                 map(decode_json, (r.value for r in p.read(p.names.INVENTORY_EVENTS)))}
-    return {"order_events": len(orders), "risk_events": len(risk), "inventory_events": len(inventory),
-            "dead_letters": len(p.read(p.names.DLQ)), "channel_events": len(p.read(p.names.CHANNEL_CONTROL)),
-            "breaker_events": len(p.read(p.names.BREAKER_EVENTS))}
-
-
-def table_counts(p) -> dict[str, int]:
-    rows = sql(p, " UNION ALL ".join(f"SELECT '{t}' AS t, count() AS n FROM {t}" for t in
-                                     ("order_events", "risk_events", "inventory_events", "dead_letters",
-                                      "channel_events", "breaker_events")))
-    return {r["t"]: int(r["n"]) for r in rows}
-
-
-def wait_sunk(p, expected: dict[str, int], timeout: float = 60.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        p.check_alive()
-        got = table_counts(p)
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
-
-
-def settle(p, messages, produced, timeout: float = 40.0) -> dict:
-    """Drain, then wait for every held order to be released by the default policy."""
-    p.drain(timeout=180)
-    deadline = time.monotonic() + timeout
-    report = reconcile(p.s, p.names, messages, produced["coordinates"])
-    while report["awaiting_decision"] and time.monotonic() < deadline:
-        time.sleep(2)
-        p.drain(timeout=60)
-        report = reconcile(p.s, p.names, messages, produced["coordinates"])
-    return report
-
-
 @pytest.fixture(scope="module")
 def sunk(pipeline_factory):
     """One replay through worker + sink, shared by the tier checks below."""
@@ -96,10 +46,10 @@ def sunk(pipeline_factory):
     p.start_sink()
     cfg = ReplayConfig(count=600, seed=8, mix=ReplayMix(malformed=0.04, update=0.08), scarce_skus=4)
     messages, produced = produce_replay(p.s, p.names, cfg)
-    report = settle(p, messages, produced)
+    report = settle(p, messages, produced, drain_s=180, holds_s=40)
     assert report["balanced"] and report["awaiting_decision"] == 0, report
-    expected = expected_rows(p)
-    got = wait_sunk(p, expected)
+    expected = distinct_facts(p)
+    got = wait_sunk(p, expected, timeout=60)
     assert got == expected, f"sink rows {got} != distinct facts in the topics {expected}"
     return p, messages, report
 
@@ -208,17 +158,17 @@ def test_execution_tier_matches_the_topics(sunk):
 
 def test_sql_endpoint_is_read_only_and_counts_match(sunk):
     p, _, report = sunk
-    rows = sql(p, "SELECT countIf(change = 'new') AS new, countIf(change = 'update') AS upd FROM order_events")
+    rows = sink_sql(p, "SELECT countIf(change = 'new') AS new, countIf(change = 'update') AS upd FROM order_events")
     assert int(rows[0]["new"]) == report["unique_new_orders"]
     assert int(rows[0]["upd"]) == report["unique_updates"]
     for statement in ("DROP TABLE order_events", "INSERT INTO dead_letters (reason) VALUES ('x')",
                       "ALTER TABLE order_events DELETE WHERE 1", "TRUNCATE TABLE risk_events"):
         code, body = http_json(f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(statement)}")
         assert code == 400 and "error" in body, (statement, code, body)
-    assert int(sql(p, "SELECT count() AS n FROM order_events")[0]["n"]) == \
+    assert int(sink_sql(p, "SELECT count() AS n FROM order_events")[0]["n"]) == \
         report["unique_new_orders"] + report["unique_updates"]
     # no duplicate landing: each source coordinate at most once
-    dupes = sql(p, "SELECT count() AS n FROM (SELECT src_topic, src_partition, src_offset, count() AS c "
+    dupes = sink_sql(p, "SELECT count() AS n FROM (SELECT src_topic, src_partition, src_offset, count() AS c "
                    "FROM order_events GROUP BY src_topic, src_partition, src_offset HAVING c > 1)")
     assert int(dupes[0]["n"]) == 0
 
