@@ -13,7 +13,7 @@ import logging
 
 from pipeline import metrics
 from pipeline.app import app
-from pipeline.consumer import stalled_partitions
+from pipeline.consumer import stalled_partitions, unacked_offsets
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 5.0
@@ -27,11 +27,8 @@ async def heal_stalled_commits():
         _suspects.clear()
         return
     assigned = consumer.assignment()
-    in_flight: dict = {}
-    for message in list(consumer._unacked_messages):
-        in_flight.setdefault(message.tp, []).append(message.offset)
     acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
-    stalled = stalled_partitions(dict(consumer._committed_offset), acked, in_flight)
+    stalled = stalled_partitions(dict(consumer._committed_offset), acked, unacked_offsets(consumer))
     for tp, (committed, low) in stalled.items():
         if _suspects.get(tp) != (committed, low):
             _suspects[tp] = (committed, low)  # first sighting: give in-flight work one more period

@@ -25,3 +25,11 @@ def ms_since_raw(headers: dict[str, bytes]) -> float | None:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def forget_older_than(stamps: dict[str, int], now: int, age_ms: int) -> None:
+    """Drop entries stamped `age_ms` or longer ago: the timers' "already requested" guards stay
+    bounded over millions of orders instead of growing for the worker's lifetime."""
+    for key, at in list(stamps.items()):
+        if now - at >= age_ms:
+            del stamps[key]

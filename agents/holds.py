@@ -18,7 +18,7 @@ from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_hold
                                    timeout_decision)
 from pipeline.topics import names
 
-from .common import headers_of, now_ms
+from .common import forget_older_than, headers_of, now_ms
 from .inventory import release_order
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,7 @@ _requested: dict[str, float] = {}
 async def release_overdue_holds():
     """Default policy: no decision within the timeout -> release. Only this worker's partitions."""
     now = now_ms()
-    for order_id, at in list(_requested.items()):
-        if now - at >= 10_000:
-            del _requested[order_id]  # past its guard period: keeps the dict bounded over millions of holds
+    forget_older_than(_requested, now, 10_000)
     items = list(open_holds.items())
     metrics.RISK_HELD.set(len(items))
     for order_id in due_holds(items, now):

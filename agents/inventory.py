@@ -75,11 +75,16 @@ async def release_order(order: dict, reason: str) -> bool:
     """Give back what the order holds; False when it held nothing (a tombstone still blocks a late reserve)."""
     released = await with_redis_retry(store().release, order["order_id"], reason)
     if released.released:
-        metrics.RESERVATIONS.labels(outcome="released").inc()
-        await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
-            "released", order, allocations=released.allocations, reason=reason))
-        await publish_channel_state({sku for _, sku, _ in released.allocations})
+        await announce_release(order, released, reason)
     return released.released
+
+
+async def announce_release(order: dict, released, reason: str) -> None:
+    """What every release publishes: the metric, the `released` event, channel state for its SKUs."""
+    metrics.RESERVATIONS.labels(outcome="released").inc()
+    await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+        "released", order, allocations=released.allocations, reason=reason))
+    await publish_channel_state({sku for _, sku, _ in released.allocations})
 
 
 BATCH_SIZE = 200
@@ -176,13 +181,8 @@ async def publish_channel_states(skus) -> None:
 async def release_timed_out_reservations():
     """Unpaid orders do not hold stock forever: release what passed its deadline (reason timeout)."""
     for order_id, released in await with_redis_retry(store().release_expired):
-        if not released.released:
-            continue
-        metrics.RESERVATIONS.labels(outcome="released").inc()
-        order = {"order_id": order_id, "platform": ""}
-        await inventory_events.send(key=order_id.encode(), value=inventory_event(
-            "released", order, allocations=released.allocations, reason="timeout: unpaid"))
-        await publish_channel_state({sku for _, sku, _ in released.allocations})
+        if released.released:
+            await announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid")
 
 
 @app.agent(inventory_stock)

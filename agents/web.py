@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pipeline import metrics
 from pipeline.app import app
+from pipeline.consumer import unacked_offsets
 
 from .inventory import store
 
@@ -51,9 +52,7 @@ async def offsets_page(web, request):
     """Per assigned partition: committed, last read, acked-but-uncommitted and unacked offsets.
     A lag that never shrinks shows up here as an offset that was read but never acked."""
     consumer = app.consumer
-    unacked: dict = {}
-    for message in list(getattr(consumer, "_unacked_messages", ())):
-        unacked.setdefault(message.tp, []).append(message.offset)
+    unacked = unacked_offsets(consumer)
     rows = {}
     for tp in sorted(consumer.assignment()):
         rows[f"{tp.topic}[{tp.partition}]"] = {

@@ -75,9 +75,9 @@ breaker_events = raw_topic(t.BREAKER_EVENTS)
 dlq = raw_topic(t.DLQ)
 
 
-# Faust opens one RocksDB per table partition with 64 MB x 3 memtables and a 2 GB block cache
-# each: a worker's memory grew by ~3 MB per 1,000 orders until the memtables filled. Small
-# buffers flush state to disk early and keep a worker's memory flat.
+# Faust opens one RocksDB per table partition with 3 x 64 MB memtables and a 2 GB block cache
+# each, far more than a worker has. Small buffers flush table state to disk early and bound what
+# RocksDB may hold in memory (a worker's RSS still rises in long runs: see README, Memory).
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
                    "block_cache_size": 8 * 2**20}
 

@@ -54,15 +54,14 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         before = dict(self._committed_offset)
         reading = set(self._fetched_since_assignment)
         thread = self._thread
-        committed = await thread.call_thread(_seek_unread_to_committed, thread._ensure_consumer(), reading)
+        answer = await thread.call_thread(_seek_unread_to_committed, thread._ensure_consumer(), reading)
         if self.app.consumer_generation_id != generation:
             return  # reassigned meanwhile: the next assignment seeks again
-        fresh = {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
-                 if TP(tp.topic, tp.partition) not in reading}
-        self._read_offset.update({tp: offset if offset is not None and offset >= 0 else None
-                                  for tp, offset in fresh.items()})
-        known = {TP(tp.topic, tp.partition): offset or None for tp, offset in committed.items()
-                 if offset is not None}
+        committed = {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
+        fresh = {tp: offset for tp, offset in committed.items() if tp not in reading}
+        self._read_offset.update(fresh)
+        # as Faust's own seek: 0 counts as "nothing committed yet"
+        known = {tp: offset or None for tp, offset in committed.items() if offset is not None}
         merged = keep_newest_committed(before, known)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("seek gen %s: %d partitions already reading, %d sought; committed %s",
@@ -102,6 +101,14 @@ def _short(offsets) -> str:
 def install(app) -> None:
     """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists)."""
     app.transport.Consumer = SeekSafeConsumer
+
+
+def unacked_offsets(consumer) -> dict:
+    """tp -> offsets of messages handed to a stream and not acked yet (still being processed)."""
+    out: dict = {}
+    for message in list(consumer._unacked_messages):
+        out.setdefault(message.tp, []).append(message.offset)
+    return out
 
 
 def stalled_partitions(committed: dict, acked: dict, in_flight: dict) -> dict:

@@ -46,3 +46,11 @@ def test_a_message_still_being_processed_inside_the_hole_is_not_a_stall():
 
 def test_partitions_without_a_committed_offset_or_acks_are_skipped():
     assert stalled_partitions({A: None, B: 4}, {A: [9], B: []}, {}) == {}
+
+
+def test_unacked_offsets_are_grouped_by_partition():
+    from types import SimpleNamespace
+    from pipeline.consumer import unacked_offsets
+    messages = [SimpleNamespace(tp=A, offset=7), SimpleNamespace(tp=B, offset=1), SimpleNamespace(tp=A, offset=9)]
+    grouped = unacked_offsets(SimpleNamespace(_unacked_messages=messages))
+    assert {tp: sorted(offsets) for tp, offsets in grouped.items()} == {A: [7, 9], B: [1]}
