@@ -1,2 +1,5 @@
-"""Faust agents, one module per stage. Importing this package registers them all on the app."""
-from . import normalize, dedupe, risk, holds, inventory, breaker, commit_watchdog, web  # noqa: F401
+"""Faust agents. Importing this package registers them all on the app.
+
+`orders` is the hot path (one consumption per raw order, stages over a batch); holds, stock,
+rules, re-checks, the breaker, timers and the web endpoints are low-volume paths of their own."""
+from . import orders, holds, inventory, risk, breaker, commit_watchdog, web  # noqa: F401

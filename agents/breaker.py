@@ -1,8 +1,8 @@
 """Stage 5: measure this worker's intake and open/close the degradation breaker.
 
-The normalize agent records every raw message in `intake`; a one-second timer feeds the rate
+The order flow records every raw message in `intake`; a one-second timer feeds the rate
 to the breaker, publishes transitions on breaker.events and exports state as metrics. The
-risk agent reads `breaker.degraded` to choose the full or the lightweight path.
+risk stage reads `breaker.degraded` to choose the full or the lightweight path.
 """
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import socket
 import time
 
 from pipeline import metrics
-from pipeline.app import app, breaker_events, settings
+from pipeline.app import app, settings
 from pipeline.codecs import encode_json
+from pipeline.faust_internals import committed_offsets
+from pipeline.outputs import outputs
 from pipeline.topics import names
 from pipeline.domain.breaker import BreakerState, DegradationBreaker, RateMeter
 
@@ -28,16 +30,17 @@ intake = RateMeter(settings.breaker_window_s)
 
 
 def backlog() -> int:
-    """Orders waiting in front of the risk stage on this worker's partitions (end - committed).
+    """Raw orders waiting on this worker's partitions (end - committed).
 
     The intake rate alone would let the breaker close while thousands of orders that arrived
     during the burst still queue in front of the slow full path; counting the queue keeps the
     light path on until it is worked off. Self-correcting: it is read from the broker offsets."""
     consumer = app.consumer
-    committed = getattr(consumer, "_committed_offset", {})
+    committed = committed_offsets(consumer)
+    raw = set(names.RAW_TOPICS)
     waiting = 0
     for tp in consumer.assignment():
-        if tp.topic in (names.CANONICAL, names.UNIQUE):
+        if tp.topic in raw:
             high = consumer.highwater(tp)
             if high is not None:
                 waiting += max(0, high - (committed.get(tp) or 0))
@@ -64,6 +67,8 @@ async def observe_intake():
     metrics.BREAKER_STATE.set(STATE_VALUE[transition.to_state])
     metrics.BREAKER_TRANSITIONS.labels(from_state=src, to_state=dst).inc()
     log.warning("breaker %s -> %s at %.0f orders/min", src, dst, rate)
-    await breaker_events.send(key=WORKER_NAME.encode(), value=encode_json(
+    out = outputs(settings)
+    out.send(names.BREAKER_EVENTS, WORKER_NAME.encode(), encode_json(
         {"event": "transition", "from": src, "to": dst, "rate_per_min": round(rate, 1),
          "at_ms": now_ms(), "worker": WORKER_NAME}))
+    await out.flush()

@@ -14,10 +14,15 @@ import logging
 from pipeline import metrics
 from pipeline.app import app
 from pipeline.consumer import stalled_partitions, unacked_offsets
+from pipeline.topics import names
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 5.0
 _suspects: dict = {}
+REMEDIES = ("adopted", "reread")
+for _topic in (*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK):
+    for _remedy in REMEDIES:  # zero series from the start, so the alert's increase() has a baseline
+        metrics.COMMIT_STALLS_HEALED.labels(topic=_topic, remedy=_remedy)
 
 
 @app.timer(interval=CHECK_EVERY_S)

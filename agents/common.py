@@ -1,7 +1,40 @@
-"""Small helpers every agent uses: header handling and the end-to-end clock."""
+"""What every stage shares: the order in flight through a batch, headers, clocks and counters."""
 from __future__ import annotations
 
 import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import metrics
+
+
+@dataclass
+class InFlight:
+    """One raw message on its way through the hot path's stages, with what each stage decided."""
+    event: Any                         # the Faust event (acked by take_events after the batch)
+    platform: str
+    headers: list[tuple[str, bytes]]   # provenance: src (topic:partition:offset), raw_ts
+    order: dict | None = None          # canonical order once normalized
+    change: str = ""                   # dedupe: new | update (duplicates leave the batch)
+    verdict: Any = None                # risk verdict (new orders only)
+    light: bool = False                # checked without the expensive rules / verifiers
+    encoded: bytes = b""               # the Avro order as it leaves the risk stage
+
+    @property
+    def order_id(self) -> str:
+        return self.order["order_id"]
+
+    @property
+    def key(self) -> bytes:
+        return self.order["order_id"].encode()
+
+
+def provenance_headers(msg) -> list[tuple[str, bytes]]:
+    """Where an order came from and when it reached the broker: reconciliation and e2e latency use both."""
+    return [("src", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
+            ("raw_ts", str(int(msg.timestamp * 1000)).encode())]
 
 
 def headers_of(msg) -> dict[str, bytes]:
@@ -10,8 +43,8 @@ def headers_of(msg) -> dict[str, bytes]:
     return dict(raw.items() if isinstance(raw, dict) else raw)
 
 
-def with_header(headers: dict[str, bytes], **extra: str) -> list[tuple[str, bytes]]:
-    out = {**headers, **{k: v.encode() for k, v in extra.items()}}
+def with_header(headers: dict[str, bytes] | list, **extra: str) -> list[tuple[str, bytes]]:
+    out = {**dict(headers), **{k: v.encode() for k, v in extra.items()}}
     return list(out.items())
 
 
@@ -33,3 +66,35 @@ def forget_older_than(stamps: dict[str, int], now: int, age_ms: int) -> None:
     for key, at in list(stamps.items()):
         if now - at >= age_ms:
             del stamps[key]
+
+
+class StageCounts:
+    """A batch's in/out counts per (platform, outcome), added to the metrics once per batch."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.ins: Counter = Counter()
+        self.outs: Counter = Counter()
+
+    def came_in(self, platform: str) -> None:
+        self.ins[platform] += 1
+
+    def went_out(self, platform: str, outcome: str) -> None:
+        self.outs[(platform, outcome)] += 1
+
+    def publish(self) -> None:
+        for platform, n in self.ins.items():
+            metrics.STAGE_IN.labels(stage=self.stage, platform=platform).inc(n)
+        for (platform, outcome), n in self.outs.items():
+            metrics.STAGE_OUT.labels(stage=self.stage, platform=platform, outcome=outcome).inc(n)
+
+
+@contextmanager
+def stage(name: str, size: int):
+    """Counts for one stage over one batch; its time per message goes to the latency histogram."""
+    counts = StageCounts(name)
+    start = time.perf_counter()
+    yield counts
+    if size:
+        metrics.STAGE_LATENCY.labels(stage=name).observe((time.perf_counter() - start) / size)
+    counts.publish()

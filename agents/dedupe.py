@@ -1,20 +1,33 @@
-"""Stage 2: drop redeliveries, pass real updates, keep a windowed version table per order id."""
+"""Stage 2: drop redeliveries and late older versions; pass new orders and real updates.
+
+The windowed table `dedupe-seen` is co-partitioned with the raw topics: the global order id is a
+function of the platform and its order id, and every raw topic is keyed by the platform's order
+id, so all versions of one order arrive on one partition and its state lives beside them.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from datetime import timedelta
 
 from pipeline import metrics
-from pipeline.app import app, json_table, canonical, settings, unique
-from pipeline.codecs import order_codec
+from pipeline.app import app, json_table, settings
+from pipeline.codecs import encode_json
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
+from pipeline.faust_internals import handling, store_partitions, window_end, without_key_index
+from pipeline.outputs import Outputs
+from pipeline.topics import names
 
-from .common import headers_of, with_header
+from .common import InFlight, now_ms, stage
 
-ORDER_CODEC = order_codec()
+log = logging.getLogger(__name__)
 WINDOW = timedelta(seconds=settings.dedupe_window_s)
+EXPIRES = WINDOW * 2
 
-# key = global order id; the window bounds state, RocksDB keeps it on disk, expired windows are dropped
-seen_versions = json_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=WINDOW * 2)
+# key = global order id; RocksDB keeps the state on disk; `sweep_expired_windows` drops old windows
+seen_versions = json_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=EXPIRES)
+without_key_index(seen_versions.table)
 
 
 def remembered(order_id: str) -> SeenVersion | None:
@@ -26,27 +39,67 @@ def remembered(order_id: str) -> SeenVersion | None:
     return None
 
 
-def risk_partition_key(order: dict) -> bytes:
-    """orders.unique is keyed by buyer IP so the risk agent's per-IP window table is co-partitioned."""
-    return (order["buyer"].get("ip") or order["order_id"]).encode()
+def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
+    """The batch's new orders and real updates; drops are announced on orders.duplicates."""
+    passed: list[InFlight] = []
+    with stage("dedupe", len(batch)) as counts:
+        for item in batch:
+            msg = item.event.message
+            source = f"{msg.partition}:{msg.offset}"
+            with handling(item.event):  # table writes go to this message's partition
+                change = classify(item.order, source)
+            metrics.DEDUPE.labels(platform=item.platform, outcome=change.value).inc()
+            counts.came_in(item.platform)
+            counts.went_out(item.platform, change.value)
+            if change in (Change.NEW, Change.UPDATE):
+                item.change = change.value
+                passed.append(item)
+            else:
+                out.send(names.DUPLICATES, item.key, encode_json(
+                    {"order_id": item.order_id, "platform": item.platform, "outcome": change.value,
+                     "at_ms": now_ms()}), item.headers)
+    return passed
 
 
-@app.agent(canonical)
-async def dedupe_agent(stream):
-    async for event in stream.events():
-        msg = event.message
-        order = ORDER_CODEC.decode(msg.value)
-        order_id = order["order_id"]
-        incoming = version_of(order)
-        source = f"{msg.partition}:{msg.offset}"
-        previous = remembered(order_id)
-        change = decide(previous, incoming, source)
-        metrics.DEDUPE.labels(platform=order["platform"], outcome=change.value).inc()
-        if change in (Change.NEW, Change.UPDATE):
-            await unique.send(key=risk_partition_key(order), value=msg.value,
-                              headers=with_header(headers_of(msg), change=change.value))
-            if previous is not None and previous.emitted_by(source):
-                continue  # re-emitting after a crash: the table already holds this and newer
-            # a crash may land this table write without the send above: the source offset stored
-            # with it makes re-processing re-emit (see decide); effects downstream are idempotent
-            seen_versions[order_id] = incoming.remembered_as(source, change, previous).to_json()
+def classify(order: dict, source: str) -> Change:
+    order_id = order["order_id"]
+    incoming = version_of(order)
+    previous = remembered(order_id)
+    change = decide(previous, incoming, source)
+    if change in (Change.NEW, Change.UPDATE) and not (previous is not None and previous.emitted_by(source)):
+        # a crash may land this write without the batch's outputs: the source offset stored with
+        # it makes re-processing re-emit (see decide); effects downstream are idempotent
+        seen_versions[order_id] = incoming.remembered_as(source, change, previous).to_json()
+    return change
+
+
+SWEEP_EVERY_S = min(600.0, WINDOW.total_seconds() / 2)
+SWEEP_CHUNK = 2000
+
+
+@app.timer(interval=SWEEP_EVERY_S)
+async def sweep_expired_windows():
+    """Delete windows that ended more than `expires` ago from this worker's store partitions.
+    (The changelog topic drops them by its retention; the table indexes no keys in memory.)"""
+    cutoff = time.time() - EXPIRES.total_seconds()
+    removed = 0
+    for partition, db in store_partitions(seen_versions.table).items():
+        doomed: list[bytes] = []
+        for key in db.keys():
+            if window_end(key) < cutoff:
+                doomed.append(key)
+            if len(doomed) >= SWEEP_CHUNK:
+                removed += delete_keys(db, doomed)
+                await asyncio.sleep(0)  # let the stream run between chunks
+        removed += delete_keys(db, doomed)
+    if removed:
+        metrics.DEDUPE_EXPIRED.inc(removed)
+        log.info("dedupe: %d expired window entries deleted", removed)
+
+
+def delete_keys(db, keys: list[bytes]) -> int:
+    for key in keys:
+        del db[key]
+    count = len(keys)
+    keys.clear()
+    return count

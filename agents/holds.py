@@ -1,9 +1,10 @@
 """Stage 3b: the risk queue. Held orders wait for an operator's decision or the default policy.
 
-One agent reads risk.queue and risk.decisions (both keyed by order id, so co-partitioned) and
+A low-volume path: one agent reads risk.queue and risk.decisions (both keyed by order id, so co-partitioned) and
 keeps held orders in a changelogged table. A timer turns holds that passed their deadline into
 default-policy decisions on risk.decisions, so the timeout survives restarts: the table is
 rebuilt from its changelog and the timer of whichever worker owns the partition fires it.
+A released hold is reserved here and announced on orders.accepted.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import json
 import logging
 
 from pipeline import metrics
-from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, settings
+from pipeline.app import app, held_and_decided, json_table, settings
 from pipeline.codecs import encode_json, order_codec
 from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
                                    timeout_decision)
+from pipeline.outputs import Outputs, outputs
 from pipeline.topics import names
 
-from .common import forget_older_than, headers_of, now_ms
-from .inventory import release_order
+from .common import forget_older_than, headers_of, now_ms, stage
+from .inventory import release_order, reserve_batch
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
@@ -34,18 +36,20 @@ def open_entry(record: dict) -> dict:
     return {"status": HELD, "due_at_ms": record["due_at_ms"]}
 
 
-@app.agent(app.topic(names.RISK_QUEUE, names.RISK_DECISIONS, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw"))
+@app.agent(held_and_decided)
 async def holds_agent(stream):
+    out = outputs(settings)
     async for event in stream.events():
         msg = event.message
-        if msg.topic == names.RISK_QUEUE:
-            await hold(msg)
-        else:
-            await decide(msg)
+        with stage("holds", 1) as counts:
+            platform, outcome = hold(msg) if msg.topic == names.RISK_QUEUE else await decide(msg, out)
+            counts.came_in(platform)
+            counts.went_out(platform, outcome)
+        await out.flush()  # before Faust acks the message
 
 
-async def hold(msg) -> None:
+def hold(msg) -> tuple[str, str]:
+    """(platform, outcome) of a held order arriving: held, or redelivered (kept as it was)."""
     order = ORDER_CODEC.decode(msg.value)
     order_id = order["order_id"]
     existing = holds.get(order_id)
@@ -53,7 +57,7 @@ async def hold(msg) -> None:
         # a redelivered hold keeps its original deadline (and a decided one stays decided)
         if existing.get("status") == HELD and open_holds.get(order_id) is None:
             open_holds[order_id] = open_entry(existing)  # a crash came between the two writes
-        return
+        return order["platform"], "redelivered"
     headers = headers_of(msg)
     verdict = json.loads(headers.get("verdict", b"{}"))
     record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition)
@@ -62,15 +66,17 @@ async def hold(msg) -> None:
     holds[order_id] = record
     open_holds[order_id] = open_entry(record)
     log.info("held", extra={"order_id": order_id})
+    return order["platform"], "held"
 
 
-async def decide(msg) -> None:
+async def decide(msg, out: Outputs) -> tuple[str, str]:
+    """(platform, outcome) of a decision: approved, rejected, auto_released, ignored or malformed."""
     try:
         decision = parse_decision(msg.value)
     except DecisionError as exc:
         log.error("ignored malformed decision at %s:%s:%s: %s", msg.topic, msg.partition, msg.offset, exc)
         metrics.RISK_DECISIONS.labels(outcome="malformed").inc()
-        return
+        return "", "malformed"
     source = f"{msg.partition}:{msg.offset}"
     record = holds.get(decision.order_id)
     resolution = apply_decision(record, decision)
@@ -79,29 +85,33 @@ async def decide(msg) -> None:
             open_holds.pop(decision.order_id, None)  # nothing left to time out
         if record is not None and record.get("decided_by") == source:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
-            await publish_resolution(record, record["resolution_event"])
+            await publish_resolution(record, record["resolution_event"], out)
         else:
             metrics.RISK_DECISIONS.labels(outcome="ignored").inc()
-        return
+        return (record or {}).get("platform", ""), "ignored"
     metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
     # resolved holds stay in the table (marked), so late or repeated decisions are ignored
     holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
                                 "resolution_event": resolution.event}
     open_holds.pop(decision.order_id, None)
-    await publish_resolution(record, resolution.event)
+    await publish_resolution(record, resolution.event, out)
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
+    return record.get("platform", ""), resolution.outcome
 
 
-async def publish_resolution(record: dict, event: dict) -> None:
+async def publish_resolution(record: dict, event: dict, out: Outputs) -> None:
     key = record["order_id"].encode()
     order_bytes = base64.b64decode(record["order_b64"])
+    order = ORDER_CODEC.decode(order_bytes)
     if event["event"] in ("approved", "auto_released"):
         headers = [(k, v.encode()) for k, v in record.get("headers", {}).items() if k != "risk"]
-        await accepted.send(key=key, value=order_bytes, headers=headers + [("risk", event["event"].encode())])
+        headers.append(("risk", event["event"].encode()))
+        out.send(names.ACCEPTED, key, order_bytes, headers)
+        await reserve_batch([(order, dict(headers))], out)
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
-        await release_order(ORDER_CODEC.decode(order_bytes), reason="risk_rejected")
-    await risk_events.send(key=key, value=encode_json(event))
+        await release_order(order, "risk_rejected", out)
+    out.send(names.RISK_EVENTS, key, encode_json(event))
 
 
 _requested: dict[str, float] = {}
@@ -110,6 +120,7 @@ _requested: dict[str, float] = {}
 @app.timer(interval=1.0)
 async def release_overdue_holds():
     """Default policy: no decision within the timeout -> release. Only this worker's partitions."""
+    out = outputs(settings)
     now = now_ms()
     forget_older_than(_requested, now, 10_000)
     items = list(open_holds.items())
@@ -119,4 +130,5 @@ async def release_overdue_holds():
             continue  # already requested; the decision is on its way through risk.decisions
         _requested[order_id] = now
         decision = timeout_decision(order_id, now, settings.risk_hold_timeout_s)
-        await risk_decisions.send(key=order_id.encode(), value=encode_json(decision.to_json()))
+        out.send(names.RISK_DECISIONS, order_id.encode(), encode_json(decision.to_json()))
+    await out.flush()

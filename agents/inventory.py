@@ -1,8 +1,9 @@
 """Stage 4: reserve stock in Redis for accepted orders; release on cancel/refund/rejection.
 
 The reservation itself is one Lua script (all lines or none, idempotent by order id), so
-several workers can never oversell. This agent only ranks warehouses, calls the store, retries
+several workers can never oversell. This stage only ranks warehouses, calls the store, retries
 while Redis is unreachable (the stream pauses, nothing is skipped) and publishes what happened.
+Warehouse stock updates and unpaid time-outs are low-volume paths with their own agent and timer.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from pipeline import metrics
-from pipeline.app import accepted, app, channel_control, inventory_events, inventory_stock, settings
+from pipeline.app import app, inventory_stock, settings
 from pipeline.codecs import decode_json, encode_json, order_codec
 from pipeline.domain.channels import channel_events
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Weights, score_warehouses
 from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth_over
+from pipeline.outputs import Outputs, outputs
 from pipeline.topics import PLATFORMS, names
 
-from .common import headers_of, ms_since_raw, now_ms
+from .common import InFlight, ms_since_raw, now_ms, stage
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
@@ -59,10 +61,6 @@ def order_lines(order: dict) -> list[tuple[str, int]]:
     return sorted(units.items())
 
 
-async def publish_channel_state(skus) -> None:
-    await publish_channel_states(set(skus))
-
-
 def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), reason="", latency_ms=None) -> bytes:
     lines = [{"sku": sku, "quantity": qty, "warehouse": wh} for wh, sku, qty in allocations]
     return encode_json({"event": kind, "order_id": order["order_id"], "platform": order["platform"],
@@ -71,50 +69,46 @@ def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), r
                         "latency_ms": latency_ms})
 
 
-async def release_order(order: dict, reason: str) -> bool:
+async def release_order(order: dict, reason: str, out: Outputs) -> bool:
     """Give back what the order holds; False when it held nothing (a tombstone still blocks a late reserve)."""
     released = await with_redis_retry(store().release, order["order_id"], reason)
     if released.released:
-        await announce_release(order, released, reason)
+        await announce_release(order, released, reason, out)
     return released.released
 
 
-async def announce_release(order: dict, released, reason: str) -> None:
+async def announce_release(order: dict, released, reason: str, out: Outputs) -> None:
     """What every release publishes: the metric, the `released` event, channel state for its SKUs."""
     metrics.RESERVATIONS.labels(outcome="released").inc()
-    await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+    out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
         "released", order, allocations=released.allocations, reason=reason))
-    await publish_channel_state({sku for _, sku, _ in released.allocations})
+    await publish_channel_states({sku for _, sku, _ in released.allocations}, out)
 
 
-BATCH_SIZE = 200
-BATCH_WITHIN_S = 0.02
-
-
-@app.agent(accepted)
-async def inventory_agent(stream):
-    # batches cut Redis round trips from ~10 per order to ~6 per batch: levels, one pipelined
-    # EVALSHA per order, levels again, pause flags. Each reservation is still its own atomic script.
-    async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
+    """Reserve stock for the batch's accepted new orders (one pipelined round trip per batch),
+    release it for cancellations, take paid orders off the unpaid time-out schedule."""
+    with stage("inventory", len(batch)) as counts:
         reservations: list[tuple[dict, dict]] = []
-        for event in events:
-            msg = event.message
-            headers = headers_of(msg)
-            order = ORDER_CODEC.decode(msg.value)
+        for item in batch:
+            if item.change == "new" and item.verdict.action != "accept":
+                continue  # held orders are reserved when released, rejected ones never
+            counts.came_in(item.platform)
+            counts.went_out(item.platform, item.change)
+            order = item.order
             if order["status"] in RELEASING_STATES:
-                await reserve_batch(reservations)  # keep message order for this order id
+                await reserve_batch(reservations, out)  # keep message order for this order id
                 reservations = []
-                if not await release_order(order, reason=f"order {order['status'].lower()}") \
-                        and headers.get("change") != b"update":
+                if not await release_order(order, f"order {order['status'].lower()}", out) and item.change == "new":
                     # an order that arrives already cancelled never needs stock: say so explicitly
-                    await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+                    out.send(names.INVENTORY_EVENTS, item.key, inventory_event(
                         "cancelled", order, reason="cancelled before reservation"))
-            elif headers.get("change") != b"update":
-                reservations.append((order, headers))
+            elif item.change == "new":
+                reservations.append((order, dict(item.headers)))
             elif order["status"] != "PENDING_PAYMENT":
                 await with_redis_retry(store().settle, [order["order_id"]])  # paid now: keep the stock
             # other updates: status progress of a reserved order; the sink records it from orders.unique
-        await reserve_batch(reservations)
+        await reserve_batch(reservations, out)
 
 
 def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> list[str]:
@@ -126,7 +120,7 @@ def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> 
     return [wid for wid, _ in score_warehouses(known, order["address"]["province"], depth, Weights())] + extra
 
 
-async def reserve_batch(batch: list[tuple[dict, dict]]) -> None:
+async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> None:
     if not batch:
         return
     lines_of = [order_lines(order) for order, _ in batch]
@@ -149,16 +143,16 @@ async def reserve_batch(batch: list[tuple[dict, dict]]) -> None:
         if latency is not None and fresh:
             metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)
         reason = ", ".join(f"{s} short {n}" for s, n in result.short.items()) if outcome == "out_of_stock" else ""
-        await inventory_events.send(key=order["order_id"].encode(), value=inventory_event(
+        out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
             outcome, order, warehouse=result.warehouse, allocations=result.allocations,
             reason=reason, latency_ms=latency if fresh else None))
     await with_redis_retry(store().settle, [order["order_id"] for (order, _), res in zip(batch, results)
                                             if res.outcome == "reserved" and order["status"] != "PENDING_PAYMENT"])
     await publish_channel_states({sku for (_, res) in zip(batch, results) if res.outcome == "reserved"
-                                  for _, sku, _ in res.allocations})
+                                  for _, sku, _ in res.allocations}, out)
 
 
-async def publish_channel_states(skus) -> None:
+async def publish_channel_states(skus, out: Outputs) -> None:
     """Pause every channel but the primary one when a SKU falls below the safety stock; resume after.
     The flag flips are atomic in Redis: among many workers exactly one publishes each change."""
     if not skus:
@@ -174,15 +168,17 @@ async def publish_channel_states(skus) -> None:
         for ev in channel_events(sku, available[sku], settings.safety_stock, not paused_now, PLATFORMS,
                                  settings.primary_platform, now_ms()):
             metrics.CHANNEL_CONTROL.labels(action=ev["event"]).inc()
-            await channel_control.send(key=f"{sku}:{ev['platform']}".encode(), value=encode_json(ev))
+            out.send(names.CHANNEL_CONTROL, f"{sku}:{ev['platform']}".encode(), encode_json(ev))
 
 
 @app.timer(interval=2.0)
 async def release_timed_out_reservations():
     """Unpaid orders do not hold stock forever: release what passed its deadline (reason timeout)."""
+    out = outputs(settings)
     for order_id, released in await with_redis_retry(store().release_expired):
         if released.released:
-            await announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid")
+            await announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
+    await out.flush()
 
 
 @app.agent(inventory_stock)
@@ -195,4 +191,6 @@ async def stock_agent(stream):
         except (ValueError, StockEventError) as exc:
             log.error("ignored bad stock event at %s:%s: %s", msg.partition, msg.offset, exc)
             continue
-        await publish_channel_state({stock["sku"]})
+        out = outputs(settings)
+        await publish_channel_states({stock["sku"]}, out)
+        await out.flush()

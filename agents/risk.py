@@ -1,34 +1,33 @@
 """Stage 3: risk check. Rules are data (YAML file, then the compacted risk.rules topic).
 
-Clean orders go to orders.accepted, held ones to risk.queue, rejected ones stop here; every
+Clean orders go on to the reservation, held ones to risk.queue, rejected ones stop here; every
 non-trivial verdict is an audit event on risk.events. Under degradation (breaker open) the
 expensive rules and external verifiers are skipped, the order is marked `checked_lightly`
 and queued on risk.recheck, which re-runs the full rule set once the breaker has closed.
 """
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import logging
-from itertools import islice
-from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
-from pipeline.app import accepted, app, json_table, risk_decisions, risk_events, risk_queue, risk_recheck, settings, unique
+from pipeline.app import app, settings
 from pipeline.codecs import encode_json, order_codec
+from pipeline.outputs import Outputs, outputs
+from pipeline.velocity import IpVelocity
 from pipeline.domain.risk import RiskContext, RuleSet, RuleSetError, evaluate, load_rule_file, verifiers_needed
 from pipeline.topics import names
 from pipeline.verifiers import VerifierClient
 
 from .breaker import breaker
-from .common import forget_older_than, headers_of, now_ms, with_header
-from .inventory import release_order
+from .common import InFlight, now_ms, stage, with_header
+from .inventory import release_order, store, with_redis_retry
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
-IP_WINDOW = timedelta(seconds=settings.ip_window_s)
 
 
 class ActiveRules:
@@ -57,8 +56,6 @@ class ActiveRules:
 active = ActiveRules(load_rule_file(settings.risk_rules_file))
 _verifier: VerifierClient | None = None
 
-# key = buyer IP; orders.unique is keyed by IP, so this table is co-partitioned with its stream
-ip_orders = json_table("risk-ip-orders", default=int).tumbling(IP_WINDOW, expires=IP_WINDOW * 2)
 
 
 def verifier() -> VerifierClient:
@@ -124,120 +121,133 @@ def risk_event(kind: str, order: dict, verdict) -> bytes:
     })
 
 
-@app.agent(unique)
-async def risk_agent(stream):
-    async for event in stream.events():
-        msg = event.message
-        headers = headers_of(msg)
-        order = ORDER_CODEC.decode(msg.value)
-        key = order["order_id"].encode()
-        metrics.STAGE_IN.labels(stage="risk", platform=order["platform"]).inc()
-        if headers.get("change") == b"update":
-            # a status change of a known order: fulfilment needs it (cancellations release stock)
-            await accepted.send(key=key, value=msg.value, headers=list(headers.items()))
-            metrics.STAGE_OUT.labels(stage="risk", platform=order["platform"], outcome="update").inc()
-            continue
-        ip = order["buyer"].get("ip")
-        ip_count = 0
-        if ip:
-            ip_orders[ip] += 1
-            ip_count = ip_orders[ip].current()
-        if breaker.degraded:
-            verdict = evaluate(active.rules, order, RiskContext(ip_order_count=ip_count, degraded=True,
-                                                                verifier_results={}))
-            light = True
-        else:
-            verdict, light = await full_check(order, ip_count)
-        order["risk_flags"] = [h.rule_id for h in verdict.hits]
-        order["checked_lightly"] = light
-        for hit in verdict.hits:
-            metrics.RISK_FLAGS.labels(rule=hit.rule_id).inc()
-        metrics.RISK_VERDICTS.labels(outcome=verdict.action).inc()
-        value = ORDER_CODEC.encode(order)
-        out_headers = with_header(headers, risk=verdict.action, verdict=json.dumps(verdict_summary(order, verdict)))
-        if verdict.action == "accept":
-            await accepted.send(key=key, value=value, headers=out_headers)
-            if verdict.hits:
-                await risk_events.send(key=key, value=risk_event("flagged", order, verdict))
-        elif verdict.action == "hold":
-            await risk_queue.send(key=key, value=value, headers=out_headers)
-            await risk_events.send(key=key, value=risk_event("held", order, verdict))
-        else:
-            await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
-        if light and verdict.action != "reject":
-            metrics.LIGHT_CHECKS.inc()
-            await risk_recheck.send(key=key, value=value, headers=out_headers)
-        metrics.STAGE_OUT.labels(stage="risk", platform=order["platform"], outcome=verdict.action).inc()
+def velocity() -> IpVelocity:
+    global _velocity
+    if _velocity is None:
+        _velocity = IpVelocity(store().redis, f"{names.ns}risk", settings.ip_window_s)
+    return _velocity
 
 
-# lightly-checked orders waiting for the breaker to close (key = order id, co-partitioned with
-# risk.recheck). An agent must never sit on a message: Faust only commits once every in-flight
-# event is acknowledged, so waiting inside the stream would stall the whole worker's commits.
-recheck_pending = json_table("risk-recheck-pending")
+_velocity: IpVelocity | None = None
 
 
-@app.agent(risk_recheck)
-async def recheck_agent(stream):
-    """Full rule set for orders let through lightly, once the breaker has closed again."""
-    async for event in stream.events():
-        msg = event.message
-        order_id = msg.key.decode()
-        headers = headers_of(msg)
-        if headers.get("retry") == b"1":
-            parked = recheck_pending.get(order_id)
-            if parked is None:
-                continue  # already re-checked (a duplicate retry)
-            value, headers = base64.b64decode(parked["order_b64"]), {k: v.encode() for k, v in parked["headers"].items()}
-        else:
-            value = msg.value
-        # park while degraded, or while a verifier is still unavailable (the check would be light again)
-        if breaker.degraded or not await recheck(ORDER_CODEC.decode(value), headers):
-            recheck_pending[order_id] = {"order_b64": base64.b64encode(value).decode(),
-                                         "headers": {k: v.decode(errors="replace") for k, v in headers.items()}}
-            continue
-        if recheck_pending.get(order_id) is not None:
-            recheck_pending.pop(order_id, None)
+async def judge_batch(batch: list[InFlight], out: Outputs) -> None:
+    """A verdict for every new order of the batch (updates pass untouched): held orders go to
+    risk.queue, light ones also to risk.recheck, every non-trivial verdict to risk.events."""
+    fresh = [item for item in batch if item.change == "new"]
+    with stage("risk", len(batch)) as counts:
+        counts_by_ip = await ip_counts(fresh)
+        degraded = breaker.degraded
+        if degraded:
+            results = [(evaluate(active.rules, item.order, RiskContext(ip_order_count=n, degraded=True)), True)
+                       for item, n in zip(fresh, counts_by_ip)]
+        else:  # verifier calls of the whole batch run concurrently
+            results = await asyncio.gather(*(full_check(item.order, n) for item, n in zip(fresh, counts_by_ip)))
+        for item, (verdict, light) in zip(fresh, results):
+            item.verdict, item.light = verdict, light
+            item.order["risk_flags"] = [h.rule_id for h in verdict.hits]
+            item.order["checked_lightly"] = light
+        for item in batch:
+            counts.came_in(item.platform)
+            item.encoded = ORDER_CODEC.encode(item.order)
+            if item.verdict is None:
+                counts.went_out(item.platform, "update")
+                continue
+            publish_verdict(item, out)
+            counts.went_out(item.platform, item.verdict.action)
 
 
-@app.timer(interval=2.0)
-async def resume_rechecks():
-    """Breaker closed: send every parked order of this worker's partitions back through the agent."""
-    if breaker.degraded:
-        return
-    if any(verifier().breaker_open(name) for name in verifiers_needed(active.rules)):
-        return  # a verifier is still being skipped: the re-check would only be light again
-    now = now_ms()
-    forget_older_than(_retry_requested, now, 30_000)
-    # at most 2000 ids, never the whole table: after a long burst it holds every light-path order
-    # (the likely cause of a jump from 545 to 936 MB at the end of the 300k-message profile run)
-    for order_id in list(islice(recheck_pending.keys(), 2000)):
-        if now - _retry_requested.get(order_id, 0) < 30_000:
-            continue  # its retry is still on the way
-        _retry_requested[order_id] = now
-        await risk_recheck.send(key=order_id.encode(), value=b"", headers=[("retry", b"1")])
+async def ip_counts(fresh: list[InFlight]) -> list[int]:
+    """Orders from each order's buyer IP within the window (0 where the platform sent no IP)."""
+    visits = [(item.order["buyer"]["ip"], item.order_id, int(item.order["ingest_time"].timestamp() * 1000))
+              for item in fresh if item.order["buyer"].get("ip")]
+    counted = iter(await with_redis_retry(velocity().count, visits))
+    return [next(counted) if item.order["buyer"].get("ip") else 0 for item in fresh]
 
 
-_retry_requested: dict[str, int] = {}
+def publish_verdict(item: InFlight, out: Outputs) -> None:
+    order, verdict = item.order, item.verdict
+    for hit in verdict.hits:
+        metrics.RISK_FLAGS.labels(rule=hit.rule_id).inc()
+    metrics.RISK_VERDICTS.labels(outcome=verdict.action).inc()
+    event = {"accept": "flagged" if verdict.hits else None, "hold": "held", "reject": "rejected"}[verdict.action]
+    if verdict.action == "hold":
+        out.send(names.RISK_QUEUE, item.key, item.encoded, verdict_headers(item.headers, order, verdict))
+    if event:
+        out.send(names.RISK_EVENTS, item.key, risk_event(event, order, verdict))
+    if item.light and verdict.action != "reject":
+        metrics.LIGHT_CHECKS.inc()
+        out.send(names.RISK_RECHECK, item.key, item.encoded, verdict_headers(item.headers, order, verdict))
 
 
-async def recheck(order: dict, headers: dict[str, bytes]) -> bool:
+def verdict_headers(headers, order: dict, verdict) -> list[tuple[str, bytes]]:
+    return with_header(headers, risk=verdict.action, verdict=json.dumps(verdict_summary(order, verdict)))
+
+
+# Light-path orders wait in risk.recheck itself: a consumer group of its own reads that topic only
+# while the breaker is closed and every verifier answers, and commits only what it re-checked.
+# (Parking inside a Faust agent would cost a consumption and a table write per order at the very
+# moment the worker is overloaded, and an agent must never sit on a message.)
+RECHECK_BATCH = 200
+
+
+@app.task
+async def recheck_parked_orders():
+    consumer = AIOKafkaConsumer(names.RISK_RECHECK, bootstrap_servers=settings.bootstrap,
+                                group_id=f"{app.conf.id}-recheck", enable_auto_commit=False,
+                                auto_offset_reset="earliest", session_timeout_ms=int(settings.session_timeout_s * 1000))
+    await consumer.start()
+    try:
+        while True:
+            waiting = recheck_must_wait()
+            partitions = consumer.assignment()
+            (consumer.pause if waiting else consumer.resume)(*partitions)
+            batch = await consumer.getmany(timeout_ms=1000, max_records=RECHECK_BATCH)
+            for tp, records in batch.items():
+                done = await recheck_records(records)
+                if done:
+                    await consumer.commit({tp: records[done - 1].offset + 1})
+                if done < len(records):  # a verifier went away meanwhile: read the rest again later
+                    consumer.seek(tp, records[done].offset)
+                    await asyncio.sleep(1.0)
+    finally:
+        await consumer.stop()
+
+
+def recheck_must_wait() -> bool:
+    """Degraded, or a verifier is being skipped: a re-check now would only be light again."""
+    return breaker.degraded or any(verifier().breaker_open(name) for name in verifiers_needed(active.rules))
+
+
+async def recheck_records(records) -> int:
+    """Re-check records in order; how many were done (outputs flushed) before one had to wait."""
+    out = outputs(settings)
+    done = 0
+    for record in records:
+        if record.value and not await recheck(ORDER_CODEC.decode(record.value), dict(record.headers or ()), out):
+            break
+        done += 1
+    await out.flush()
+    return done
+
+
+async def recheck(order: dict, headers: dict[str, bytes], out: Outputs) -> bool:
     """The full check of a light-path order; False (nothing emitted) when it would be light again."""
     key = order["order_id"].encode()
     verdict, still_light = await full_check(order, ip_count=0)
     if still_light and verdict.action != "reject":
         return False
-    await risk_events.send(key=key, value=risk_event("rechecked", order, verdict))
+    out.send(names.RISK_EVENTS, key, risk_event("rechecked", order, verdict))
     if verdict.action == "hold" and headers.get("risk") == b"accept":
         order["checked_lightly"] = still_light
-        await risk_queue.send(key=key, value=ORDER_CODEC.encode(order), headers=with_header(
-            headers, risk="hold", verdict=json.dumps(verdict_summary(order, verdict))))
-        await risk_events.send(key=key, value=risk_event("held", order, verdict))
+        out.send(names.RISK_QUEUE, key, ORDER_CODEC.encode(order), verdict_headers(headers, order, verdict))
+        out.send(names.RISK_EVENTS, key, risk_event("held", order, verdict))
     elif verdict.action == "reject":
-        await release_order(order, reason="risk_recheck_rejected")
-        await risk_events.send(key=key, value=risk_event("rejected", order, verdict))
+        await release_order(order, "risk_recheck_rejected", out)
+        out.send(names.RISK_EVENTS, key, risk_event("rejected", order, verdict))
         if headers.get("risk") == b"hold":
             # it is waiting in the risk queue: close that hold too
-            await risk_decisions.send(key=key, value=encode_json({
+            out.send(names.RISK_DECISIONS, key, encode_json({
                 "order_id": order["order_id"], "action": "reject", "operator": "recheck",
                 "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))
     return True

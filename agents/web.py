@@ -67,7 +67,9 @@ async def offsets_page(web, request):
 
 
 @app.timer(interval=5.0)
-async def export_consumer_lag():
+async def export_consumer_lag_and_health():
+    """Prometheus sees lag and dependency health every 5 s, whether or not anyone calls /health."""
+    await dependency_health()
     consumer = app.consumer
     committed = getattr(consumer, "_committed_offset", {})
     for tp in consumer.assignment():

@@ -86,12 +86,13 @@ def rss_mb(pid: int) -> float | None:
 
 
 class RssSampler(threading.Thread):
-    """The worker's resident memory every `every_s` seconds while it drains."""
+    """The worker's resident memory every `every_s` seconds while it drains: (seconds, MB), or
+    (seconds, MB, probe()) with a probe, e.g. how many orders the worker has processed by then."""
 
-    def __init__(self, pid: int, every_s: float = 5.0) -> None:
+    def __init__(self, pid: int, every_s: float = 5.0, probe=None) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every_s = pid, every_s
-        self.samples: list[tuple[float, float]] = []
+        self.pid, self.every_s, self.probe = pid, every_s, probe
+        self.samples: list[tuple] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -99,7 +100,8 @@ class RssSampler(threading.Thread):
         while not self.done.wait(self.every_s):
             value = rss_mb(self.pid)
             if value is not None:
-                self.samples.append((round(time.monotonic() - start, 1), value))
+                sample = (round(time.monotonic() - start, 1), value)
+                self.samples.append(sample + ((self.probe(),) if self.probe else ()))
 
 
 def summary_of(result: dict) -> list[str]:

@@ -12,7 +12,9 @@ import faust
 from . import consumer
 from . import topics as t
 from .config import load_settings
+from .faust_internals import require_pinned_versions
 
+require_pinned_versions()
 settings = load_settings()
 
 
@@ -59,20 +61,10 @@ def raw_topic(*names: str, partitions: int | None = None, compacted: bool = Fals
                      compacting=compacted or None)
 
 
+# What Faust consumes; everything the worker writes goes through pipeline.outputs.
 raw_orders = raw_topic(*t.RAW_TOPICS)
-canonical = raw_topic(t.CANONICAL)
-unique = raw_topic(t.UNIQUE)
-accepted = raw_topic(t.ACCEPTED)
-risk_queue = raw_topic(t.RISK_QUEUE)
-risk_decisions = raw_topic(t.RISK_DECISIONS)
-risk_rules = raw_topic(t.RISK_RULES, partitions=1, compacted=True)
-risk_events = raw_topic(t.RISK_EVENTS)
-risk_recheck = raw_topic(t.RISK_RECHECK)
+held_and_decided = raw_topic(t.RISK_QUEUE, t.RISK_DECISIONS)
 inventory_stock = raw_topic(t.INVENTORY_STOCK)
-inventory_events = raw_topic(t.INVENTORY_EVENTS)
-channel_control = raw_topic(t.CHANNEL_CONTROL)
-breaker_events = raw_topic(t.BREAKER_EVENTS)
-dlq = raw_topic(t.DLQ)
 
 
 # Faust opens one RocksDB per table partition with 3 x 64 MB memtables and a 2 GB block cache

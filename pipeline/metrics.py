@@ -31,6 +31,8 @@ GHOST_FALLBACKS = Counter("orderstream_ghost_order_fallbacks_total",
 # -- dedupe -----------------------------------------------------------------------------------
 DEDUPE = Counter("orderstream_dedupe_total", "Dedupe decisions (new, update, duplicate, stale).",
                  ["platform", "outcome"])
+DEDUPE_EXPIRED = Counter("orderstream_dedupe_windows_expired_total",
+                         "Dedupe table entries deleted from this worker's store once their window expired.")
 
 # -- risk -------------------------------------------------------------------------------------
 RISK_FLAGS = Counter("orderstream_risk_flags_total", "Rule hits.", ["rule"])

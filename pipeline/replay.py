@@ -1,8 +1,8 @@
 """Black Friday replay: produce realistic raw orders along a sale-day curve, then reconcile.
 
 The generator (pipeline.domain.raw_orders) knows what each message should become, so the
-reconciliation is exact: every produced message must come out once as a canonical order or
-a dead letter, every new order must reach exactly one terminal risk/inventory outcome.
+reconciliation is exact: every produced message must come out once, as a new order or update
+(orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach exactly one terminal risk/inventory outcome.
 """
 from __future__ import annotations
 
@@ -123,12 +123,16 @@ def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
     return None if lags is None else sum(lags.values())
 
 
+def worker_inputs(names: TopicNames) -> list[str]:
+    """The topics the worker group consumes (risk.recheck has a group of its own)."""
+    return [*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK]
+
+
 def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0,
                  check_alive=None) -> float:
     """Wait until the worker group has committed everything on every pipeline input topic.
     `check_alive()` may raise to stop waiting early (a worker that crashed will never drain)."""
-    topics = [*names.RAW_TOPICS, names.CANONICAL, names.UNIQUE, names.ACCEPTED, names.RISK_QUEUE,
-              names.RISK_DECISIONS, names.INVENTORY_STOCK]
+    topics = worker_inputs(names)
     start = time.monotonic()
     zero_since = None
     while time.monotonic() - start < timeout:
@@ -164,16 +168,17 @@ def read_all(s: Settings, topic: str):
 def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict) -> dict:
     """Read every stage's output and account for each produced message exactly once."""
     codec = order_codec()
-    canonical = read_all(s, names.CANONICAL)
     dlq = read_all(s, names.DLQ)
     unique = read_all(s, names.UNIQUE)
+    dropped = read_all(s, names.DUPLICATES)
     accepted = read_all(s, names.ACCEPTED)
     risk_events = [decode_json(r.value) for r in read_all(s, names.RISK_EVENTS)]
     inventory = [decode_json(r.value) for r in read_all(s, names.INVENTORY_EVENTS)]
     breaker = [decode_json(r.value) for r in read_all(s, names.BREAKER_EVENTS)]
 
     produced_coords = {f"{t}:{p}:{o}" for t, p, o in coordinates.values()}
-    came_out = Counter(r.headers.get("src", b"").decode() for r in canonical + dlq)
+    # every raw message leaves exactly one trace: a new order or update, a dropped copy, a dead letter
+    came_out = Counter(r.headers.get("src", b"").decode() for r in unique + dropped + dlq)
     lost = sorted(produced_coords - set(came_out))
     doubled_raw = sum(n - 1 for c, n in came_out.items() if c in produced_coords and n > 1)
 
@@ -202,14 +207,14 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     return {
         "produced": len(messages),
         "produced_by_kind": dict(Counter(m.kind for m in messages)),
-        "canonical": len(canonical),
+        "canonical": len(unique) + len(dropped),
         "dead_lettered": len(dlq),
         "expected_dead_letters": sum(1 for m in messages if m.expect == "dlq"),
         "raw_lost": len(lost),
         "raw_doubled": doubled_raw,
         "unique_new_orders": len(unique_new),
         "unique_updates": unique_updates,
-        "deduplicated_dropped": len(canonical) - sum(unique_new.values()) - unique_updates,
+        "deduplicated_dropped": len(dropped),
         "new_orders_emitted_twice": sum(1 for n in unique_new.values() if n > 1),  # re-emissions (absorbed)
         "expected_new_orders": len(expected_new),
         "missing_new_orders": len(expected_new - set(unique_new)),

@@ -43,9 +43,9 @@ class TopicNames:
 
 
 _BASE = {
-    "CANONICAL": "orders.canonical",        # Avro Order keyed by global order id (every version, redeliveries too)
-    "UNIQUE": "orders.unique",              # Avro Order after dedupe: new orders and real updates only
-    "ACCEPTED": "orders.accepted",          # Avro Order cleared by risk or released from hold
+    "UNIQUE": "orders.unique",              # Avro Order after dedupe and risk: new orders and real updates only
+    "DUPLICATES": "orders.duplicates",      # JSON: redeliveries and stale versions dedupe dropped (audit, reconciliation)
+    "ACCEPTED": "orders.accepted",          # Avro Order cleared for fulfilment by risk or released from hold
     "RISK_QUEUE": "risk.queue",             # Avro Order held for an operator
     "RISK_DECISIONS": "risk.decisions",     # JSON operator decisions (and default-policy timeouts), keyed by order id
     "RISK_RULES": "risk.rules",             # compacted: the active rule set (YAML text + version)
@@ -67,8 +67,8 @@ def raw_topic(platform: str) -> str:
 
 
 RAW_TOPICS = names.RAW_TOPICS
-CANONICAL = names.CANONICAL
 UNIQUE = names.UNIQUE
+DUPLICATES = names.DUPLICATES
 ACCEPTED = names.ACCEPTED
 RISK_QUEUE = names.RISK_QUEUE
 RISK_DECISIONS = names.RISK_DECISIONS

@@ -50,6 +50,9 @@ class ClickHouseSink:
         self._batchers = {s.table: Batcher(s.table, max_rows, max_seconds) for s in self.specs.values()}
         self._columns = {s.table: list(s.columns) for s in self.specs.values()}
         self._pending: dict[str, deque[Batch]] = {s.table: deque() for s in self.specs.values()}
+        for table in self._batchers:  # every series exists from the start: rate() and alerts see 0, not nothing
+            metrics.SINK_FAILURES.labels(table=table)
+            metrics.SINK_ROWS.labels(table=table)
         self._retry_at: dict[str, float] = {}
         self._next: dict[tuple[str, int], int] = {}
         self.stats: Counter = Counter()

@@ -469,23 +469,25 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
     weights = [mix.platforms[n] for n in names]
     cn_names = [n for n in names if n in _CN_PLATFORMS]
     cn_weights = [mix.platforms[n] for n in cn_names]
-    history: list[list] = []     # [platform, latest payload, order id]
+    # [platform, latest payload, order id, raw key]: a platform keys every version of an order by
+    # its own order id, so all of them land on one partition (the dedupe state's partition)
+    history: list[list] = []
     burst_ip, burst_left = None, 0
 
     for i in range(count):
         r = rng.random()
         if history and r < mix.redelivery:
-            platform, payload, oid = rng.choice(history)
-            yield RawMessage(platform, oid.encode(), factory.redelivery_bytes(payload), "redelivery", oid, "canonical")
+            platform, payload, oid, key = rng.choice(history)
+            yield RawMessage(platform, key, factory.redelivery_bytes(payload), "redelivery", oid, "canonical")
             continue
         r -= mix.redelivery
         if history and r < mix.update:
             entry = _updatable(rng, history)
             if entry is not None:
-                platform, payload, oid = entry
+                platform, payload, oid, key = entry
                 nxt = _next_state(rng, platform, standard_status(platform, payload))
                 entry[1] = factory.update(payload, nxt)
-                yield RawMessage(platform, oid.encode(), factory.to_bytes(entry[1]), "update", oid, "canonical")
+                yield RawMessage(platform, key, factory.to_bytes(entry[1]), "update", oid, "canonical")
                 continue
         r -= mix.update
         if r < mix.malformed:
@@ -528,8 +530,8 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
             spec = SPECS[platform]
             _put(payload, spec.order_id, f"{_lookup(payload, spec.order_id)}@fq")  # the seeds' '@' ghost order
         oid = expected_order_id(platform, payload)
-        history.append([platform, payload, oid])
         key = str(_lookup(payload, SPECS[platform].order_id)).encode()
+        history.append([platform, payload, oid, key])
         yield RawMessage(platform, key, factory.to_bytes(payload), "new", oid, "canonical")
 
 

@@ -3,12 +3,15 @@ cross-platform look-alikes never merged, and a SIGKILLed worker doubles nothing 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.codecs import decode_json, order_codec
 from pipeline.domain.normalize import global_order_id
@@ -100,3 +103,48 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
     reserved_in_redis = sum(level.reserved for sku in SKUS for level in store.stock_by_warehouse(sku).values())
     assert per_order
     assert reserved_in_redis == sum(u for o, u in per_order.items() if o not in released)
+
+
+def test_dedupe_state_recovers_into_each_orders_partition(pipeline_factory):
+    """A table write inside a batch goes to its own message's partition (not the batch's last
+    one): after the worker's local state is wiped and rebuilt from the changelog alone, every
+    order's redelivery is still recognised as one."""
+    p = pipeline_factory()
+    worker = p.start_worker()
+    f = RawOrderFactory(seed=31)
+    platforms = ("TMALL", "JD", "PINDUODUO", "DOUYIN")
+    sent = []
+    for i in range(240):
+        platform, ext = platforms[i % len(platforms)], f"R{i:04d}"
+        sent.append((p.names.raw(platform), ext.encode(), f.order(platform, external_id=ext, status="PAID")))
+    p.produce((topic, key, f.to_bytes(order)) for topic, key, order in sent)
+    p.drain()
+    worker.stop()
+    shutil.rmtree(p.s.var / "faust" / f"{p.ns}worker-{p.worker_port()}")
+    p.start_worker()
+    p.produce((topic, key, f.redelivery_bytes(order)) for topic, key, order in sent)
+    p.drain()
+    assert Counter(change for _, _, change in unique_versions(p)) == {"new": len(sent)}
+    dropped = [decode_json(r.value) for r in p.read(p.names.DUPLICATES)]
+    assert Counter(d["outcome"] for d in dropped) == {"duplicate": len(sent)}
+
+
+def test_expired_dedupe_windows_are_deleted_from_the_store(pipeline_factory):
+    """The table indexes no keys in memory; the sweep finds expired windows on disk instead."""
+    p = pipeline_factory(ORDERSTREAM_DEDUPE_WINDOW_S="3")  # expires after 6 s, swept every 1.5 s
+    p.start_worker()
+    f = RawOrderFactory(seed=41)
+    p.produce((p.names.raw("JD"), f"X{i:03d}".encode(), f.to_bytes(f.order("JD", external_id=f"X{i:03d}")))
+              for i in range(50))
+    p.drain()
+
+    def expired() -> float:
+        with urllib.request.urlopen(f"{p.worker_url()}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                   if s.name == "orderstream_dedupe_windows_expired_total")
+    deadline = time.monotonic() + 30
+    while expired() < 50 and time.monotonic() < deadline:
+        p.check_alive()
+        time.sleep(0.5)
+    assert expired() == 50

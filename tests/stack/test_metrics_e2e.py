@@ -135,3 +135,29 @@ def test_worker_counters_add_up_to_the_replay(pipeline_factory):
     final = scrape(url)
     assert total(final, "orderstream_dependency_up", dependency="redis") == 1
     assert total(final, "orderstream_dependency_up", dependency="broker") == 1
+
+
+def queried_metrics() -> set[str]:
+    """Every orderstream_* sample name the Grafana dashboard and the alert rules query."""
+    from tests.unit.test_deploy_files import alert_rules, dashboard_expressions, promql_metric_names
+    exprs = [rule["expr"] for rule in alert_rules()] + dashboard_expressions()
+    return {name for expr in exprs for name in promql_metric_names(expr) if name.startswith("orderstream_")}
+
+
+def test_every_metric_the_dashboard_and_alerts_query_has_samples(pipeline_factory):
+    """A replay that trips the breaker, holds orders and runs short of stock, with the sink
+    running: every series a panel or an alert reads exists on a worker or the sink."""
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2", ORDERSTREAM_BREAKER_OPEN_PER_MIN="120",
+                         ORDERSTREAM_BREAKER_CLOSE_PER_MIN="60", ORDERSTREAM_BREAKER_WINDOW_S="10",
+                         ORDERSTREAM_BREAKER_COOLDOWN_S="4")
+    p.start_verifiers("--latency-ms", "2")
+    p.start_worker()
+    p.start_sink()
+    cfg = ReplayConfig(count=600, seed=23, rate_per_min=30_000, mix=ReplayMix(malformed=0.05), scarce_skus=4)
+    messages, produced = produce_replay(p.s, p.names, cfg)
+    p.drain(timeout=180)
+    time.sleep(6)  # a scrape interval for the lag gauge, the sink's first batches
+    names = {name for url in (p.worker_url(), f"http://127.0.0.1:{p.sink_port}")
+             for (name, _labels) in scrape(url)}
+    missing = sorted(queried_metrics() - names)
+    assert not missing, f"queried but never exported after a replay: {missing}"

@@ -189,9 +189,19 @@ def walk_panels(panels: list[dict]):
         yield from walk_panels(p.get("panels") or [])
 
 
+def load_dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def dashboard_expressions() -> list[str]:
+    """The PromQL of every Prometheus query on the dashboard."""
+    return [t["expr"] for p in walk_panels(load_dashboard()["panels"]) for t in p.get("targets") or ()
+            if (t.get("datasource") or p.get("datasource") or {}).get("type") == "prometheus"]
+
+
 @pytest.fixture(scope="module")
 def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return load_dashboard()
 
 
 # ---------------------------------------------------------------------------------- compose

@@ -1,0 +1,76 @@
+"""Every place the worker relies on Faust's private behaviour, pinned to the versions it was written for.
+
+`require_pinned_versions()` runs when the app is built: on any other faust-streaming or aiokafka
+version the worker refuses to start instead of silently misreading a renamed attribute.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import weakref
+from importlib.metadata import version
+
+from faust import streams as faust_streams
+
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class UnsupportedLibraryVersion(RuntimeError):
+    pass
+
+
+def require_pinned_versions() -> None:
+    wrong = {name: version(name) for name, want in PINNED.items() if version(name) != want}
+    if wrong:
+        raise UnsupportedLibraryVersion(
+            f"pipeline/faust_internals.py was written against {PINNED}, found {wrong}: re-check every "
+            "workaround in that module against the new version, then update PINNED")
+
+
+@contextlib.contextmanager
+def handling(event):
+    """Make `event` Faust's current event while a batch handles it.
+
+    Upstream: a table write takes its changelog partition and its RocksDB partition from the
+    stream's *current* event; inside `take_events` that is the last event buffered, not the one
+    being handled, so without this an order's dedupe state lands in another partition."""
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+def without_key_index(table) -> None:
+    """Stop a windowed table from indexing every key it ever wrote in memory.
+
+    Upstream: `Collection._maybe_set_key_ttl` pushes each written key into a per-(partition,
+    window end) set and a heap, kept until the window expires: with a 24 h window that is every
+    order of a day in the worker's memory (the steady RSS rise). The table keeps `expires` (its
+    changelog topic is created with that retention) and `pipeline.window_sweep` deletes expired
+    windows from the store instead."""
+    table._maybe_set_key_ttl = _no_index
+    table._maybe_del_key_ttl = _no_index
+
+
+def _no_index(key, partition) -> None:
+    return None
+
+
+def window_end(raw_key: bytes) -> float:
+    """End of the window a stored windowed-table key belongs to; +inf when it is not one.
+    Upstream layout (json key serializer): `["<key>", [window start, window end]]`."""
+    try:
+        return float(json.loads(raw_key)[1][1])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return float("inf")
+
+
+def store_partitions(table) -> dict:
+    """partition -> the open RocksDB of a table (Faust's store has no public per-partition view)."""
+    return dict(getattr(table.data, "_dbs", {}))
+
+
+def committed_offsets(consumer) -> dict:
+    """tp -> the offset this worker last committed (Faust keeps it privately)."""
+    return dict(getattr(consumer, "_committed_offset"))
