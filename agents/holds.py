@@ -21,7 +21,7 @@ from pipeline.outputs import Outputs, outputs
 from pipeline.topics import names
 
 from .common import forget_older_than, headers_of, now_ms, stage
-from .inventory import release_order, reserve_batch
+from .inventory import publish_channel_states, release_order, reserve_batch
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
@@ -107,10 +107,11 @@ async def publish_resolution(record: dict, event: dict, out: Outputs) -> None:
         headers = [(k, v.encode()) for k, v in record.get("headers", {}).items() if k != "risk"]
         headers.append(("risk", event["event"].encode()))
         out.send(names.ACCEPTED, key, order_bytes, headers)
-        await reserve_batch([(order, dict(headers))], out)
+        touched = await reserve_batch([(order, dict(headers))], out)
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
-        await release_order(order, "risk_rejected", out)
+        touched = await release_order(order, "risk_rejected", out) or set()
+    await publish_channel_states(touched, out)
     out.send(names.RISK_EVENTS, key, encode_json(event))
 
 

@@ -18,7 +18,7 @@ from pipeline import metrics
 from pipeline.app import app, inventory_stock, settings
 from pipeline.codecs import decode_json, encode_json, order_codec
 from pipeline.domain.channels import channel_events
-from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Weights, score_warehouses
+from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Ranker, Weights
 from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth_over
 from pipeline.outputs import Outputs, outputs
 from pipeline.topics import PLATFORMS, names
@@ -69,60 +69,72 @@ def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), r
                         "latency_ms": latency_ms})
 
 
-async def release_order(order: dict, reason: str, out: Outputs) -> bool:
-    """Give back what the order holds; False when it held nothing (a tombstone still blocks a late reserve)."""
+async def release_order(order: dict, reason: str, out: Outputs) -> set[str] | None:
+    """Give back what the order holds: the SKUs given back, None when it held nothing (a
+    tombstone still blocks a late reserve). The caller publishes channel state for the SKUs."""
     released = await with_redis_retry(store().release, order["order_id"], reason)
-    if released.released:
-        await announce_release(order, released, reason, out)
-    return released.released
+    if not released.released:
+        return None
+    announce_release(order, released, reason, out)
+    return {sku for _, sku, _ in released.allocations}
 
 
-async def announce_release(order: dict, released, reason: str, out: Outputs) -> None:
-    """What every release publishes: the metric, the `released` event, channel state for its SKUs."""
+def announce_release(order: dict, released, reason: str, out: Outputs) -> None:
+    """What every release publishes: the metric and the `released` event."""
     metrics.RESERVATIONS.labels(outcome="released").inc()
     out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
         "released", order, allocations=released.allocations, reason=reason))
-    await publish_channel_states({sku for _, sku, _ in released.allocations}, out)
 
 
 async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
-    """Reserve stock for the batch's accepted new orders (one pipelined round trip per batch),
-    release it for cancellations, take paid orders off the unpaid time-out schedule."""
+    """Reserve stock for the batch's accepted new orders, release it for cancellations, take paid
+    orders off the unpaid time-out schedule: a few pipelined Redis round trips per batch."""
+    reserve: list[tuple[dict, dict]] = []
+    cancelled: list[InFlight] = []
+    paid: list[str] = []
     with stage("inventory", len(batch)) as counts:
-        reservations: list[tuple[dict, dict]] = []
         for item in batch:
             if item.change == "new" and item.verdict.action != "accept":
                 continue  # held orders are reserved when released, rejected ones never
             counts.came_in(item.platform)
             counts.went_out(item.platform, item.change)
-            order = item.order
-            if order["status"] in RELEASING_STATES:
-                await reserve_batch(reservations, out)  # keep message order for this order id
-                reservations = []
-                if not await release_order(order, f"order {order['status'].lower()}", out) and item.change == "new":
-                    # an order that arrives already cancelled never needs stock: say so explicitly
-                    out.send(names.INVENTORY_EVENTS, item.key, inventory_event(
-                        "cancelled", order, reason="cancelled before reservation"))
+            status = item.order["status"]
+            if status in RELEASING_STATES:
+                cancelled.append(item)
             elif item.change == "new":
-                reservations.append((order, dict(item.headers)))
-            elif order["status"] != "PENDING_PAYMENT":
-                await with_redis_retry(store().settle, [order["order_id"]])  # paid now: keep the stock
+                reserve.append((item.order, dict(item.headers)))
+            elif status != "PENDING_PAYMENT":
+                paid.append(item.order_id)
             # other updates: status progress of a reserved order; the sink records it from orders.unique
-        await reserve_batch(reservations, out)
+        # in this order, so an order's own reservation comes before its cancellation or payment
+        touched = await reserve_batch(reserve, out)
+        for item in cancelled:
+            skus = await release_order(item.order, f"order {item.order['status'].lower()}", out)
+            if skus is None and item.change == "new":
+                # an order that arrives already cancelled never needs stock: say so explicitly
+                out.send(names.INVENTORY_EVENTS, item.key, inventory_event(
+                    "cancelled", item.order, reason="cancelled before reservation"))
+            touched |= skus or set()
+        await with_redis_retry(store().settle, paid)  # paid now: keep the stock
+        await publish_channel_states(touched, out)
+
+
+RANKER = Ranker(Weights())
 
 
 def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> list[str]:
     """Weighted score (distance 40 %, depth 30 %, on-time 20 %, cost 10 %); depth = what this order can get."""
     depth = depth_over({sku: {w: level.available for w, level in levels.get(sku, {}).items()}
                         for sku, _ in lines})
-    known = [w for w in DEFAULT_WAREHOUSES if w.id in depth] or list(DEFAULT_WAREHOUSES)
+    known = tuple(w for w in DEFAULT_WAREHOUSES if w.id in depth) or DEFAULT_WAREHOUSES
     extra = sorted(set(depth) - {w.id for w in known})
-    return [wid for wid, _ in score_warehouses(known, order["address"]["province"], depth, Weights())] + extra
+    return RANKER.order(known, order["address"]["province"], depth) + extra
 
 
-async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> None:
+async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> set[str]:
+    """Reserve (order, headers) pairs in one pipelined round trip; the SKUs whose stock moved."""
     if not batch:
-        return
+        return set()
     lines_of = [order_lines(order) for order, _ in batch]
     skus = {sku for lines in lines_of for sku, _ in lines}
     levels = await with_redis_retry(store().stock_levels, skus)
@@ -148,8 +160,7 @@ async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> None:
             reason=reason, latency_ms=latency if fresh else None))
     await with_redis_retry(store().settle, [order["order_id"] for (order, _), res in zip(batch, results)
                                             if res.outcome == "reserved" and order["status"] != "PENDING_PAYMENT"])
-    await publish_channel_states({sku for (_, res) in zip(batch, results) if res.outcome == "reserved"
-                                  for _, sku, _ in res.allocations}, out)
+    return {sku for res in results if res.outcome == "reserved" for _, sku, _ in res.allocations}
 
 
 async def publish_channel_states(skus, out: Outputs) -> None:
@@ -175,9 +186,12 @@ async def publish_channel_states(skus, out: Outputs) -> None:
 async def release_timed_out_reservations():
     """Unpaid orders do not hold stock forever: release what passed its deadline (reason timeout)."""
     out = outputs(settings)
+    touched: set[str] = set()
     for order_id, released in await with_redis_retry(store().release_expired):
         if released.released:
-            await announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
+            announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
+            touched |= {sku for _, sku, _ in released.allocations}
+    await publish_channel_states(touched, out)
     await out.flush()
 
 

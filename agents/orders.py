@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from pipeline import metrics
 from pipeline.app import app, raw_orders, settings
 from pipeline.outputs import Outputs, outputs
 from pipeline.topics import names
@@ -31,6 +32,7 @@ async def order_flow(stream):
     out = outputs(settings)
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
         intake.record(len(events), time.monotonic())
+        metrics.BATCH_SIZE.observe(len(events))
         batch = normalize_batch(events, out)     # dead letters leave here
         batch = dedupe_batch(batch, out)         # redeliveries and stale versions leave here
         await judge_batch(batch, out)            # held, rejected and light-path orders are routed

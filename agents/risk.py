@@ -24,7 +24,7 @@ from pipeline.verifiers import VerifierClient
 
 from .breaker import breaker
 from .common import InFlight, now_ms, stage, with_header
-from .inventory import release_order, store, with_redis_retry
+from .inventory import publish_channel_states, release_order, store, with_redis_retry
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
@@ -243,7 +243,7 @@ async def recheck(order: dict, headers: dict[str, bytes], out: Outputs) -> bool:
         out.send(names.RISK_QUEUE, key, ORDER_CODEC.encode(order), verdict_headers(headers, order, verdict))
         out.send(names.RISK_EVENTS, key, risk_event("held", order, verdict))
     elif verdict.action == "reject":
-        await release_order(order, "risk_recheck_rejected", out)
+        await publish_channel_states(await release_order(order, "risk_recheck_rejected", out) or set(), out)
         out.send(names.RISK_EVENTS, key, risk_event("rejected", order, verdict))
         if headers.get("risk") == b"hold":
             # it is waiting in the risk queue: close that hold too

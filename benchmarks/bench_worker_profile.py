@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--raw-profile", type=Path, help="also keep py-spy's collapsed stacks here")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
@@ -158,6 +159,8 @@ def main() -> None:
         rss_now = rss_mb(worker.pid)
         rss_peak = peak_rss_mb(worker.pid)
         profile = summarize(out.read_text())
+        if args.raw_profile:
+            shutil.copyfile(out, args.raw_profile)
     finally:
         for p in procs:
             p.stop()

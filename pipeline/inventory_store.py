@@ -57,7 +57,8 @@ STOCK_FIELDS = ("total", "locked", "presale", "reserved")
 #   key(c, l) = KEYS[2 + (c-1)*nlines + l]
 # ARGV: order_id, policy, now_ms, record_ttl_s, deadline_ms, nlines, ncands,
 #       sku_1..sku_n, qty_1..qty_n, wh_1..wh_m
-RESERVE_LUA = r"""
+RESERVE_FUNCTION = r"""
+local function reserve(KEYS, ARGV)
 local existing = redis.call('GET', KEYS[1])
 if existing then return {'existing', existing} end
 local order_id, policy = ARGV[1], ARGV[2]
@@ -144,6 +145,45 @@ local enc = cjson.encode(rec)
 redis.call('SET', KEYS[1], enc, 'EX', ttl)
 redis.call('ZADD', KEYS[2], deadline, order_id)
 return {'reserved', enc}
+end
+"""
+RESERVE_LUA = RESERVE_FUNCTION + "return reserve(KEYS, ARGV)\n"
+# Many reservations in one call, each exactly as RESERVE_LUA would make it (the script runs whole,
+# so each stays atomic). ARGV[1] = n orders, then (keys, args) counts per order, then every
+# order's args; KEYS = every order's keys in turn. Returns (status, record) per order, flat.
+RESERVE_MANY_LUA = RESERVE_FUNCTION + r"""
+local n = tonumber(ARGV[1])
+local out, kpos, apos = {}, 1, 2 + 2 * n
+for i = 1, n do
+  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[kpos + j - 1] end
+  for j = 1, na do a[j] = ARGV[apos + j - 1] end
+  kpos, apos = kpos + nk, apos + na
+  local r = reserve(k, a)
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+end
+return out
+"""
+
+
+# KEYS: the warehouse set of each SKU. ARGV: key prefix, then the SKUs. One call reads every
+# warehouse's level of every SKU (stock hash keys are derived here: a single Redis, not a cluster).
+# Returns, per SKU: number of warehouses, then (warehouse, total, locked, presale, reserved) each.
+LEVELS_LUA = r"""
+local out = {}
+for i, set in ipairs(KEYS) do
+  local whs = redis.call('SMEMBERS', set)
+  table.sort(whs)
+  out[#out + 1] = #whs
+  for _, wh in ipairs(whs) do
+    local v = redis.call('HMGET', ARGV[1] .. ':stock:' .. wh .. ':' .. ARGV[1 + i], 'total', 'locked', 'presale', 'reserved')
+    out[#out + 1] = wh
+    for f = 1, 4 do out[#out + 1] = v[f] or false end
+  end
+end
+return out
 """
 
 # KEYS[1] order record, KEYS[2] deadlines zset, KEYS[2+i] stock hash of allocation i (as read
@@ -385,6 +425,18 @@ class _Core:
         return keys, args
 
     @staticmethod
+    def reserve_many_call(calls) -> tuple[list, list]:
+        """keys and args of RESERVE_MANY_LUA for [(order id, (keys, args))] from reserve_call."""
+        keys: list = []
+        counts: list = [len(calls)]
+        args: list = []
+        for _, (k, a) in calls:
+            keys += k
+            args += a
+            counts += [len(k), len(a)]
+        return keys, counts + args
+
+    @staticmethod
     def parse_reserve(order_id: str, result) -> Reservation:
         status, raw = _text(result[0]), _text(result[1])
         record = json.loads(raw)
@@ -445,6 +497,7 @@ class InventoryStore:
         self._core = _Core(prefix, reservation_ttl_s)
         self.keys = self._core.keys
         self._reserve = redis_client.register_script(RESERVE_LUA)
+        self._reserve_many = redis_client.register_script(RESERVE_MANY_LUA)
         self._release = redis_client.register_script(RELEASE_LUA)
 
     # ------------------------------------------------------------ stock
@@ -516,14 +569,13 @@ class InventoryStore:
         return self._core.parse_reserve(order_id, self._reserve(keys=keys, args=args))
 
     def reserve_many(self, requests: Iterable[ReserveRequest | tuple], now_ms: int | None = None) -> list[Reservation]:
-        """One round trip for many orders (EVALSHA pipeline, not a transaction: each script is atomic)."""
+        """One script call for many orders, each reservation as atomic as `reserve`'s."""
         calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
         if not calls:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for _, (keys, args) in calls:
-            self._reserve(keys=keys, args=args, client=pipe)
-        return [self._core.parse_reserve(oid, res) for (oid, _), res in zip(calls, pipe.execute())]
+        keys, args = self._core.reserve_many_call(calls)
+        flat = self._reserve_many(keys=keys, args=args)
+        return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
 
     def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
         """Give the order's units back; idempotent; leaves a tombstone against late reserves."""
@@ -578,7 +630,9 @@ class AsyncInventoryStore:
         self._core = _Core(prefix, reservation_ttl_s)
         self.keys = self._core.keys
         self._reserve = redis_client.register_script(RESERVE_LUA)
+        self._reserve_many = redis_client.register_script(RESERVE_MANY_LUA)
         self._release = redis_client.register_script(RELEASE_LUA)
+        self._levels = redis_client.register_script(LEVELS_LUA)
 
     # ------------------------------------------------------------ stock
     async def apply_snapshot(self, warehouse: str, sku: str, total: int, locked: int = 0, presale: int = 0) -> int:
@@ -620,22 +674,19 @@ class AsyncInventoryStore:
         return {w: self._core.level(v) for w, v in zip(whs, values)}
 
     async def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, StockLevel]]:
-        """Every warehouse's level for many SKUs in two pipelined round trips (batch agents)."""
+        """Every warehouse's level for many SKUs in one script call (the batch agents' read)."""
         skus = list(dict.fromkeys(skus))
         if not skus:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sku in skus:
-                pipe.smembers(self.keys.warehouses(sku))
-            members = await pipe.execute()
-        pairs = [(sku, w) for sku, whs in zip(skus, members) for w in sorted(_text(x) for x in whs)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sku, w in pairs:
-                pipe.hmget(self.keys.stock(w, sku), *STOCK_FIELDS)
-            values = await pipe.execute()
-        out: dict[str, dict[str, StockLevel]] = {sku: {} for sku in skus}
-        for (sku, w), v in zip(pairs, values):
-            out[sku][w] = self._core.level(v)
+        flat = await self._levels(keys=[self.keys.warehouses(sku) for sku in skus], args=[self.keys.prefix, *skus])
+        out: dict[str, dict[str, StockLevel]] = {}
+        at = 0
+        for sku in skus:
+            count, at = int(flat[at]), at + 1
+            out[sku] = {}
+            for _ in range(count):
+                out[sku][_text(flat[at])] = self._core.level(flat[at + 1:at + 5])
+                at += 5
         return out
 
     async def set_channels_paused(self, wanted: dict[str, bool]) -> dict[str, bool]:
@@ -679,12 +730,9 @@ class AsyncInventoryStore:
         calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
         if not calls:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.scripts.add(self._reserve)   # the pipeline loads the script if Redis lost it
-            for _, (keys, args) in calls:
-                pipe.evalsha(self._reserve.sha, len(keys), *keys, *args)
-            results = await pipe.execute()
-        return [self._core.parse_reserve(oid, res) for (oid, _), res in zip(calls, results)]
+        keys, args = self._core.reserve_many_call(calls)
+        flat = await self._reserve_many(keys=keys, args=args)
+        return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
 
     async def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
         for _ in range(_RELEASE_ATTEMPTS):

@@ -17,6 +17,8 @@ STAGE_OUT = Counter("orderstream_stage_out_total", "Messages a stage emitted, by
                     ["stage", "platform", "outcome"])
 STAGE_LATENCY = Histogram("orderstream_stage_latency_seconds", "Time a stage spent on one message.",
                           ["stage"], buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("orderstream_batch_messages", "Raw messages per hot-path batch.",
+                       buckets=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500))
 END_TO_END_LATENCY = Histogram("orderstream_end_to_end_latency_seconds",
                                "From the raw message's broker timestamp to the reservation decision.",
                                ["platform"], buckets=_LATENCY_BUCKETS)

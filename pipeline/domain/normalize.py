@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import orjson
+
 from .note_flags import is_custom_title, is_gift_card_title, note_flags
 from .platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
 
@@ -554,8 +556,16 @@ def _json_default(value):
     raise TypeError(f"cannot fingerprint {type(value).__name__}")
 
 
+# order times are UTC at millisecond precision (_ms), so their RFC 3339 text is canonical
+_FINGERPRINT_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def content_fingerprint(order: dict) -> str:
     """Hash of what the platform said about the order; redeliveries (any key order/whitespace) match."""
     content = {k: v for k, v in order.items() if k not in _NOT_CONTENT}
-    blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-    return hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    try:
+        blob = orjson.dumps(content, option=_FINGERPRINT_JSON, default=_json_default)
+    except orjson.JSONEncodeError:  # a lone surrogate (from a \ud800 escape): only json writes it
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          default=_json_default).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()

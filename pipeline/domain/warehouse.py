@@ -15,6 +15,7 @@ id so that every worker picks the same warehouse for the same inputs. Pure: no R
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, Mapping
@@ -51,6 +52,7 @@ _SUFFIXES = ("维吾尔自治区", "壮族自治区", "回族自治区", "特别
 MEDIUM_DISTANCE_KM = 1200.0
 
 
+@lru_cache(maxsize=4096)  # called per warehouse per order; the set of spellings is small
 def normalize_province(name: str) -> str:
     """'广东省' / '新疆维吾尔自治区' / 'Guangdong' -> the short Chinese name used in the tables."""
     text = (name or "").strip()
@@ -61,6 +63,7 @@ def normalize_province(name: str) -> str:
     return _PINYIN.get(text.lower().removesuffix(" province").strip(), text)
 
 
+@lru_cache(maxsize=4096)
 def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
     h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
@@ -179,3 +182,34 @@ def candidate_order(warehouses: Iterable[Warehouse], province: str, depth: Mappi
                     weights: Weights = Weights()) -> list[str]:
     """Only the ids, in the order `InventoryStore.reserve(candidates=...)` expects."""
     return [wid for wid, _ in score_warehouses(warehouses, province, depth, weights)]
+
+
+class Ranker:
+    """`candidate_order` for many orders: distance, on-time and cost depend only on the buyer's
+    province and the warehouse set, so they are computed once per (warehouses, province); only
+    the depth factor is per order. Same arithmetic in the same order, so the same ranking."""
+
+    def __init__(self, weights: Weights = Weights()) -> None:
+        self.weights = weights
+        self._fixed: dict = {}
+
+    def order(self, warehouses: tuple[Warehouse, ...], province: str, depth: Mapping[str, int]) -> list[str]:
+        try:
+            fixed = self._fixed.get((warehouses, province))
+        except TypeError:  # a warehouse with a region_distance dict is not hashable: no memo
+            return candidate_order(warehouses, province, depth, self.weights)
+        if fixed is None:
+            fixed = self._fixed[(warehouses, province)] = self._fixed_parts(warehouses, province)
+        w = self.weights
+        stock = {wid: max(0, int(depth.get(wid, 0))) for wid, *_ in fixed}
+        s_max = max(stock.values(), default=0)
+        scored = [(wid, round((dist + w.depth * (stock[wid] / s_max if s_max > 0 else 0.0) + on_time + cost)
+                              / w.total, 9)) for wid, dist, on_time, cost in fixed]
+        scored.sort(key=lambda item: (-item[1], item[0]))
+        return [wid for wid, _ in scored]
+
+    def _fixed_parts(self, warehouses, province) -> list[tuple[str, float, float, float]]:
+        w = self.weights
+        factors = warehouse_factors(warehouses, province, {})
+        return [(wid, w.distance * f.distance, w.on_time * f.on_time, w.cost * f.cost)
+                for wid, f in factors.items()]

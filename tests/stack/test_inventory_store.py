@@ -336,3 +336,45 @@ def test_async_store_shares_scripts_and_records(redis_url, redis_prefix, store):
     # the sync store sees what the async one wrote
     assert store.reserve("o1", [("A", 4)], ["WH-SH"]).outcome == "duplicate"
     assert store.is_channel_paused("A")
+
+
+def test_stock_levels_reads_every_warehouse_of_every_sku_in_one_call(redis_url, redis_prefix, store):
+    store.apply_snapshot("WH-SH", "A", total=6, locked=1, presale=2)
+    store.apply_snapshot("WH-GZ", "A", total=3)
+    store.apply_snapshot("WH-BJ", "B", total=9, locked=4)
+    assert store.reserve("o1", [("A", 2)], ["WH-GZ"]).outcome == "reserved"
+
+    async def levels():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await AsyncInventoryStore(client, prefix=redis_prefix).stock_levels(["A", "B", "NONE", "A"])
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(levels())
+    assert got == {"A": {"WH-GZ": store.stock("WH-GZ", "A"), "WH-SH": store.stock("WH-SH", "A")},
+                   "B": {"WH-BJ": store.stock("WH-BJ", "B")}, "NONE": {}}
+    assert got["A"]["WH-GZ"] == StockLevel(total=3, locked=0, presale=0, reserved=2)
+    assert got["A"]["WH-SH"].available == 3
+
+
+def test_reserve_many_decides_exactly_as_reserving_one_by_one(client, redis_prefix):
+    requests = [("o1", [("A", 4)], ["WH-SH"]), ("o2", [("A", 3)], ["WH-SH", "WH-GZ"], "split"),
+                ("o1", [("A", 4)], ["WH-SH"]), ("o3", [("A", 9), ("B", 1)], ["WH-GZ", "WH-SH"]),
+                ("o4", [("B", 2)], ["WH-SH"], "backorder"), ("o5", [("B", 1), ("A", 1)], ["WH-GZ"]),
+                ("o6", [("A", 1)], ["WH-SH"])]
+    outcomes = []
+    for prefix, many in ((redis_prefix + "one", False), (redis_prefix + "many", True)):
+        s = InventoryStore(client, prefix=prefix)
+        s.apply_snapshot("WH-SH", "A", total=6, presale=1)
+        s.apply_snapshot("WH-GZ", "A", total=2)
+        s.apply_snapshot("WH-GZ", "B", total=1)
+        s.release("o6", "cancelled", now_ms=NOW)  # a cancellation that overtook its order
+        got = s.reserve_many(requests, now_ms=NOW) if many else [s.reserve(*r, now_ms=NOW) for r in requests]
+        levels = {sku: s.stock_by_warehouse(sku) for sku in ("A", "B")}
+        outcomes.append(([(r.outcome, r.allocations, r.short, r.warehouse) for r in got], levels))
+        _purge(client, prefix)
+    assert outcomes[0] == outcomes[1]
+    # o2's split took what WH-GZ had of A, so o5 finds none there
+    assert [o for o, *_ in outcomes[1][0]] == ["reserved", "reserved", "duplicate", "out_of_stock", "backorder",
+                                                "out_of_stock", "released"]

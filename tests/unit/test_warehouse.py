@@ -4,9 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from pipeline.domain.warehouse import (DEFAULT_WAREHOUSES, MEDIUM_DISTANCE_KM, FallbackPolicy, Warehouse,
-                                       Weights, candidate_order, normalize_province, score_warehouses,
-                                       warehouse_factors)
+from pipeline.domain.warehouse import (DEFAULT_WAREHOUSES, FallbackPolicy, MEDIUM_DISTANCE_KM, Ranker, Warehouse, Weights, candidate_order, normalize_province, score_warehouses, warehouse_factors)
 
 EQUAL_DEPTH = {w.id: 100 for w in DEFAULT_WAREHOUSES}
 
@@ -114,3 +112,22 @@ def test_scores_stay_in_range_and_more_stock_never_lowers_a_rank(depths, provinc
     boosted = candidate_order(DEFAULT_WAREHOUSES, province, {**depth, target: depth[target] + boost})
     before = [w for w, _ in ranked].index(target)
     assert boosted.index(target) <= before
+
+
+PROVINCES = ("上海", "广东", "北京", "四川", "新疆", "西藏", "浙江", "火星", "")
+
+
+@given(province=st.sampled_from(PROVINCES),
+       depth=st.dictionaries(st.sampled_from([w.id for w in DEFAULT_WAREHOUSES] + ["WH-X"]),
+                             st.integers(-5, 500), max_size=6),
+       subset=st.sets(st.integers(0, len(DEFAULT_WAREHOUSES) - 1), min_size=1))
+def test_ranker_orders_exactly_as_candidate_order(province, depth, subset):
+    warehouses = tuple(w for i, w in enumerate(DEFAULT_WAREHOUSES) if i in subset)
+    ranker = Ranker()
+    for _ in range(2):  # the second call uses the memo
+        assert ranker.order(warehouses, province, depth) == candidate_order(warehouses, province, depth)
+
+
+def test_ranker_handles_warehouses_it_cannot_memoize():
+    custom = (Warehouse("WH-A", "上海", region_distance={"广东": 100.0}), Warehouse("WH-B", "北京"))
+    assert Ranker().order(custom, "广东", {"WH-B": 5}) == candidate_order(custom, "广东", {"WH-B": 5})
