@@ -75,6 +75,7 @@ class StageCounts:
         self.stage = stage
         self.ins: Counter = Counter()
         self.outs: Counter = Counter()
+        self.others: Counter = Counter()
 
     def came_in(self, platform: str) -> None:
         self.ins[platform] += 1
@@ -82,7 +83,13 @@ class StageCounts:
     def went_out(self, platform: str, outcome: str) -> None:
         self.outs[(platform, outcome)] += 1
 
+    def count(self, metric, **labels: str) -> None:
+        """One more of any labelled counter, added with the batch's other counts."""
+        self.others[(metric, tuple(labels.items()))] += 1
+
     def publish(self) -> None:
+        for (metric, labels), n in self.others.items():
+            metric.labels(**dict(labels)).inc(n)
         for platform, n in self.ins.items():
             metrics.STAGE_IN.labels(stage=self.stage, platform=platform).inc(n)
         for (platform, outcome), n in self.outs.items():

@@ -15,7 +15,7 @@ from pipeline import metrics
 from pipeline.app import app, json_table, settings
 from pipeline.codecs import encode_json
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
-from pipeline.faust_internals import handling, store_partitions, window_end, without_key_index
+from pipeline.faust_internals import ChangelogWriter, handling, store_partitions, window_end, without_key_index
 from pipeline.outputs import Outputs
 from pipeline.topics import names
 
@@ -39,16 +39,33 @@ def remembered(order_id: str) -> SeenVersion | None:
     return None
 
 
+_writer: ChangelogWriter | None = None
+
+
+def changelog(out: Outputs) -> ChangelogWriter | None:
+    """The table's writer through our producer (RocksDB store); None: Faust's own path (memory store)."""
+    global _writer
+    if _writer is None and settings.table_store == "rocksdb":
+        _writer = ChangelogWriter(seen_versions.table, out)
+    return _writer
+
+
+def persist_changelog_offsets(out: Outputs) -> None:
+    """Once the batch's changelog records are on the broker, recovery may start after them."""
+    writer = changelog(out)
+    if writer is not None:
+        writer.persist_offsets()
+
+
 def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     """The batch's new orders and real updates; drops are announced on orders.duplicates."""
     passed: list[InFlight] = []
+    writer = changelog(out)
     with stage("dedupe", len(batch)) as counts:
         for item in batch:
-            msg = item.event.message
-            source = f"{msg.partition}:{msg.offset}"
-            with handling(item.event):  # table writes go to this message's partition
-                change = classify(item.order, source)
-            metrics.DEDUPE.labels(platform=item.platform, outcome=change.value).inc()
+            with handling(item.event):  # table reads and writes use this message's partition
+                change = classify(item.event.message, item.order, writer)
+            counts.count(metrics.DEDUPE, platform=item.platform, outcome=change.value)
             counts.came_in(item.platform)
             counts.went_out(item.platform, change.value)
             if change in (Change.NEW, Change.UPDATE):
@@ -61,15 +78,20 @@ def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     return passed
 
 
-def classify(order: dict, source: str) -> Change:
+def classify(msg, order: dict, writer: ChangelogWriter | None) -> Change:
     order_id = order["order_id"]
+    source = f"{msg.partition}:{msg.offset}"
     incoming = version_of(order)
     previous = remembered(order_id)
     change = decide(previous, incoming, source)
     if change in (Change.NEW, Change.UPDATE) and not (previous is not None and previous.emitted_by(source)):
         # a crash may land this write without the batch's outputs: the source offset stored with
         # it makes re-processing re-emit (see decide); effects downstream are idempotent
-        seen_versions[order_id] = incoming.remembered_as(source, change, previous).to_json()
+        value = incoming.remembered_as(source, change, previous).to_json()
+        if writer is not None:
+            writer.set_windowed(order_id, value, msg.timestamp, msg.partition)
+        else:
+            seen_versions[order_id] = value
     return change
 
 

@@ -18,7 +18,7 @@ from pipeline.topics import names
 
 from .breaker import intake
 from .common import InFlight
-from .dedupe import dedupe_batch
+from .dedupe import dedupe_batch, persist_changelog_offsets
 from .inventory import fulfil_batch
 from .normalize import normalize_batch
 from .risk import judge_batch
@@ -39,6 +39,7 @@ async def order_flow(stream):
         await fulfil_batch(batch, out)           # stock reserved, released or settled
         announce(batch, out)
         await out.flush()                        # Faust acks the batch after this
+        persist_changelog_offsets(out)
 
 
 def announce(batch: list[InFlight], out: Outputs) -> None:

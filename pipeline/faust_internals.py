@@ -11,6 +11,7 @@ import weakref
 from importlib.metadata import version
 
 from faust import streams as faust_streams
+from faust.types import TP
 
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
@@ -64,6 +65,38 @@ def window_end(raw_key: bytes) -> float:
         return float(json.loads(raw_key)[1][1])
     except (ValueError, TypeError, IndexError, KeyError):
         return float("inf")
+
+
+class ChangelogWriter:
+    """Writes a RocksDB-backed table's entries as Faust would (same bytes in the partition's
+    RocksDB and on the changelog topic, and the persisted offset Faust recovers from), but
+    sends the changelog record through our librdkafka producer.
+
+    Upstream: `Table.__setitem__` sends each changelog record through Faust's producer, about
+    100 us of Python per write on a fast core (20 % of a hot-path order here). Recovery, standby
+    and rebalancing stay Faust's: it reads the same changelog topic back."""
+
+    def __init__(self, table, out) -> None:
+        self.table = table
+        self.store = table.data
+        self.topic = table.changelog_topic.get_topic_name()
+        self.out = out
+        out.track_offsets(self.topic)
+
+    def set_windowed(self, key, value, timestamp: float, partition: int) -> None:
+        """What `table[key] = value` does for a windowed table, for an event of that timestamp."""
+        for window_range in self.table._window_ranges(timestamp):
+            self.set((key, window_range), value, partition)
+
+    def set(self, key, value, partition: int) -> None:
+        raw_key, raw_value = self.store._encode_key(key), self.store._encode_value(value)
+        self.store._db_for_partition(partition).put(raw_key, raw_value)
+        self.out.send(self.topic, raw_key, raw_value, partition=partition)
+
+    def persist_offsets(self) -> None:
+        """After the outputs were flushed: what Faust's `_on_changelog_sent` records per write."""
+        for partition, offset in self.out.delivered_offsets(self.topic).items():
+            self.store.set_persisted_offset(TP(self.topic, partition), offset)
 
 
 def store_partitions(table) -> dict:

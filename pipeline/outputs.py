@@ -29,20 +29,38 @@ class Outputs:
         # dropping outputs; idempotence keeps librdkafka's own retries from doubling them
         self._producer: Producer = kafka_io.producer(settings, **{"message.timeout.ms": 0, "linger.ms": 2})
         self._failures: list[str] = []
+        self._tracked: dict[str, dict[int, int]] = {}  # topic -> partition -> highest delivered offset
         self.pending = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None,
+             partition: int | None = None) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered,
+                                       **extra)
                 break
             except BufferError:
                 self._producer.poll(0.01)  # local queue full: let librdkafka drain it
         self.pending += 1
 
+    def track_offsets(self, topic: str) -> None:
+        """Remember the highest delivered offset per partition of `topic` (see delivered_offsets)."""
+        self._tracked.setdefault(topic, {})
+
+    def delivered_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> highest offset of `topic` the broker acknowledged since the last call."""
+        offsets = self._tracked.get(topic, {})
+        self._tracked[topic] = {}
+        return offsets
+
     def _delivered(self, err, msg) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err}")
+            return
+        offsets = self._tracked.get(msg.topic())
+        if offsets is not None and msg.offset() > offsets.get(msg.partition(), -1):
+            offsets[msg.partition()] = msg.offset()
 
     async def flush(self) -> None:
         """Return once the broker has acknowledged everything sent so far (raises DeliveryFailed)."""
