@@ -1,6 +1,9 @@
 """What every stage shares: the order in flight through a batch, headers, clocks and counters."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -8,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import metrics
+
+log = logging.getLogger(__name__)
+STOP_GRACE_S = 30.0
 
 
 @dataclass
@@ -105,3 +111,32 @@ def stage(name: str, size: int):
     if size:
         metrics.STAGE_LATENCY.labels(stage=name).observe((time.perf_counter() - start) / size)
     counts.publish()
+
+
+async def finish_before_ack(work) -> None:
+    """Run `work` (a batch or an event's handling) to its end even when the agent is stopped.
+
+    Faust acks a stream's in-flight events when its agent stops (`take_events` and `events()`
+    ack in a `finally`), and the stopping worker then commits what was acked: an interrupted
+    batch would be committed without its outputs (seen as lost orders when a worker left the
+    group). So a stop waits for the work; work that cannot finish within STOP_GRACE_S ends the
+    process before anything is committed, and the messages are read again elsewhere."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    deadline = None
+    while not task.done():
+        try:
+            if deadline is None:
+                await asyncio.shield(task)
+            else:
+                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                if not task.done():
+                    log.critical("in-flight work did not finish within %.0fs of the stop: exiting "
+                                 "without committing it", STOP_GRACE_S)
+                    os._exit(70)
+        except asyncio.CancelledError:
+            cancelled = True
+            deadline = deadline or time.monotonic() + STOP_GRACE_S
+    task.result()  # its own exception, if any
+    if cancelled:
+        raise asyncio.CancelledError()

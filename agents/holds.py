@@ -15,37 +15,41 @@ import logging
 from pipeline import metrics
 from pipeline.app import app, held_and_decided, json_table, settings
 from pipeline.codecs import encode_json, order_codec
-from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_holds, new_hold, parse_decision, resolved,
-                                   timeout_decision)
+from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
+                                   parse_decision, resolved, timeout_decision)
+from pipeline.faust_internals import keys_in_order
 from pipeline.outputs import Outputs, outputs
 from pipeline.topics import names
 
-from .common import forget_older_than, headers_of, now_ms, stage
+from .common import finish_before_ack, forget_older_than, headers_of, now_ms, stage
 from .inventory import publish_channel_states, release_order, reserve_batch
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
 
 holds = json_table("risk-holds")
-# only the holds still waiting (order id -> deadline): the timer reads this small table every
-# second instead of every hold ever decided, which the main table keeps to ignore late decisions
+# the holds still waiting, keyed by deadline then order id (domain.holds.open_key): the timer
+# reads only the due ones, in deadline order, instead of every hold ever made or still open
 open_holds = json_table("risk-holds-open")
 
 
-def open_entry(record: dict) -> dict:
-    return {"status": HELD, "due_at_ms": record["due_at_ms"]}
+def open_index_key(record: dict) -> str:
+    return open_key(record["due_at_ms"], record["order_id"])
 
 
 @app.agent(held_and_decided)
 async def holds_agent(stream):
     out = outputs(settings)
     async for event in stream.events():
-        msg = event.message
-        with stage("holds", 1) as counts:
-            platform, outcome = hold(msg) if msg.topic == names.RISK_QUEUE else await decide(msg, out)
-            counts.came_in(platform)
-            counts.went_out(platform, outcome)
-        await out.flush()  # before Faust acks the message
+        await finish_before_ack(handle(event.message, out))  # Faust acks the message after this
+
+
+async def handle(msg, out: Outputs) -> None:
+    with stage("holds", 1) as counts:
+        platform, outcome = hold(msg) if msg.topic == names.RISK_QUEUE else await decide(msg, out)
+        counts.came_in(platform)
+        counts.went_out(platform, outcome)
+    await out.flush()
 
 
 def hold(msg) -> tuple[str, str]:
@@ -55,8 +59,8 @@ def hold(msg) -> tuple[str, str]:
     existing = holds.get(order_id)
     if existing is not None:
         # a redelivered hold keeps its original deadline (and a decided one stays decided)
-        if existing.get("status") == HELD and open_holds.get(order_id) is None:
-            open_holds[order_id] = open_entry(existing)  # a crash came between the two writes
+        if existing.get("status") == HELD and open_holds.get(open_index_key(existing)) is None:
+            open_holds[open_index_key(existing)] = HELD  # a crash came between the two writes
         return order["platform"], "redelivered"
     headers = headers_of(msg)
     verdict = json.loads(headers.get("verdict", b"{}"))
@@ -64,7 +68,7 @@ def hold(msg) -> tuple[str, str]:
     record["order_b64"] = base64.b64encode(msg.value).decode()
     record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != "verdict"}
     holds[order_id] = record
-    open_holds[order_id] = open_entry(record)
+    open_holds[open_index_key(record)] = HELD
     log.info("held", extra={"order_id": order_id})
     return order["platform"], "held"
 
@@ -81,8 +85,8 @@ async def decide(msg, out: Outputs) -> tuple[str, str]:
     record = holds.get(decision.order_id)
     resolution = apply_decision(record, decision)
     if resolution.outcome == "ignored":
-        if record is None or record.get("status") != HELD:
-            open_holds.pop(decision.order_id, None)  # nothing left to time out
+        if record is not None and record.get("status") != HELD:
+            open_holds.pop(open_index_key(record), None)  # nothing left to time out
         if record is not None and record.get("decided_by") == source:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
             await publish_resolution(record, record["resolution_event"], out)
@@ -93,7 +97,7 @@ async def decide(msg, out: Outputs) -> tuple[str, str]:
     # resolved holds stay in the table (marked), so late or repeated decisions are ignored
     holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
                                 "resolution_event": resolution.event}
-    open_holds.pop(decision.order_id, None)
+    open_holds.pop(open_index_key(record), None)
     await publish_resolution(record, resolution.event, out)
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
     return record.get("platform", ""), resolution.outcome
@@ -124,12 +128,22 @@ async def release_overdue_holds():
     out = outputs(settings)
     now = now_ms()
     forget_older_than(_requested, now, 10_000)
-    items = list(open_holds.items())
-    metrics.RISK_HELD.set(len(items))
-    for order_id in due_holds(items, now):
+    for order_id in due_order_ids(partitions_in_key_order(), now, limit=2000):
         if now - _requested.get(order_id, 0) < 10_000:
             continue  # already requested; the decision is on its way through risk.decisions
         _requested[order_id] = now
         decision = timeout_decision(order_id, now, settings.risk_hold_timeout_s)
         out.send(names.RISK_DECISIONS, order_id.encode(), encode_json(decision.to_json()))
     await out.flush()
+
+
+def partitions_in_key_order() -> list:
+    if settings.table_store == "rocksdb":
+        return keys_in_order(open_holds)
+    return [iter(sorted(open_holds.keys()))]
+
+
+@app.timer(interval=15.0)
+async def count_open_holds():
+    """The held-orders gauge: keys only, every 15 s (an open hold's value is not read)."""
+    metrics.RISK_HELD.set(sum(1 for keys in partitions_in_key_order() for _ in keys))

@@ -23,7 +23,7 @@ from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth
 from pipeline.outputs import Outputs, outputs
 from pipeline.topics import PLATFORMS, names
 
-from .common import InFlight, ms_since_raw, now_ms, stage
+from .common import InFlight, finish_before_ack, ms_since_raw, now_ms, stage
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = order_codec()
@@ -198,13 +198,15 @@ async def release_timed_out_reservations():
 @app.agent(inventory_stock)
 async def stock_agent(stream):
     async for event in stream.events():
-        msg = event.message
-        try:
-            stock = decode_json(msg.value)
-            await with_redis_retry(store().apply_stock_event, stock)
-        except (ValueError, StockEventError) as exc:
-            log.error("ignored bad stock event at %s:%s: %s", msg.partition, msg.offset, exc)
-            continue
-        out = outputs(settings)
-        await publish_channel_states({stock["sku"]}, out)
-        await out.flush()
+        await finish_before_ack(apply_stock(event.message, outputs(settings)))  # Faust acks after this
+
+
+async def apply_stock(msg, out: Outputs) -> None:
+    try:
+        stock = decode_json(msg.value)
+        await with_redis_retry(store().apply_stock_event, stock)
+    except (ValueError, StockEventError) as exc:
+        log.error("ignored bad stock event at %s:%s: %s", msg.partition, msg.offset, exc)
+        return
+    await publish_channel_states({stock["sku"]}, out)
+    await out.flush()

@@ -17,7 +17,7 @@ from pipeline.outputs import Outputs, outputs
 from pipeline.topics import names
 
 from .breaker import intake
-from .common import InFlight
+from .common import InFlight, finish_before_ack
 from .dedupe import dedupe_batch, persist_changelog_offsets
 from .inventory import fulfil_batch
 from .normalize import normalize_batch
@@ -31,15 +31,19 @@ BATCH_WITHIN_S = 0.01  # at low rates a batch waits at most this long for compan
 async def order_flow(stream):
     out = outputs(settings)
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        intake.record(len(events), time.monotonic())
-        metrics.BATCH_SIZE.observe(len(events))
-        batch = normalize_batch(events, out)     # dead letters leave here
-        batch = dedupe_batch(batch, out)         # redeliveries and stale versions leave here
-        await judge_batch(batch, out)            # held, rejected and light-path orders are routed
-        await fulfil_batch(batch, out)           # stock reserved, released or settled
-        announce(batch, out)
-        await out.flush()                        # Faust acks the batch after this
-        persist_changelog_offsets(out)
+        await finish_before_ack(process(events, out))  # Faust acks the batch after this
+
+
+async def process(events: list, out: Outputs) -> None:
+    intake.record(len(events), time.monotonic())
+    metrics.BATCH_SIZE.observe(len(events))
+    batch = normalize_batch(events, out)     # dead letters leave here
+    batch = dedupe_batch(batch, out)         # redeliveries and stale versions leave here
+    await judge_batch(batch, out)            # held, rejected and light-path orders are routed
+    await fulfil_batch(batch, out)           # stock reserved, released or settled
+    announce(batch, out)
+    await out.flush()                        # every output on the broker before the ack
+    persist_changelog_offsets(out)
 
 
 def announce(batch: list[InFlight], out: Outputs) -> None:

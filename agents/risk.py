@@ -12,6 +12,7 @@ import json
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline import metrics
 from pipeline.app import app, settings
@@ -199,19 +200,28 @@ async def recheck_parked_orders():
     await consumer.start()
     try:
         while True:
-            waiting = recheck_must_wait()
-            partitions = consumer.assignment()
-            (consumer.pause if waiting else consumer.resume)(*partitions)
-            batch = await consumer.getmany(timeout_ms=1000, max_records=RECHECK_BATCH)
-            for tp, records in batch.items():
-                done = await recheck_records(records)
-                if done:
-                    await consumer.commit({tp: records[done - 1].offset + 1})
-                if done < len(records):  # a verifier went away meanwhile: read the rest again later
-                    consumer.seek(tp, records[done].offset)
-                    await asyncio.sleep(1.0)
+            try:
+                await recheck_some(consumer)
+            except (IllegalStateError, CommitFailedError) as exc:
+                # partitions moved to another worker meanwhile: what was not committed is read again there
+                log.info("re-check batch abandoned after a rebalance: %s", exc)
     finally:
         await consumer.stop()
+
+
+async def recheck_some(consumer: AIOKafkaConsumer) -> None:
+    """One poll: nothing while re-checks must wait, else up to RECHECK_BATCH parked orders."""
+    waiting = recheck_must_wait()
+    partitions = consumer.assignment()
+    (consumer.pause if waiting else consumer.resume)(*partitions)
+    batch = await consumer.getmany(timeout_ms=1000, max_records=RECHECK_BATCH)
+    for tp, records in batch.items():
+        done = await recheck_records(records)
+        if done:
+            await consumer.commit({tp: records[done - 1].offset + 1})
+        if done < len(records):  # a verifier went away meanwhile: read the rest again later
+            consumer.seek(tp, records[done].offset)
+            await asyncio.sleep(1.0)
 
 
 def recheck_must_wait() -> bool:

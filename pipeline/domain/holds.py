@@ -146,11 +146,29 @@ def resolved(hold: dict, resolution: Resolution) -> dict:
     return {**hold, "status": resolution.outcome}
 
 
-def due_holds(holds: Iterable[tuple[str, dict]], now_ms: int) -> list[str]:
-    """Order ids of open holds whose deadline has passed, oldest deadline first."""
-    due = [(h["due_at_ms"], order_id) for order_id, h in holds
-           if h is not None and h.get("status", HELD) == HELD and h["due_at_ms"] <= now_ms]
-    return [order_id for _, order_id in sorted(due)]
+def open_key(due_at_ms: int, order_id: str) -> str:
+    """Key of an open hold in the deadline index: keys sort by deadline, so the timer reads only
+    the due ones, however many holds are open."""
+    return f"{int(due_at_ms):015d}|{order_id}"
+
+
+def order_of_open_key(key: str) -> tuple[int, str]:
+    """(deadline ms, order id) of an `open_key`."""
+    due, _, order_id = key.partition("|")
+    return int(due), order_id
+
+
+def due_order_ids(partitions: Iterable[Iterable[str]], now_ms: int, limit: int) -> list[str]:
+    """Order ids whose hold deadline has passed, from `open_key`s in sorted order per partition:
+    each partition is read only up to its first hold that is not due yet."""
+    bound = open_key(now_ms, "\uffff")
+    due: list[str] = []
+    for keys in partitions:
+        for key in keys:
+            if key > bound or len(due) >= limit:
+                break
+            due.append(order_of_open_key(key)[1])
+    return due
 
 
 def timeout_decision(order_id: str, now_ms: int, timeout_s: float | None = None) -> Decision:

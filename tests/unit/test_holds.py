@@ -6,7 +6,8 @@ import json
 import pytest
 
 from pipeline.codecs import decode_json, encode_json
-from pipeline.domain.holds import (Decision, DecisionError, apply_decision, due_holds, new_hold, parse_decision,
+from pipeline.domain.holds import (Decision, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
+                                   order_of_open_key, parse_decision,
                                    resolved, timeout_decision)
 from pipeline.domain.risk import RiskContext, default_rules, evaluate
 
@@ -110,18 +111,19 @@ def test_decision_for_another_order_is_ignored(hold):
     assert apply_decision(hold, decision(order_id="OTHER")).outcome == "ignored"
 
 
-def test_due_holds(verdict):
-    holds = [
-        ("A", new_hold("A", "JD", T0, verdict, 60, 0)),          # due T0+60s
-        ("B", new_hold("B", "JD", T0 + 10_000, verdict, 30, 0)),  # due T0+40s
-        ("C", new_hold("C", "JD", T0, verdict, 3600, 1)),        # due much later
-        ("D", None),
-    ]
-    assert due_holds(holds, T0 + 39_999) == []
-    assert due_holds(holds, T0 + 40_000) == ["B"]
-    assert due_holds(holds, T0 + 61_000) == ["B", "A"]
-    closed = resolved(holds[1][1], apply_decision(holds[1][1], decision(order_id="B")))
-    assert due_holds([("B", closed)], T0 + 61_000) == []
+def test_due_order_ids_reads_each_partition_only_up_to_its_first_hold_not_due():
+    read: list[str] = []
+
+    def partition(*holds):
+        for due, order_id in holds:
+            read.append(order_id)
+            yield open_key(due, order_id)
+    partitions = [partition((T0 + 40_000, "B"), (T0 + 60_000, "A"), (T0 + 3_600_000, "C"), (T0 + 3_700_000, "X")),
+                  partition((T0 + 1_000, "D"), (T0 + 90_000, "E"))]
+    assert due_order_ids(partitions, T0 + 61_000, limit=100) == ["B", "A", "D"]
+    assert "X" not in read  # C stopped the first partition's scan
+    assert due_order_ids([iter([open_key(T0, "A"), open_key(T0, "B")])], T0, limit=1) == ["A"]
+    assert due_order_ids([iter([open_key(T0 + 1, "A")])], T0, limit=10) == []
 
 
 def test_timeout_releases_with_default_policy(hold):
@@ -153,3 +155,13 @@ def test_operator_and_timeout_race_only_first_counts(hold):
     timer_first = apply_decision(hold, timeout_decision("TMALL-9", hold["due_at_ms"]))
     assert timer_first.outcome == "auto_released"
     assert apply_decision(resolved(hold, timer_first), decision(action="reject", reason="x")).outcome == "ignored"
+
+
+def test_open_keys_sort_by_deadline_then_order_and_read_back():
+    keys = [open_key(T0 + 60_000, "B"), open_key(T0 + 5_000, "Z"), open_key(T0 + 5_000, "A"),
+            open_key(10 ** 13, "LATE")]
+    assert [order_of_open_key(k) for k in sorted(keys)] == [
+        (T0 + 5_000, "A"), (T0 + 5_000, "Z"), (T0 + 60_000, "B"), (10 ** 13, "LATE")]
+    # everything due by a moment sorts before its bound, nothing later does
+    bound = open_key(T0 + 5_000, "\uffff")
+    assert [k for k in sorted(keys) if k <= bound] == [open_key(T0 + 5_000, "A"), open_key(T0 + 5_000, "Z")]
