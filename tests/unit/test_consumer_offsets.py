@@ -28,14 +28,14 @@ def test_unknown_offsets_are_filled_from_what_we_knew():
 from pipeline.consumer import stalled_partitions  # noqa: E402
 
 
-def test_acked_offsets_two_past_the_committed_one_are_a_stall():
+def test_acked_offsets_past_the_committed_one_are_a_stall():
     assert stalled_partitions({A: 13}, {A: [15, 16, 17]}, {}) == {A: (13, 15)}
+    # a hole of one too: our consumer no longer commits over it, so it must be re-read
+    assert stalled_partitions({A: 13}, {A: [14, 15]}, {}) == {A: (13, 14)}
 
 
 def test_the_next_offset_acked_is_progress_not_a_stall():
     assert stalled_partitions({A: 13}, {A: [13, 14]}, {}) == {}
-    # Faust tolerates a hole of one at the head (it commits over it): not reported either
-    assert stalled_partitions({A: 13}, {A: [14, 15]}, {}) == {}
 
 
 def test_a_message_still_being_processed_inside_the_hole_is_not_a_stall():
@@ -54,3 +54,23 @@ def test_unacked_offsets_are_grouped_by_partition():
     messages = [SimpleNamespace(tp=A, offset=7), SimpleNamespace(tp=B, offset=1), SimpleNamespace(tp=A, offset=9)]
     grouped = unacked_offsets(SimpleNamespace(_unacked_messages=messages))
     assert {tp: sorted(offsets) for tp, offsets in grouped.items()} == {A: [7, 9], B: [1]}
+
+
+def consumer_with(committed: int, acked: list[int], gaps=()):
+    import faust
+    from intervaltree import IntervalTree
+
+    from pipeline import consumer as seek_safe
+    app = faust.App("offsets-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+    seek_safe.install(app)
+    c = app.consumer
+    c._committed_offset[A] = committed
+    c._acked[A] = list(acked)
+    c._gap[A] = IntervalTree.from_tuples(gaps)
+    return c
+
+
+def test_no_commit_over_a_hole_of_one():
+    assert consumer_with(13, [14, 15])._new_offset(A) is None      # 13 was never acked
+    assert consumer_with(13, [13, 14, 15])._new_offset(A) == 16
+    assert consumer_with(13, [14, 15], gaps=[(13, 14)])._new_offset(A) == 16  # 13 does not exist
