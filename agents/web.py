@@ -78,3 +78,20 @@ async def export_consumer_lag_and_health():
         if high is None:
             continue
         metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - (done or 0)))
+
+
+_baseline = None
+
+
+@app.page("/debug/memory")
+async def memory_page(web, request):
+    """With PYTHONTRACEMALLOC set: the allocation sites that grew most since the first call."""
+    import tracemalloc
+    global _baseline
+    if not tracemalloc.is_tracing():
+        return web.json({"error": "start the worker with PYTHONTRACEMALLOC=1"}, status=409)
+    snapshot = tracemalloc.take_snapshot()
+    _baseline = _baseline or snapshot
+    top = snapshot.compare_to(_baseline, "lineno")[:30]
+    return web.json({"traced_mb": round(tracemalloc.get_traced_memory()[0] / 2**20, 1),
+                     "growth": [str(stat) for stat in top]})
