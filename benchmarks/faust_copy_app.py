@@ -14,7 +14,7 @@ import os
 import faust
 
 from benchmarks.bench_pipeline import copy_topics
-from pipeline.config import load_settings
+from pipeline.config import faust_stream_options, load_settings
 
 settings = load_settings()
 NAMESPACE = os.environ["ORDERSTREAM_NAMESPACE"]
@@ -22,24 +22,10 @@ SOURCE, COPY = copy_topics(NAMESPACE)
 
 app = faust.App(
     NAMESPACE + "faust-copy",
-    broker=f"kafka://{settings.bootstrap}",
     store="memory://",
     datadir=str(settings.var / "faust" / f"{NAMESPACE}faust-copy"),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    processing_guarantee="at_least_once",
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=settings.session_timeout_s,
     broker_commit_interval=1.0,
-    web_host="127.0.0.1",
-    web_port=settings.worker_web_port,
-    web_in_thread=False,
-    autodiscover=False,
-    key_serializer="raw",
-    value_serializer="raw",
-    stream_buffer_maxsize=8192,
-    producer_linger_ms=5,
-    producer_max_batch_size=256 * 1024,
+    **faust_stream_options(settings),
 )
 source = app.topic(SOURCE, key_type=bytes, value_type=bytes)
 copy_topic = app.topic(COPY, key_type=bytes, value_type=bytes)

@@ -11,7 +11,7 @@ import faust
 
 from . import consumer
 from . import topics as t
-from .config import load_settings
+from .config import faust_stream_options, load_settings
 from .faust_internals import require_pinned_versions
 
 require_pinned_versions()
@@ -27,30 +27,15 @@ DATADIR.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     t.NAMESPACE + settings.app_id,
-    broker=f"kafka://{settings.bootstrap}",
     store=_store_url(),
     datadir=str(DATADIR),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
     topic_allow_declare=True,
     # held-order timers read their own partitions only; no standby copies to reason about
     table_standby_replicas=0,
-    processing_guarantee="at_least_once",
-    consumer_auto_offset_reset="earliest",
-    # a SIGKILLed worker never says goodbye: its partitions move after this long
-    broker_session_timeout=settings.session_timeout_s,
     broker_commit_interval=float(os.environ.get("ORDERSTREAM_COMMIT_INTERVAL_S", "1.0")),
-    web_host="127.0.0.1",
     web_bind=settings.bind_host,
-    web_port=settings.worker_web_port,
-    web_in_thread=False,
-    autodiscover=False,
-    key_serializer="raw",
-    value_serializer="raw",
-    stream_buffer_maxsize=8192,
-    producer_linger_ms=5,
-    producer_max_batch_size=256 * 1024,
     logging_config=None,
+    **faust_stream_options(settings),
 )
 consumer.install(app)
 

@@ -81,6 +81,29 @@ class Settings:
         return Path(self.var_dir)
 
 
+def faust_stream_options(s: Settings) -> dict:
+    """The Faust settings the worker and the benchmarks' bare Faust copy share, so the ceiling
+    is measured with the worker's own broker, serializer and buffering choices."""
+    return dict(
+        broker=f"kafka://{s.bootstrap}",
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        # a SIGKILLed worker never says goodbye: its partitions move after this long
+        broker_session_timeout=s.session_timeout_s,
+        web_host="127.0.0.1",
+        web_port=s.worker_web_port,
+        web_in_thread=False,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        stream_buffer_maxsize=8192,
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
+    )
+
+
 def load_settings() -> Settings:
     """Read the environment now (tests change it between runs)."""
     values = {f.name: _env(f.name, f.default, f.metadata["cast"]) for f in fields(Settings)}
