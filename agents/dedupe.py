@@ -15,7 +15,7 @@ from pipeline import metrics
 from pipeline.app import app, json_table, settings
 from pipeline.codecs import encode_json
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
-from pipeline.faust_internals import ChangelogWriter, handling, store_partitions, window_end, without_key_index
+from pipeline.faust_internals import ChangelogWriter, handling, active_dbs, window_end, without_key_index
 from pipeline.outputs import Outputs
 from pipeline.topics import names
 
@@ -103,9 +103,11 @@ SWEEP_CHUNK = 2000
 async def sweep_expired_windows():
     """Delete windows that ended more than `expires` ago from this worker's store partitions.
     (The changelog topic drops them by its retention; the table indexes no keys in memory.)"""
+    if settings.table_store != "rocksdb":
+        return  # the memory store is for development: it keeps everything
     cutoff = time.time() - EXPIRES.total_seconds()
     removed = 0
-    for partition, db in store_partitions(seen_versions.table).items():
+    for db in active_dbs(seen_versions.table):
         doomed: list[bytes] = []
         for key in db.keys():
             if window_end(key) < cutoff:

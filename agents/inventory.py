@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutErr
 
 from pipeline import metrics
 from pipeline.app import app, inventory_stock, settings
-from pipeline.codecs import decode_json, encode_json, order_codec
+from pipeline.codecs import decode_json, encode_json
 from pipeline.domain.channels import channel_events
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Ranker, Weights
 from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth_over
@@ -26,7 +26,6 @@ from pipeline.topics import PLATFORMS, names
 from .common import InFlight, finish_before_ack, ms_since_raw, now_ms, stage
 
 log = logging.getLogger(__name__)
-ORDER_CODEC = order_codec()
 RELEASING_STATES = {"CANCELLED"}
 _store: AsyncInventoryStore | None = None
 
@@ -75,15 +74,15 @@ async def release_order(order: dict, reason: str, out: Outputs) -> set[str] | No
     released = await with_redis_retry(store().release, order["order_id"], reason)
     if not released.released:
         return None
-    announce_release(order, released, reason, out)
-    return {sku for _, sku, _ in released.allocations}
+    return announce_release(order, released, reason, out)
 
 
-def announce_release(order: dict, released, reason: str, out: Outputs) -> None:
-    """What every release publishes: the metric and the `released` event."""
+def announce_release(order: dict, released, reason: str, out: Outputs) -> set[str]:
+    """What every release publishes: the metric and the `released` event. Returns its SKUs."""
     metrics.RESERVATIONS.labels(outcome="released").inc()
     out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
         "released", order, allocations=released.allocations, reason=reason))
+    return {sku for _, sku, _ in released.allocations}
 
 
 async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
@@ -132,7 +131,7 @@ def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> 
 
 
 async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> set[str]:
-    """Reserve (order, headers) pairs in one pipelined round trip; the SKUs whose stock moved."""
+    """Reserve (order, headers) pairs with one script call; the SKUs whose stock moved."""
     if not batch:
         return set()
     lines_of = [order_lines(order) for order, _ in batch]
@@ -189,8 +188,7 @@ async def release_timed_out_reservations():
     touched: set[str] = set()
     for order_id, released in await with_redis_retry(store().release_expired):
         if released.released:
-            announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
-            touched |= {sku for _, sku, _ in released.allocations}
+            touched |= announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
     await publish_channel_states(touched, out)
     await out.flush()
 

@@ -103,7 +103,7 @@ def keys_in_order(table) -> list:
     """One iterator per active partition of a RocksDB table, over its keys in sorted order,
     straight from RocksDB: a caller may stop early, nothing else is read or decoded.
     (Faust's own iteration chains the partitions and decodes every value.)"""
-    return [_decoded_keys(db) for db in table.data._dbs_for_actives()]
+    return [_decoded_keys(db) for db in active_dbs(table)]
 
 
 def _decoded_keys(db):
@@ -114,9 +114,9 @@ def _decoded_keys(db):
             continue  # Faust's own offset key
 
 
-def store_partitions(table) -> dict:
-    """partition -> the open RocksDB of a table (Faust's store has no public per-partition view)."""
-    return dict(getattr(table.data, "_dbs", {}))
+def active_dbs(table) -> list:
+    """The open RocksDBs of a table's partitions this worker owns (Faust has no public view)."""
+    return list(table.data._dbs_for_actives())
 
 
 def committed_offsets(consumer) -> dict:
