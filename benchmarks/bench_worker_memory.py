@@ -46,12 +46,39 @@ def orders_done(s, group: str, raw_topics: list[str], total: int) -> int | None:
     return None if lag is None else total - lag
 
 
+def table_store_mb(port: int) -> dict[str, float] | None:
+    """The worker's RocksDB memory by kind (orderstream_table_store_memory_bytes summed over
+    tables), in MB; None when /metrics does not answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    kinds: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "orderstream_table_store_memory_bytes":
+            for sample in family.samples:
+                kind = sample.labels["kind"]
+                kinds[kind] = kinds.get(kind, 0.0) + sample.value
+    return {kind: round(size / 2**20, 1) for kind, size in kinds.items()}
+
+
 def drain(s, names, worker, total: int, warmup: int) -> dict:
-    """RSS (with orders done) every 5 s, and the worker's and broker's CPU, until the group's lag is 0."""
+    """RSS (with orders done and RocksDB's memory) every 5 s, and the worker's and broker's CPU,
+    until the group's lag is 0."""
     from pipeline.replay import wait_drained
 
     group, raw = names.ns + s.app_id, list(names.RAW_TOPICS)
-    sampler = RssSampler(worker.pid, probe=lambda: orders_done(s, group, raw, total))
+    rocksdb_mb: list = []
+
+    def orders_and_rocksdb() -> int | None:
+        rocksdb_mb.append(table_store_mb(PORT_BASE))
+        return orders_done(s, group, raw, total)
+
+    sampler = RssSampler(worker.pid, probe=orders_and_rocksdb)
     pids = {"worker": [worker.pid], "broker": [broker_pid(s)]}
     done_before, before = orders_done(s, group, raw, total) or 0, cpu_now(pids)
     sampler.start()
@@ -67,6 +94,8 @@ def drain(s, names, worker, total: int, warmup: int) -> dict:
         "cpu_s_per_1000": cpu,
         # (seconds into the drain, MB, orders done), at most ~100 of them: the fit used every sample
         "worker_rss_mb_over_time": sampler.samples[:: max(1, len(sampler.samples) // 100)],
+        # RocksDB's own memory (memtables, block cache, table readers) at the same samples
+        "rocksdb_mb_over_time": rocksdb_mb[:: max(1, len(sampler.samples) // 100)],
     }
 
 

@@ -12,7 +12,7 @@ import faust
 from . import consumer
 from . import topics as t
 from .config import faust_stream_options, load_settings
-from .faust_internals import require_pinned_versions
+from .faust_internals import RocksDBBudget, require_pinned_versions
 
 require_pinned_versions()
 settings = load_settings()
@@ -53,14 +53,16 @@ inventory_stock = raw_topic(t.INVENTORY_STOCK)
 
 
 # Faust opens one RocksDB per table partition with 3 x 64 MB memtables and a 2 GB block cache
-# each, far more than a worker has. Small buffers flush table state to disk early and bound what
-# RocksDB may hold in memory (a worker's RSS still rises in long runs: see README, Memory).
-ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
-                   "block_cache_size": 8 * 2**20}
+# each. Small memtables flush table state to disk early, and all DBs share one memory budget.
+ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2}
+ROCKSDB_BUDGET = RocksDBBudget(settings.table_store_memory_mb * 2**20) if settings.table_store == "rocksdb" else None
 
 
 def json_table(name: str, default=None) -> faust.Table:
     """A changelogged table with JSON keys and values (the app default is raw bytes)."""
     schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
     options = dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else None
-    return app.Table(name, default=default, schema=schema, partitions=settings.partitions, options=options)
+    table = app.Table(name, default=default, schema=schema, partitions=settings.partitions, options=options)
+    if ROCKSDB_BUDGET is not None:
+        ROCKSDB_BUDGET.share_with(table)
+    return table

@@ -44,6 +44,7 @@ class Settings:
     app_id: str = _setting("orderstream", "Faust application id (consumer group, changelog prefix).")
     session_timeout_s: float = _setting(10.0, "Consumer-group session timeout: how soon a killed worker's partitions move.")
     table_store: str = _setting("rocksdb", "Faust table store: rocksdb (rocksdict, bounded by disk) or memory.")
+    table_store_memory_mb: int = _setting(48, "Memory all of a worker's RocksDB tables share (block cache and memtables).")
     bind_host: str = _setting("127.0.0.1", "Address the HTTP servers (worker, sink, verifiers) listen on; 0.0.0.0 in containers.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
     sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")
@@ -98,7 +99,9 @@ def faust_stream_options(s: Settings) -> dict:
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
-        stream_buffer_maxsize=8192,
+        # what a worker holds fetched ahead of its agents: a few batches, not a minute of orders
+        stream_buffer_maxsize=2048,
+        consumer_max_fetch_size=128 * 1024,
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
     )

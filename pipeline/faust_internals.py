@@ -10,10 +10,12 @@ import json
 import weakref
 from importlib.metadata import version
 
+import rocksdict
 from faust import streams as faust_streams
+from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 
-PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "rocksdict": "0.3.29"}
 
 
 class UnsupportedLibraryVersion(RuntimeError):
@@ -122,3 +124,76 @@ def active_dbs(table) -> list:
 def committed_offsets(consumer) -> dict:
     """tp -> the offset this worker last committed (Faust keeps it privately)."""
     return dict(getattr(consumer, "_committed_offset"))
+
+
+ROCKSDB_MEMORY_PROPERTIES = {
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
+
+def rocksdb_memory(table) -> dict[str, int]:
+    """Bytes of memtables and table readers of a table's open RocksDBs; {} on the memory store.
+    (Faust keeps its per-partition DBs privately, in `Store._dbs`.)"""
+    dbs = list(getattr(table.data, "_dbs", {}).values())
+    return {kind: sum(db.property_int_value(prop) or 0 for db in dbs)
+            for kind, prop in ROCKSDB_MEMORY_PROPERTIES.items()} if dbs else {}
+
+
+class SharedMemoryRocksDBOptions(RocksDBOptions):
+    """Faust's RocksDB options with one memory budget for all of a worker's DBs.
+
+    Upstream: Faust opens one RocksDB per table partition, each with a block cache of its own
+    and memtables limited only per DB; twelve of them (three tables, four partitions) let RocksDB
+    grow by hundreds of MB. Here every DB uses one LRU block cache, and one write buffer manager
+    charges all memtables to that cache, so RocksDB's memory stays under `cache` in total.
+    Index and filter blocks live in the cache too, instead of growing with the data on disk."""
+
+    def __init__(self, cache: "rocksdict.Cache", write_buffers: "rocksdict.WriteBufferManager", **options) -> None:
+        super().__init__(**options)
+        self.shared_cache, self.shared_write_buffers = cache, write_buffers
+
+    def as_options(self):
+        if not self.use_rocksdict:
+            raise UnsupportedLibraryVersion("the shared RocksDB memory budget needs the rocksdict driver")
+        db_options = rocksdict.Options(raw_mode=True)
+        db_options.create_if_missing(True)
+        db_options.set_max_open_files(self.max_open_files)
+        db_options.set_write_buffer_size(self.write_buffer_size)
+        db_options.set_target_file_size_base(self.target_file_size_base)
+        db_options.set_max_write_buffer_number(self.max_write_buffer_number)
+        db_options.set_write_buffer_manager(self.shared_write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(self.shared_cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        db_options.set_block_based_table_factory(table)
+        return db_options
+
+
+class RocksDBBudget:
+    """One block cache and one memtable limit, shared by every RocksDB table of a worker: half of
+    `total_bytes` may be memtables, and all of it is charged to the cache."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.cache = rocksdict.Cache(total_bytes)
+        self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            total_bytes // 2, False, self.cache)
+
+    def share_with(self, table) -> None:
+        """Make `table` open its partitions' DBs within this budget (before any DB is open)."""
+        store = table.data
+        if getattr(store, "_dbs", None):
+            raise RuntimeError(f"{table.name}: RocksDBs already open; share the budget before assignment")
+        current = store.rocksdb_options
+        store.rocksdb_options = SharedMemoryRocksDBOptions(
+            self.cache, self.write_buffers,
+            max_open_files=current.max_open_files, write_buffer_size=current.write_buffer_size,
+            max_write_buffer_number=current.max_write_buffer_number,
+            target_file_size_base=current.target_file_size_base, bloom_filter_size=current.bloom_filter_size,
+            use_rocksdict=current.use_rocksdict, ttl=current.ttl)
+
+    def usage_bytes(self) -> int:
+        return self.cache.get_usage()

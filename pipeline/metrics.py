@@ -75,6 +75,12 @@ SINK_BATCH_LATENCY = Histogram("orderstream_sink_batch_latency_seconds", "Time o
 SINK_FAILURES = Counter("orderstream_sink_failures_total", "ClickHouse inserts that failed (and were retried).",
                         ["table"])
 
+# -- memory ---------------------------------------------------------------------------------
+TABLE_STORE_MEMORY = Gauge("orderstream_table_store_memory_bytes",
+                           "RocksDB memory of this worker's tables: the shared cache (block cache with "
+                           "the memtables charged to it) and, within it, the memtables and table readers.",
+                           ["kind"])
+
 # -- health -----------------------------------------------------------------------------------
 DEPENDENCY_UP = Gauge("orderstream_dependency_up", "1 when a dependency answered its last probe.", ["dependency"])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from types import SimpleNamespace
 
 import faust
@@ -52,3 +53,38 @@ def test_without_key_index_keeps_no_key_in_memory():
     assert indexed._partition_timestamp_keys and not flat._partition_timestamp_keys
     # and upstream still routes every table write through the method we replace
     assert "_maybe_set_key_ttl" in inspect.getsource(Table.on_key_set)
+
+
+def test_rocksdbs_sharing_a_budget_keep_their_memory_within_it(tmp_path):
+    """Two DBs whose own memtables alone could hold 48 MB, written far past a 4 MB budget: the shared cache (memtables charged to it) stays within
+    its capacity, every memtable is accounted, and what was written reads back."""
+    from faust.stores.rocksdb import RocksDBOptions
+
+    budget = faust_internals.RocksDBBudget(4 * 2**20)
+    options = faust_internals.SharedMemoryRocksDBOptions(
+        budget.cache, budget.write_buffers, write_buffer_size=8 * 2**20, max_write_buffer_number=3, use_rocksdict=True)
+    assert isinstance(options, RocksDBOptions)
+    dbs = [options.open(tmp_path / f"db{i}") for i in range(2)]
+    value = bytes(200)
+    for n in range(60_000):  # ~24 MB written, six times the budget
+        dbs[n % 2][f"order-{n}".encode()] = value
+    table = SimpleNamespace(data=SimpleNamespace(_dbs=dict(enumerate(dbs))))
+
+    def within_budget() -> bool:
+        return (faust_internals.rocksdb_memory(table)["memtables"] <= 4 * 2**20
+                and budget.usage_bytes() <= 4 * 2**20 * 1.1)  # the LRU capacity is soft by a few blocks
+
+    deadline = time.monotonic() + 10
+    while not within_budget() and time.monotonic() < deadline:
+        time.sleep(0.05)  # flushes run in RocksDB's background threads; writers do not stall for them
+    assert within_budget()  # without the manager the memtables alone hold ~14 MB, and stay there
+    assert faust_internals.rocksdb_memory(table)["memtables"] > 0
+    assert dbs[0][b"order-0"] == value and dbs[1][b"order-59999"] == value
+    for db in dbs:
+        db.close()
+
+
+def test_the_budget_is_refused_once_a_table_has_open_dbs():
+    table = SimpleNamespace(name="t", data=SimpleNamespace(_dbs={0: object()}))
+    with pytest.raises(RuntimeError, match="already open"):
+        faust_internals.RocksDBBudget(2**20).share_with(table)
