@@ -14,7 +14,7 @@ import time
 from pipeline import metrics
 from pipeline.app import app, settings
 from pipeline.codecs import encode_json
-from pipeline.faust_internals import committed_offsets
+from pipeline.faust_internals import consumer_lag
 from pipeline.outputs import outputs
 from pipeline.topics import names
 from pipeline.domain.breaker import BreakerState, DegradationBreaker, RateMeter
@@ -35,16 +35,7 @@ def backlog() -> int:
     The intake rate alone would let the breaker close while thousands of orders that arrived
     during the burst still queue in front of the slow full path; counting the queue keeps the
     light path on until it is worked off. Self-correcting: it is read from the broker offsets."""
-    consumer = app.consumer
-    committed = committed_offsets(consumer)
-    raw = set(names.RAW_TOPICS)
-    waiting = 0
-    for tp in consumer.assignment():
-        if tp.topic in raw:
-            high = consumer.highwater(tp)
-            if high is not None:
-                waiting += max(0, high - (committed.get(tp) or 0))
-    return waiting
+    return sum(consumer_lag(app.consumer, set(names.RAW_TOPICS)).values())
 
 
 

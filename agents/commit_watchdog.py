@@ -1,4 +1,4 @@
-"""Un-stick partitions whose offset commit stopped advancing (see pipeline.consumer).
+"""Un-stick partitions whose offset commit stopped advancing (see pipeline.faust_internals.consumer).
 
 A stall that lasts two checks is healed in one of two ways. When the broker already holds a
 newer committed offset than the worker remembers (a stale seek wrote an old one back), the
@@ -13,7 +13,7 @@ import logging
 
 from pipeline import metrics
 from pipeline.app import app
-from pipeline.consumer import stalled_partitions, unacked_offsets
+from pipeline.faust_internals import adopt_committed, broker_committed, caught_up, reread_from, stalled_commits
 from pipeline.topics import names
 
 log = logging.getLogger(__name__)
@@ -31,19 +31,17 @@ async def heal_stalled_commits():
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         _suspects.clear()
         return
-    assigned = consumer.assignment()
-    acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
-    stalled = stalled_partitions(dict(consumer._committed_offset), acked, unacked_offsets(consumer))
+    stalled = stalled_commits(consumer)
     for tp, (committed, low) in stalled.items():
         if _suspects.get(tp) != (committed, low):
             _suspects[tp] = (committed, low)  # first sighting: give in-flight work one more period
             continue
         _suspects.pop(tp, None)
-        on_broker = await broker_committed(consumer, tp)
+        on_broker = await committed_on_broker(consumer, tp)
         if on_broker is not None and on_broker > committed:
             log.warning("offset commit of %s[%s] stuck at %s (acked from %s); the broker has %s: adopted",
                         tp.topic, tp.partition, committed, low, on_broker)
-            consumer._committed_offset[tp] = on_broker
+            adopt_committed(consumer, tp, on_broker)
             metrics.COMMIT_STALLS_HEALED.labels(topic=tp.topic, remedy="adopted").inc()
         elif caught_up(consumer, tp):
             log.warning("offset commit of %s[%s] stuck at %s (acked from %s): re-reading from %s",
@@ -57,26 +55,9 @@ async def heal_stalled_commits():
             _suspects.pop(tp)
 
 
-async def broker_committed(consumer, tp) -> int | None:
-    """The committed offset the group coordinator holds for `tp` (asked on the consumer's thread)."""
-    thread = consumer._thread
+async def committed_on_broker(consumer, tp) -> int | None:
     try:
-        return await thread.call_thread(thread._ensure_consumer().committed, tp)
+        return await broker_committed(consumer, tp)
     except Exception as exc:  # noqa: BLE001 - a failed lookup only delays the heal to the next check
         log.warning("could not read the committed offset of %s: %s", tp, exc)
         return None
-
-
-def caught_up(consumer, tp) -> bool:
-    """Everything fetched of `tp` was handed to its stream: no batch in flight can land after a rewind."""
-    high, read = consumer.highwater(tp), consumer._read_offset.get(tp)
-    return high is not None and read is not None and read >= high - 1
-
-
-async def reread_from(consumer, tp, offset: int) -> None:
-    """Rewind `tp` to `offset`. The read offset is cleared rather than set: a record that still
-    arrives from an earlier fetch then only moves it up again (a retry next period), whereas a
-    read offset of `offset` would have Faust count that jump as a gap and commit over the hole."""
-    await consumer._seek(tp, offset)
-    consumer._read_offset[tp] = None
-    consumer._gap.pop(tp, None)

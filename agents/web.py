@@ -7,8 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pipeline import metrics
 from pipeline.app import ROCKSDB_BUDGET, app
-from pipeline.consumer import unacked_offsets
-from pipeline.faust_internals import rocksdb_memory
+from pipeline.faust_internals import consumer_lag, offsets_report, rocksdb_memory
 
 from .inventory import store
 
@@ -52,33 +51,15 @@ async def ready_page(web, request):
 async def offsets_page(web, request):
     """Per assigned partition: committed, last read, acked-but-uncommitted and unacked offsets.
     A lag that never shrinks shows up here as an offset that was read but never acked."""
-    consumer = app.consumer
-    unacked = unacked_offsets(consumer)
-    rows = {}
-    for tp in sorted(consumer.assignment()):
-        rows[f"{tp.topic}[{tp.partition}]"] = {
-            "highwater": consumer.highwater(tp),
-            "committed": consumer._committed_offset.get(tp),
-            "read": consumer._read_offset.get(tp),
-            "acked_pending": sorted(consumer._acked.get(tp, ()))[:20],
-            "gaps": [(i.begin, i.end) for i in sorted(consumer._gap.get(tp, ()))][:20],
-            "unacked": sorted(unacked.get(tp, ()))[:20],
-        }
-    return web.json(rows)
+    return web.json(offsets_report(app.consumer))
 
 
 @app.timer(interval=5.0)
 async def export_consumer_lag_and_health():
     """Prometheus sees lag and dependency health every 5 s, whether or not anyone calls /health."""
     await dependency_health()
-    consumer = app.consumer
-    committed = getattr(consumer, "_committed_offset", {})
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        done = committed.get(tp)
-        if high is None:
-            continue
-        metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - (done or 0)))
+    for tp, lag in consumer_lag(app.consumer).items():
+        metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
 
 _baseline = None

@@ -9,7 +9,7 @@ import os
 
 import faust
 
-from . import consumer
+from . import faust_internals
 from . import topics as t
 from .config import faust_stream_options, load_settings
 from .faust_internals import RocksDBBudget, require_pinned_versions
@@ -37,7 +37,7 @@ app = faust.App(
     logging_config=None,
     **faust_stream_options(settings),
 )
-consumer.install(app)
+faust_internals.install(app)
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

@@ -22,7 +22,6 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-VERIFIER_NAMES = ("payment", "address")
 
 
 # --------------------------------------------------------------------------- request body

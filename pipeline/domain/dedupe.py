@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 
 from .normalize import content_fingerprint
+from .platforms import STANDARD_STATES
 
-STATUS_ORDER = ("PENDING_PAYMENT", "PAID", "RISK_HOLD", "APPROVED", "ALLOCATED", "PICKING", "PACKED",
-                "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED", "CANCELLED")
-_STATUS_RANK = {s: i for i, s in enumerate(STATUS_ORDER)}
+_STATUS_RANK = {s: i for i, s in enumerate(STANDARD_STATES)}  # the lifecycle order
 
 
 class Change(str, Enum):

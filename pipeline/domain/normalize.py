@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 
 from .note_flags import is_custom_title, is_gift_card_title, note_flags
+from .provinces import normalize_province
 from .platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
 
 UTC = timezone.utc
@@ -240,23 +241,6 @@ def _ms(dt: datetime) -> datetime:
     return dt.replace(microsecond=dt.microsecond - dt.microsecond % 1000)
 
 
-# Provinces as the risk rules spell them (short form): "新疆维吾尔自治区" and "新疆" are one place.
-_PROVINCE_SHORT = {
-    "内蒙古自治区": "内蒙古", "广西壮族自治区": "广西", "西藏自治区": "西藏", "宁夏回族自治区": "宁夏",
-    "新疆维吾尔自治区": "新疆", "香港特别行政区": "香港", "澳门特别行政区": "澳门",
-}
-
-
-def canonical_province(name: str) -> str:
-    name = name.strip()
-    short = _PROVINCE_SHORT.get(name)
-    if short is not None:
-        return short
-    if len(name) > 2 and name[-1] in "省市":
-        return name[:-1]
-    return name
-
-
 def _external_id(value, name: str) -> str:
     t = type(value)
     if t is int:
@@ -450,7 +434,7 @@ def _order(c: _Compiled, obj: dict, now: datetime) -> tuple[dict, bool]:
             country = value.upper()
     province = _opt_text(obj, c.province, spec.province)
     if country == "CN" and province:
-        province = canonical_province(province)
+        province = normalize_province(province)
 
     note = _opt_text(obj, c.note, spec.note) or None
     invoice, gift, urgent = note_flags(note)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, Mapping
 
+from .provinces import normalize_province
+
 # Capital-city coordinates stand in for a province: precise enough to rank warehouses.
 PROVINCE_COORDS: dict[str, tuple[float, float]] = {
     "北京": (39.90, 116.41), "天津": (39.13, 117.20), "河北": (38.04, 114.51), "山西": (37.87, 112.55),
@@ -33,34 +35,9 @@ PROVINCE_COORDS: dict[str, tuple[float, float]] = {
     "澳门": (22.20, 113.54), "台湾": (25.03, 121.57),
 }
 
-_PINYIN = {
-    "beijing": "北京", "tianjin": "天津", "hebei": "河北", "shanxi": "山西", "inner mongolia": "内蒙古",
-    "neimenggu": "内蒙古", "liaoning": "辽宁", "jilin": "吉林", "heilongjiang": "黑龙江", "shanghai": "上海",
-    "jiangsu": "江苏", "zhejiang": "浙江", "anhui": "安徽", "fujian": "福建", "jiangxi": "江西",
-    "shandong": "山东", "henan": "河南", "hubei": "湖北", "hunan": "湖南", "guangdong": "广东",
-    "guangxi": "广西", "hainan": "海南", "chongqing": "重庆", "sichuan": "四川", "guizhou": "贵州",
-    "yunnan": "云南", "tibet": "西藏", "xizang": "西藏", "shaanxi": "陕西", "gansu": "甘肃",
-    "qinghai": "青海", "ningxia": "宁夏", "xinjiang": "新疆", "hong kong": "香港", "hongkong": "香港",
-    "macau": "澳门", "macao": "澳门", "taiwan": "台湾",
-}
-
-# longest first so "广西壮族自治区" loses the whole suffix, not only "自治区"
-_SUFFIXES = ("维吾尔自治区", "壮族自治区", "回族自治区", "特别行政区", "自治区", "省", "市")
-
 # Buyer province unknown (foreign, empty, misspelt): every warehouse is equally "medium" far,
 # so distance stops deciding and depth / on-time / cost pick the warehouse.
 MEDIUM_DISTANCE_KM = 1200.0
-
-
-@lru_cache(maxsize=4096)  # called per warehouse per order; the set of spellings is small
-def normalize_province(name: str) -> str:
-    """'广东省' / '新疆维吾尔自治区' / 'Guangdong' -> the short Chinese name used in the tables."""
-    text = (name or "").strip()
-    for suffix in _SUFFIXES:
-        if text.endswith(suffix) and len(text) > len(suffix):
-            text = text[: -len(suffix)]
-            break
-    return _PINYIN.get(text.lower().removesuffix(" province").strip(), text)
 
 
 @lru_cache(maxsize=4096)

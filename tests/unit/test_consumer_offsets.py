@@ -1,7 +1,7 @@
 """The consumer keeps the newest committed offset when a late seek reports an older one."""
 from faust.types import TP
 
-from pipeline.consumer import keep_newest_committed
+from pipeline.faust_internals.consumer import keep_newest_committed
 
 A, B, C = TP("orders.raw.tmall", 0), TP("orders.raw.tmall", 1), TP("orders.raw.jd", 0)
 
@@ -25,7 +25,7 @@ def test_unknown_offsets_are_filled_from_what_we_knew():
     assert keep_newest_committed({A: 5, C: None}, {A: None, C: 3}) == {A: 5, C: 3}
 
 
-from pipeline.consumer import stalled_partitions  # noqa: E402
+from pipeline.faust_internals.consumer import stalled_partitions  # noqa: E402
 
 
 def test_acked_offsets_past_the_committed_one_are_a_stall():
@@ -50,7 +50,7 @@ def test_partitions_without_a_committed_offset_or_acks_are_skipped():
 
 def test_unacked_offsets_are_grouped_by_partition():
     from types import SimpleNamespace
-    from pipeline.consumer import unacked_offsets
+    from pipeline.faust_internals.consumer import unacked_offsets
     messages = [SimpleNamespace(tp=A, offset=7), SimpleNamespace(tp=B, offset=1), SimpleNamespace(tp=A, offset=9)]
     grouped = unacked_offsets(SimpleNamespace(_unacked_messages=messages))
     assert {tp: sorted(offsets) for tp, offsets in grouped.items()} == {A: [7, 9], B: [1]}
@@ -60,7 +60,7 @@ def consumer_with(committed: int, acked: list[int], gaps=()):
     import faust
     from intervaltree import IntervalTree
 
-    from pipeline import consumer as seek_safe
+    from pipeline.faust_internals import consumer as seek_safe
     app = faust.App("offsets-test", broker="kafka://127.0.0.1:1", autodiscover=False)
     seek_safe.install(app)
     c = app.consumer

@@ -266,6 +266,19 @@ def test_role_services_point_at_the_compose_servers(services, monkeypatch):
             assert urlparse(s.verifier_url).port == s.verifier_port
 
 
+def test_role_services_listen_beyond_their_own_container(services, monkeypatch):
+    """Prometheus scrapes the workers and the sink, workers call the verifiers: in a container a
+    server bound to the default loopback address is unreachable from every other container."""
+    import pipeline.config as config
+
+    for name in ROLE_SERVICES:
+        for var in [v for v in os.environ if v.startswith("ORDERSTREAM_")]:
+            monkeypatch.delenv(var)
+        for var, value in env_of(services[name]).items():
+            monkeypatch.setenv(var, value)
+        assert config.load_settings().bind_host == "0.0.0.0", f"{name} listens on loopback only"
+
+
 def test_role_services_run_existing_cli_commands_from_the_dockerfile_image(services):
     import typer
 

@@ -1,47 +1,14 @@
-"""Every place the worker relies on Faust's private behaviour, pinned to the versions it was written for.
-
-`require_pinned_versions()` runs when the app is built: on any other faust-streaming or aiokafka
-version the worker refuses to start instead of silently misreading a renamed attribute.
-"""
+"""Faust table workarounds: windowed keys without the in-memory index, changelog writes through
+our producer, direct RocksDB reads, and one RocksDB memory budget per worker."""
 from __future__ import annotations
 
-import contextlib
 import json
-import weakref
-from importlib.metadata import version
 
 import rocksdict
-from faust import streams as faust_streams
 from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 
-PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "rocksdict": "0.3.29"}
-
-
-class UnsupportedLibraryVersion(RuntimeError):
-    pass
-
-
-def require_pinned_versions() -> None:
-    wrong = {name: version(name) for name, want in PINNED.items() if version(name) != want}
-    if wrong:
-        raise UnsupportedLibraryVersion(
-            f"pipeline/faust_internals.py was written against {PINNED}, found {wrong}: re-check every "
-            "workaround in that module against the new version, then update PINNED")
-
-
-@contextlib.contextmanager
-def handling(event):
-    """Make `event` Faust's current event while a batch handles it.
-
-    Upstream: a table write takes its changelog partition and its RocksDB partition from the
-    stream's *current* event; inside `take_events` that is the last event buffered, not the one
-    being handled, so without this an order's dedupe state lands in another partition."""
-    token = faust_streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)
+from .versions import UnsupportedLibraryVersion
 
 
 def without_key_index(table) -> None:
@@ -119,11 +86,6 @@ def _decoded_keys(db):
 def active_dbs(table) -> list:
     """The open RocksDBs of a table's partitions this worker owns (Faust has no public view)."""
     return list(table.data._dbs_for_actives())
-
-
-def committed_offsets(consumer) -> dict:
-    """tp -> the offset this worker last committed (Faust keeps it privately)."""
-    return dict(getattr(consumer, "_committed_offset"))
 
 
 ROCKSDB_MEMORY_PROPERTIES = {

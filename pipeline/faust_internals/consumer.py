@@ -1,4 +1,6 @@
-"""The Faust consumer, with a seek that cannot rewind partitions it is already reading.
+"""Faust consumer workarounds, and every read or write of the consumer's private offset state.
+
+The consumer itself: a seek that cannot rewind partitions it is already reading.
 
 faust-streaming 0.15 resumes the stream partitions *before* its recovery seeks them to their
 committed offsets, and the fetcher may seek again whenever it polls with the flow paused. With
@@ -109,6 +111,73 @@ def _short(offsets) -> str:
     """`tmall2=15 unique0=7` (last topic word + partition), no changelogs: for the debug log."""
     return " ".join(f"{tp.topic.split('.')[-1]}{tp.partition}={o}" for tp, o in sorted(offsets.items())
                     if "changelog" not in tp.topic)
+
+
+def committed_offsets(consumer) -> dict:
+    """tp -> the offset this worker last committed (Faust keeps it privately)."""
+    return dict(consumer._committed_offset)
+
+
+def consumer_lag(consumer, topics: set[str] | None = None) -> dict:
+    """tp -> end offset minus committed offset, for the assigned partitions (of `topics`)."""
+    committed = consumer._committed_offset
+    lag = {}
+    for tp in consumer.assignment():
+        if topics is not None and tp.topic not in topics:
+            continue
+        high = consumer.highwater(tp)
+        if high is not None:
+            lag[tp] = max(0, high - (committed.get(tp) or 0))
+    return lag
+
+
+def offsets_report(consumer) -> dict:
+    """Per assigned partition: committed, last read, acked-but-uncommitted and unacked offsets."""
+    unacked = unacked_offsets(consumer)
+    rows = {}
+    for tp in sorted(consumer.assignment()):
+        rows[f"{tp.topic}[{tp.partition}]"] = {
+            "highwater": consumer.highwater(tp),
+            "committed": consumer._committed_offset.get(tp),
+            "read": consumer._read_offset.get(tp),
+            "acked_pending": sorted(consumer._acked.get(tp, ()))[:20],
+            "gaps": [(i.begin, i.end) for i in sorted(consumer._gap.get(tp, ()))][:20],
+            "unacked": sorted(unacked.get(tp, ()))[:20],
+        }
+    return rows
+
+
+def stalled_commits(consumer) -> dict:
+    """stalled_partitions over the consumer's own offset state, assigned partitions only."""
+    assigned = consumer.assignment()
+    acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
+    return stalled_partitions(dict(consumer._committed_offset), acked, unacked_offsets(consumer))
+
+
+def adopt_committed(consumer, tp, offset: int) -> None:
+    """Take the broker's committed offset as ours (a stale seek had written an older one back)."""
+    consumer._committed_offset[tp] = offset
+
+
+async def broker_committed(consumer, tp) -> int | None:
+    """The committed offset the group coordinator holds for `tp` (asked on the consumer's thread)."""
+    thread = consumer._thread
+    return await thread.call_thread(thread._ensure_consumer().committed, tp)
+
+
+def caught_up(consumer, tp) -> bool:
+    """Everything fetched of `tp` was handed to its stream: no batch in flight can land after a rewind."""
+    high, read = consumer.highwater(tp), consumer._read_offset.get(tp)
+    return high is not None and read is not None and read >= high - 1
+
+
+async def reread_from(consumer, tp, offset: int) -> None:
+    """Rewind `tp` to `offset`. The read offset is cleared rather than set: a record that still
+    arrives from an earlier fetch then only moves it up again (a retry next period), whereas a
+    read offset of `offset` would have Faust count that jump as a gap and commit over the hole."""
+    await consumer._seek(tp, offset)
+    consumer._read_offset[tp] = None
+    consumer._gap.pop(tp, None)
 
 
 def install(app) -> None:
