@@ -15,7 +15,7 @@ from pipeline import metrics
 from pipeline.app import app, json_table, settings
 from pipeline.codecs import encode_json
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
-from pipeline.faust_internals import ChangelogWriter, handling, active_dbs, window_end, without_key_index
+from pipeline.faust_internals import DirectWindowedTable, handling, active_dbs, window_end, without_key_index
 from pipeline.outputs import Outputs
 from pipeline.topics import names
 
@@ -30,41 +30,47 @@ seen_versions = json_table("dedupe-seen", default=dict).tumbling(WINDOW, expires
 without_key_index(seen_versions.table)
 
 
-def remembered(order_id: str) -> SeenVersion | None:
+def remembered(msg, order_id: str, direct: DirectWindowedTable | None) -> SeenVersion | None:
     """The newest version in the current window or the one before it (a full retention span)."""
-    entry = seen_versions[order_id]
-    for value in (entry.current(), entry.delta(WINDOW)):
+    if direct is not None:
+        values = (direct.get_windowed(order_id, msg.timestamp, msg.partition, back)
+                  for back in (0.0, WINDOW.total_seconds()))
+    else:
+        entry = seen_versions[order_id]
+        values = (entry.current(), entry.delta(WINDOW))
+    for value in values:
         if value:
             return SeenVersion.from_json(value)
     return None
 
 
-_writer: ChangelogWriter | None = None
+_direct: DirectWindowedTable | None = None
 
 
-def changelog(out: Outputs) -> ChangelogWriter | None:
-    """The table's writer through our producer (RocksDB store); None: Faust's own path (memory store)."""
-    global _writer
-    if _writer is None and settings.table_store == "rocksdb":
-        _writer = ChangelogWriter(seen_versions.table, out)
-    return _writer
+def direct_table(out: Outputs) -> DirectWindowedTable | None:
+    """Direct reads and writes of the table (RocksDB store, changelog through our producer);
+    None: Faust's own path (memory store)."""
+    global _direct
+    if _direct is None and settings.table_store == "rocksdb":
+        _direct = DirectWindowedTable(seen_versions.table, out)
+    return _direct
 
 
 def persist_changelog_offsets(out: Outputs) -> None:
     """Once the batch's changelog records are on the broker, recovery may start after them."""
-    writer = changelog(out)
-    if writer is not None:
-        writer.persist_offsets()
+    direct = direct_table(out)
+    if direct is not None:
+        direct.persist_offsets()
 
 
 def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     """The batch's new orders and real updates; drops are announced on orders.duplicates."""
     passed: list[InFlight] = []
-    writer = changelog(out)
+    direct = direct_table(out)
     with stage("dedupe", len(batch)) as counts:
         for item in batch:
             with handling(item.event):  # table reads and writes use this message's partition
-                change = classify(item.event.message, item.order, writer)
+                change = classify(item.event.message, item.order, direct)
             counts.count(metrics.DEDUPE, platform=item.platform, outcome=change.value)
             counts.came_in(item.platform)
             counts.went_out(item.platform, change.value)
@@ -78,18 +84,18 @@ def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     return passed
 
 
-def classify(msg, order: dict, writer: ChangelogWriter | None) -> Change:
+def classify(msg, order: dict, direct: DirectWindowedTable | None) -> Change:
     order_id = order["order_id"]
     source = f"{msg.partition}:{msg.offset}"
     incoming = version_of(order)
-    previous = remembered(order_id)
+    previous = remembered(msg, order_id, direct)
     change = decide(previous, incoming, source)
     if change in (Change.NEW, Change.UPDATE) and not (previous is not None and previous.emitted_by(source)):
         # a crash may land this write without the batch's outputs: the source offset stored with
         # it makes re-processing re-emit (see decide); effects downstream are idempotent
         value = incoming.remembered_as(source, change, previous).to_json()
-        if writer is not None:
-            writer.set_windowed(order_id, value, msg.timestamp, msg.partition)
+        if direct is not None:
+            direct.set_windowed(order_id, value, msg.timestamp, msg.partition)
         else:
             seen_versions[order_id] = value
     return change

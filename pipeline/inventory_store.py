@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+import orjson
 import redis
 import redis.asyncio
 
@@ -149,18 +150,14 @@ end
 """
 RESERVE_LUA = RESERVE_FUNCTION + "return reserve(KEYS, ARGV)\n"
 # Many reservations in one call, each exactly as RESERVE_LUA would make it (the script runs whole,
-# so each stays atomic). ARGV[1] = n orders, then (keys, args) counts per order, then every
-# order's args; KEYS = every order's keys in turn. Returns (status, record) per order, flat.
+# so each stays atomic). ARGV[1] = JSON [[keys, args], ...], one pair per order, every value a
+# string as ARGV would hold it: one argument instead of thousands for redis-py to pack (the keys
+# are not declared to Redis, as in LEVELS_LUA: a single Redis, not a cluster).
+# Returns (status, record) per order, flat.
 RESERVE_MANY_LUA = RESERVE_FUNCTION + r"""
-local n = tonumber(ARGV[1])
-local out, kpos, apos = {}, 1, 2 + 2 * n
-for i = 1, n do
-  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local k, a = {}, {}
-  for j = 1, nk do k[j] = KEYS[kpos + j - 1] end
-  for j = 1, na do a[j] = ARGV[apos + j - 1] end
-  kpos, apos = kpos + nk, apos + na
-  local r = reserve(k, a)
+local out = {}
+for _, call in ipairs(cjson.decode(ARGV[1])) do
+  local r = reserve(call[1], call[2])
   out[#out + 1] = r[1]
   out[#out + 1] = r[2]
 end
@@ -425,16 +422,9 @@ class _Core:
         return keys, args
 
     @staticmethod
-    def reserve_many_call(calls) -> tuple[list, list]:
-        """keys and args of RESERVE_MANY_LUA for [(order id, (keys, args))] from reserve_call."""
-        keys: list = []
-        counts: list = [len(calls)]
-        args: list = []
-        for _, (k, a) in calls:
-            keys += k
-            args += a
-            counts += [len(k), len(a)]
-        return keys, counts + args
+    def reserve_many_call(calls) -> bytes:
+        """RESERVE_MANY_LUA's argument for [(order id, (keys, args))] from reserve_call."""
+        return orjson.dumps([[k, [a if type(a) is str else str(a) for a in args]] for _, (k, args) in calls])
 
     @staticmethod
     def parse_reserve(order_id: str, result) -> Reservation:
@@ -573,8 +563,7 @@ class InventoryStore:
         calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
         if not calls:
             return []
-        keys, args = self._core.reserve_many_call(calls)
-        flat = self._reserve_many(keys=keys, args=args)
+        flat = self._reserve_many(args=[self._core.reserve_many_call(calls)])
         return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
 
     def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
@@ -730,8 +719,7 @@ class AsyncInventoryStore:
         calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
         if not calls:
             return []
-        keys, args = self._core.reserve_many_call(calls)
-        flat = await self._reserve_many(keys=keys, args=args)
+        flat = await self._reserve_many(args=[self._core.reserve_many_call(calls)])
         return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
 
     async def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:

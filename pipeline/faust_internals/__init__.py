@@ -10,14 +10,14 @@ from .consumer import (SeekSafeConsumer, adopt_committed, broker_committed, caug
                        consumer_lag, install, offsets_report, reread_from, stalled_commits, stalled_partitions,
                        unacked_offsets)
 from .streams import handling
-from .tables import (ChangelogWriter, RocksDBBudget, SharedMemoryRocksDBOptions, active_dbs, keys_in_order,
+from .tables import (DirectWindowedTable, RocksDBBudget, SharedMemoryRocksDBOptions, active_dbs, keys_in_order,
                      rocksdb_memory, window_end, without_key_index)
 from .versions import PINNED, UnsupportedLibraryVersion, require_pinned_versions
 
 __all__ = [
     "PINNED", "UnsupportedLibraryVersion", "require_pinned_versions",
     "handling",
-    "ChangelogWriter", "RocksDBBudget", "SharedMemoryRocksDBOptions", "active_dbs", "keys_in_order",
+    "DirectWindowedTable", "RocksDBBudget", "SharedMemoryRocksDBOptions", "active_dbs", "keys_in_order",
     "rocksdb_memory", "window_end", "without_key_index",
     "SeekSafeConsumer", "adopt_committed", "broker_committed", "caught_up", "committed_offsets", "consumer_lag",
     "install", "offsets_report", "reread_from", "stalled_commits", "stalled_partitions", "unacked_offsets",
