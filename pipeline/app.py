@@ -37,7 +37,7 @@ app = faust.App(
     logging_config=None,
     **faust_stream_options(settings),
 )
-faust_internals.install(app)
+faust_internals.install(app, compacted_topics=t.names.COMPACTED)
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

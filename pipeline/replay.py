@@ -211,6 +211,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
         "dead_lettered": len(dlq),
         "expected_dead_letters": sum(1 for m in messages if m.expect == "dlq"),
         "raw_lost": len(lost),
+        "lost_sample": lost[:10],
         "raw_doubled": doubled_raw,
         "unique_new_orders": len(unique_new),
         "unique_updates": unique_updates,

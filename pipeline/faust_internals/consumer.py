@@ -38,9 +38,14 @@ def keep_newest_committed(before: dict, after: dict) -> dict:
 
 
 class SeekSafeConsumer(aiokafka_driver.Consumer):
+    # topics where offsets may really be missing (compaction); set by install()
+    compacted_topics: frozenset = frozenset()
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fetched_since_assignment: set[TP] = set()
+        # partitions the group never committed: the offset reading starts from (the log start)
+        self._first_offsets: dict[TP, int] = {}
 
     async def getmany(self, timeout: float):
         async for tp, message in super().getmany(timeout):
@@ -49,6 +54,8 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._fetched_since_assignment.difference_update(revoked)
+        for tp in revoked:
+            self._first_offsets.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:
@@ -56,10 +63,11 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         before = dict(self._committed_offset)
         reading = set(self._fetched_since_assignment)
         thread = self._thread
-        answer = await thread.call_thread(_seek_unread_to_committed, thread._ensure_consumer(), reading)
+        answer, starts = await thread.call_thread(_seek_unread_to_committed, thread._ensure_consumer(), reading)
         if self.app.consumer_generation_id != generation:
             return  # reassigned meanwhile: the next assignment seeks again
         committed = {TP(tp.topic, tp.partition): offset for tp, offset in answer.items()}
+        self._first_offsets.update({TP(tp.topic, tp.partition): offset for tp, offset in starts.items()})
         fresh = {tp: offset for tp, offset in committed.items() if tp not in reading}
         self._read_offset.update(fresh)
         # as Faust's own seek: 0 counts as "nothing committed yet"
@@ -70,17 +78,27 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
                       generation, len(reading), len(fresh), _short(merged))
         self._committed_offset.update(merged)
 
+    def commit_base(self, tp: TP) -> int | None:
+        """The next offset the group must commit for `tp`: its committed offset, or for a
+        partition never committed the offset reading started from; None while unknown."""
+        committed = self._committed_offset.get(tp)
+        return committed if committed else self._first_offsets.get(tp)
+
     def _new_offset(self, tp: TP):
         """Never commit over an offset that was not acked.
 
         Upstream (`Consumer._new_offset`, faust-streaming 0.15.3) commits over a hole of exactly
-        one offset (`min(acked) - committed > 1` is its only check): a message that was fetched
-        but never reached a stream (a rebalance race) was committed unprocessed, one lost order
-        in about one rebalance test run in four. Here the partition waits instead, and the
-        commit watchdog re-reads it from the committed offset."""
-        acked, committed = self._acked[tp], self._committed_offset[tp]
-        if acked and committed and min(acked) > committed and not self._gap[tp].at(committed):
-            return None
+        one offset (`min(acked) - committed > 1` is its only check), and over any hole at all
+        while nothing is committed yet (the check is skipped for a falsy committed offset): a
+        message that was fetched but never reached a stream (a rebalance or restart race) was
+        committed unprocessed, e.g. offset 0 of a fresh partition after a SIGKILL. The same race
+        makes Faust record the skipped offset as a gap (an offset that does not exist), which
+        only compaction can make true: on other topics the gap is not believed. Here the
+        partition waits instead, and the commit watchdog re-reads it from that offset."""
+        acked, base = self._acked[tp], self.commit_base(tp)
+        if acked and base is not None and min(acked) > base:
+            if not (tp.topic in self.compacted_topics and self._gap[tp].at(base)):
+                return None
         return super()._new_offset(tp)
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
@@ -90,12 +108,13 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         return did
 
 
-async def _seek_unread_to_committed(consumer, reading: set) -> dict:
+async def _seek_unread_to_committed(consumer, reading: set) -> tuple[dict, dict]:
     """On the consumer's thread: committed offsets of every assigned partition (one request);
-    seek those not in `reading` to theirs."""
+    seek those not in `reading` to theirs. Also the log-start offsets of those never committed,
+    where reading starts (auto_offset_reset=earliest)."""
     assigned = list(consumer.assignment())
     if not assigned:
-        return {}
+        return {}, {}
     answer = await consumer._coordinator.fetch_committed_offsets(assigned)
     committed = {}
     for tp in assigned:
@@ -104,7 +123,9 @@ async def _seek_unread_to_committed(consumer, reading: set) -> dict:
         committed[tp] = offset
         if offset and (tp.topic, tp.partition) not in reading:
             consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
-    return committed
+    never = [tp for tp, offset in committed.items() if not offset]
+    starts = await consumer.beginning_offsets(never) if never else {}
+    return committed, starts
 
 
 def _short(offsets) -> str:
@@ -151,7 +172,8 @@ def stalled_commits(consumer) -> dict:
     """stalled_partitions over the consumer's own offset state, assigned partitions only."""
     assigned = consumer.assignment()
     acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
-    return stalled_partitions(dict(consumer._committed_offset), acked, unacked_offsets(consumer))
+    bases = {tp: consumer.commit_base(tp) for tp in assigned}
+    return stalled_partitions(bases, acked, unacked_offsets(consumer))
 
 
 def adopt_committed(consumer, tp, offset: int) -> None:
@@ -180,8 +202,9 @@ async def reread_from(consumer, tp, offset: int) -> None:
     consumer._gap.pop(tp, None)
 
 
-def install(app) -> None:
+def install(app, compacted_topics=()) -> None:
     """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists)."""
+    SeekSafeConsumer.compacted_topics = frozenset(compacted_topics)
     app.transport.Consumer = SeekSafeConsumer
 
 
