@@ -62,9 +62,6 @@ async def export_consumer_lag_and_health():
         metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
 
-_baseline = None
-
-
 @app.timer(interval=15.0)
 async def export_table_store_memory():
     """What RocksDB keeps in memory, per table: the native part of a worker's RSS that Python's
@@ -78,6 +75,9 @@ async def export_table_store_memory():
     totals["shared_cache"] = ROCKSDB_BUDGET.usage_bytes()
     for kind, size in totals.items():
         metrics.TABLE_STORE_MEMORY.labels(kind=kind).set(size)
+
+
+_baseline = None
 
 
 @app.page("/debug/memory")

@@ -47,8 +47,8 @@ def orders_done(s, group: str, raw_topics: list[str], total: int) -> int | None:
 
 
 def table_store_mb(port: int) -> dict[str, float] | None:
-    """The worker's RocksDB memory by kind (orderstream_table_store_memory_bytes summed over
-    tables), in MB; None when /metrics does not answer."""
+    """The worker's RocksDB memory by kind (orderstream_table_store_memory_bytes), in MB; None
+    when /metrics does not answer."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -57,13 +57,9 @@ def table_store_mb(port: int) -> dict[str, float] | None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return None
-    kinds: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "orderstream_table_store_memory_bytes":
-            for sample in family.samples:
-                kind = sample.labels["kind"]
-                kinds[kind] = kinds.get(kind, 0.0) + sample.value
-    return {kind: round(size / 2**20, 1) for kind, size in kinds.items()}
+    return {sample.labels["kind"]: round(sample.value / 2**20, 1)
+            for family in text_string_to_metric_families(text) if family.name == "orderstream_table_store_memory_bytes"
+            for sample in family.samples}
 
 
 def drain(s, names, worker, total: int, warmup: int) -> dict:

@@ -23,7 +23,6 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------- request body
 
 

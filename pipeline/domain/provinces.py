@@ -20,7 +20,7 @@ _PINYIN = {
 _SUFFIXES = ("维吾尔自治区", "壮族自治区", "回族自治区", "特别行政区", "自治区", "省", "市")
 
 
-@lru_cache(maxsize=4096)  # called per warehouse per order; the set of spellings is small
+@lru_cache(maxsize=4096)  # called per order and per warehouse ranked; the set of spellings is small
 def normalize_province(name: str) -> str:
     """'广东省' / '新疆维吾尔自治区' / 'Guangdong' -> the short Chinese name used in the tables."""
     text = (name or "").strip()

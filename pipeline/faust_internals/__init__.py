@@ -6,7 +6,7 @@ No module outside this package reads or patches a private Faust/aiokafka attribu
 libraries in `PINNED` the worker refuses to start instead of silently misreading a renamed
 attribute.
 """
-from .consumer import (SeekSafeConsumer, adopt_committed, broker_committed, caught_up, committed_offsets,
+from .consumer import (SeekSafeConsumer, adopt_committed, broker_committed, caught_up,
                        consumer_lag, install, offsets_report, reread_from, stalled_commits, stalled_partitions,
                        unacked_offsets)
 from .streams import handling
@@ -19,6 +19,6 @@ __all__ = [
     "handling",
     "DirectWindowedTable", "RocksDBBudget", "SharedMemoryRocksDBOptions", "active_dbs", "keys_in_order",
     "rocksdb_memory", "window_end", "without_key_index",
-    "SeekSafeConsumer", "adopt_committed", "broker_committed", "caught_up", "committed_offsets", "consumer_lag",
+    "SeekSafeConsumer", "adopt_committed", "broker_committed", "caught_up", "consumer_lag",
     "install", "offsets_report", "reread_from", "stalled_commits", "stalled_partitions", "unacked_offsets",
 ]

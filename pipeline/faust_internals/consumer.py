@@ -134,11 +134,6 @@ def _short(offsets) -> str:
                     if "changelog" not in tp.topic)
 
 
-def committed_offsets(consumer) -> dict:
-    """tp -> the offset this worker last committed (Faust keeps it privately)."""
-    return dict(consumer._committed_offset)
-
-
 def consumer_lag(consumer, topics: set[str] | None = None) -> dict:
     """tp -> end offset minus committed offset, for the assigned partitions (of `topics`)."""
     committed = consumer._committed_offset

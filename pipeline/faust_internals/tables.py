@@ -125,14 +125,10 @@ class SharedMemoryRocksDBOptions(RocksDBOptions):
         self.shared_cache, self.shared_write_buffers = cache, write_buffers
 
     def as_options(self):
+        """Faust's own options, with the write buffer manager and a table factory on the shared cache."""
         if not self.use_rocksdict:
             raise UnsupportedLibraryVersion("the shared RocksDB memory budget needs the rocksdict driver")
-        db_options = rocksdict.Options(raw_mode=True)
-        db_options.create_if_missing(True)
-        db_options.set_max_open_files(self.max_open_files)
-        db_options.set_write_buffer_size(self.write_buffer_size)
-        db_options.set_target_file_size_base(self.target_file_size_base)
-        db_options.set_max_write_buffer_number(self.max_write_buffer_number)
+        db_options = super().as_options()
         db_options.set_write_buffer_manager(self.shared_write_buffers)
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(self.bloom_filter_size, block_based=True)
