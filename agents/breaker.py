@@ -13,7 +13,6 @@ import time
 
 from pipeline import metrics
 from pipeline.app import app, settings
-from pipeline.codecs import encode_json
 from pipeline.faust_internals import consumer_lag
 from pipeline.outputs import outputs
 from pipeline.topics import names
@@ -59,7 +58,5 @@ async def observe_intake():
     metrics.BREAKER_TRANSITIONS.labels(from_state=src, to_state=dst).inc()
     log.warning("breaker %s -> %s at %.0f orders/min", src, dst, rate)
     out = outputs(settings)
-    out.send(names.BREAKER_EVENTS, WORKER_NAME.encode(), encode_json(
-        {"event": "transition", "from": src, "to": dst, "rate_per_min": round(rate, 1),
-         "at_ms": now_ms(), "worker": WORKER_NAME}))
+    out.send(names.BREAKER_EVENTS, WORKER_NAME.encode(), transition.event(now_ms(), WORKER_NAME).encode())
     await out.flush()

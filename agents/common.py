@@ -49,8 +49,8 @@ def headers_of(msg) -> dict[str, bytes]:
     return dict(raw.items() if isinstance(raw, dict) else raw)
 
 
-def with_header(headers: dict[str, bytes] | list, **extra: str) -> list[tuple[str, bytes]]:
-    out = {**dict(headers), **{k: v.encode() for k, v in extra.items()}}
+def with_header(headers: dict[str, bytes] | list, **extra: str | bytes) -> list[tuple[str, bytes]]:
+    out = {**dict(headers), **{k: v if isinstance(v, bytes) else v.encode() for k, v in extra.items()}}
     return list(out.items())
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from pipeline import metrics
 from pipeline.app import app, json_table, settings
-from pipeline.codecs import encode_json
+from pipeline.contracts import DroppedDuplicate
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
 from pipeline.faust_internals import DirectWindowedTable, handling, active_dbs, window_end, without_key_index
 from pipeline.outputs import Outputs
@@ -78,9 +78,9 @@ def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
                 item.change = change.value
                 passed.append(item)
             else:
-                out.send(names.DUPLICATES, item.key, encode_json(
-                    {"order_id": item.order_id, "platform": item.platform, "outcome": change.value,
-                     "at_ms": now_ms()}), item.headers)
+                out.send(names.DUPLICATES, item.key, DroppedDuplicate(
+                    order_id=item.order_id, platform=item.platform, outcome=change.value,
+                    at_ms=now_ms()).encode(), item.headers)
     return passed
 
 

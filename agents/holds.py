@@ -9,12 +9,11 @@ A released hold is reserved here and announced on orders.accepted.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 
 from pipeline import metrics
 from pipeline.app import app, held_and_decided, json_table, settings
-from pipeline.codecs import encode_json, order_codec
+from pipeline.contracts import ORDER, CodecError, HoldVerdict, RiskEvent
 from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
                                    parse_decision, resolved, timeout_decision)
 from pipeline.faust_internals import keys_in_order
@@ -25,7 +24,7 @@ from .common import finish_before_ack, forget_older_than, headers_of, now_ms, st
 from .inventory import publish_channel_states, release_order, reserve_batch
 
 log = logging.getLogger(__name__)
-ORDER_CODEC = order_codec()
+ORDER_CODEC = ORDER
 
 holds = json_table("risk-holds")
 # the holds still waiting, keyed by deadline then order id (domain.holds.open_key): the timer
@@ -63,14 +62,24 @@ def hold(msg) -> tuple[str, str]:
             open_holds[open_index_key(existing)] = HELD  # a crash came between the two writes
         return order["platform"], "redelivered"
     headers = headers_of(msg)
-    verdict = json.loads(headers.get("verdict", b"{}"))
+    verdict = hold_verdict(headers.get(HoldVerdict.HEADER), order_id)
     record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition)
     record["order_b64"] = base64.b64encode(msg.value).decode()
-    record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != "verdict"}
+    record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != HoldVerdict.HEADER}
     holds[order_id] = record
     open_holds[open_index_key(record)] = HELD
     log.info("held", extra={"order_id": order_id})
     return order["platform"], "held"
+
+
+def hold_verdict(header: bytes | None, order_id: str) -> HoldVerdict:
+    """The verdict that came with a held order; a missing or unreadable one still holds the order
+    (an operator decides, or the default policy releases it), it only lacks the why."""
+    try:
+        return HoldVerdict.decode(header) if header else HoldVerdict()
+    except CodecError as exc:
+        log.error("held order %s came with an unreadable verdict header: %s", order_id, exc)
+        return HoldVerdict()
 
 
 async def decide(msg, out: Outputs) -> tuple[str, str]:
@@ -89,34 +98,34 @@ async def decide(msg, out: Outputs) -> tuple[str, str]:
             open_holds.pop(open_index_key(record), None)  # nothing left to time out
         if record is not None and record.get("decided_by") == source:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
-            await publish_resolution(record, record["resolution_event"], out)
+            await publish_resolution(record, RiskEvent.from_dict(record["resolution_event"]), out)
         else:
             metrics.RISK_DECISIONS.labels(outcome="ignored").inc()
         return (record or {}).get("platform", ""), "ignored"
     metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
     # resolved holds stay in the table (marked), so late or repeated decisions are ignored
     holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
-                                "resolution_event": resolution.event}
+                                "resolution_event": resolution.event.as_dict()}
     open_holds.pop(open_index_key(record), None)
     await publish_resolution(record, resolution.event, out)
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
     return record.get("platform", ""), resolution.outcome
 
 
-async def publish_resolution(record: dict, event: dict, out: Outputs) -> None:
+async def publish_resolution(record: dict, event: RiskEvent, out: Outputs) -> None:
     key = record["order_id"].encode()
     order_bytes = base64.b64decode(record["order_b64"])
     order = ORDER_CODEC.decode(order_bytes)
-    if event["event"] in ("approved", "auto_released"):
+    if event.event in ("approved", "auto_released"):
         headers = [(k, v.encode()) for k, v in record.get("headers", {}).items() if k != "risk"]
-        headers.append(("risk", event["event"].encode()))
+        headers.append(("risk", event.event.encode()))
         out.send(names.ACCEPTED, key, order_bytes, headers)
         touched = await reserve_batch([(order, dict(headers))], out)
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
         touched = await release_order(order, "risk_rejected", out) or set()
     await publish_channel_states(touched, out)
-    out.send(names.RISK_EVENTS, key, encode_json(event))
+    out.send(names.RISK_EVENTS, key, event.encode())
 
 
 _requested: dict[str, float] = {}
@@ -133,7 +142,7 @@ async def release_overdue_holds():
             continue  # already requested; the decision is on its way through risk.decisions
         _requested[order_id] = now
         decision = timeout_decision(order_id, now, settings.risk_hold_timeout_s)
-        out.send(names.RISK_DECISIONS, order_id.encode(), encode_json(decision.to_json()))
+        out.send(names.RISK_DECISIONS, order_id.encode(), decision.encode())
     await out.flush()
 
 

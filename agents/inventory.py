@@ -16,10 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutErr
 
 from pipeline import metrics
 from pipeline.app import app, inventory_stock, settings
-from pipeline.codecs import decode_json, encode_json
+from pipeline.contracts import InventoryEvent, InventoryLine, StockEventError, WarehouseStock
 from pipeline.domain.channels import channel_events
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Ranker, Weights
-from pipeline.inventory_store import AsyncInventoryStore, StockEventError, depth_over
+from pipeline.inventory_store import AsyncInventoryStore, depth_over
 from pipeline.outputs import Outputs, outputs
 from pipeline.topics import PLATFORMS, names
 
@@ -61,11 +61,10 @@ def order_lines(order: dict) -> list[tuple[str, int]]:
 
 
 def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), reason="", latency_ms=None) -> bytes:
-    lines = [{"sku": sku, "quantity": qty, "warehouse": wh} for wh, sku, qty in allocations]
-    return encode_json({"event": kind, "order_id": order["order_id"], "platform": order["platform"],
-                        "at_ms": now_ms(), "warehouse": warehouse, "lines": lines,
-                        "units": sum(line["quantity"] for line in lines), "reason": reason,
-                        "latency_ms": latency_ms})
+    lines = tuple(InventoryLine(sku, qty, wh) for wh, sku, qty in allocations)
+    return InventoryEvent(event=kind, order_id=order["order_id"], platform=order["platform"], at_ms=now_ms(),
+                          warehouse=warehouse, lines=lines, units=sum(line.quantity for line in lines),
+                          reason=reason, latency_ms=latency_ms).encode()
 
 
 async def release_order(order: dict, reason: str, out: Outputs) -> set[str] | None:
@@ -177,8 +176,8 @@ async def publish_channel_states(skus, out: Outputs) -> None:
         paused_now = available[sku] < settings.safety_stock
         for ev in channel_events(sku, available[sku], settings.safety_stock, not paused_now, PLATFORMS,
                                  settings.primary_platform, now_ms()):
-            metrics.CHANNEL_CONTROL.labels(action=ev["event"]).inc()
-            out.send(names.CHANNEL_CONTROL, f"{sku}:{ev['platform']}".encode(), encode_json(ev))
+            metrics.CHANNEL_CONTROL.labels(action=ev.event).inc()
+            out.send(names.CHANNEL_CONTROL, f"{sku}:{ev.platform}".encode(), ev.encode())
 
 
 @app.timer(interval=2.0)
@@ -201,10 +200,10 @@ async def stock_agent(stream):
 
 async def apply_stock(msg, out: Outputs) -> None:
     try:
-        stock = decode_json(msg.value)
-        await with_redis_retry(store().apply_stock_event, stock)
-    except (ValueError, StockEventError) as exc:
+        stock = WarehouseStock.decode(msg.value)
+    except StockEventError as exc:
         log.error("ignored bad stock event at %s:%s: %s", msg.partition, msg.offset, exc)
         return
-    await publish_channel_states({stock["sku"]}, out)
+    await with_redis_retry(store().apply_stock_event, stock)
+    await publish_channel_states({stock.sku}, out)
     await out.flush()

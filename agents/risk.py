@@ -8,7 +8,6 @@ and queued on risk.recheck, which re-runs the full rule set once the breaker has
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,11 +15,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline import metrics
 from pipeline.app import app, settings
-from pipeline.codecs import encode_json, order_codec
+from pipeline.contracts import ORDER, HoldVerdict, RiskDecision, RiskEvent
 from pipeline.outputs import Outputs, outputs
 from pipeline.velocity import IpVelocity
 from pipeline.domain.risk import RiskContext, RuleSet, RuleSetError, evaluate, load_rule_file, verifiers_needed
-from pipeline.topics import names
+from pipeline.topics import RuleSetText, names
 from pipeline.verifiers import VerifierClient
 
 from .breaker import breaker
@@ -28,7 +27,7 @@ from .common import InFlight, now_ms, stage, with_header
 from .inventory import publish_channel_states, release_order, store, with_redis_retry
 
 log = logging.getLogger(__name__)
-ORDER_CODEC = order_codec()
+ORDER_CODEC = ORDER
 
 
 class ActiveRules:
@@ -81,7 +80,7 @@ async def follow_rule_topic():
             for records in batch.values():
                 for record in records:
                     if record.value:
-                        active.offer(record.value.decode("utf-8", errors="replace"))
+                        active.offer(RuleSetText.decode(record.value))
     finally:
         await consumer.stop()
 
@@ -101,25 +100,24 @@ async def full_check(order: dict, ip_count: int) -> tuple:
     return verdict, unavailable
 
 
-def verdict_summary(order: dict, verdict) -> dict:
+def hold_verdict(order: dict, verdict) -> HoldVerdict:
     """What the holds agent needs to know about why an order is held (travels as a header)."""
-    return {"hits": [h.to_json() for h in verdict.hits], "approvers": list(verdict.approvers),
-            "amount_minor": order["amounts"]["total_minor"], "currency": order["currency"],
-            "ruleset_version": active.rules.version}
+    return HoldVerdict(hits=verdict.hits, approvers=tuple(verdict.approvers),
+                       amount_minor=order["amounts"]["total_minor"], currency=order["currency"],
+                       ruleset_version=active.rules.version)
 
 
 def risk_event(kind: str, order: dict, verdict) -> bytes:
-    return encode_json({
+    return RiskEvent(
         # at = the order's ingest time: identical when a crash makes this event go out twice,
         # so the sink recognises the copy; checked_at_ms is the wall clock of this check
-        "event": kind, "order_id": order["order_id"], "platform": order["platform"],
-        "at_ms": int(order["ingest_time"].timestamp() * 1000), "checked_at_ms": now_ms(),
-        "rule_ids": [h.rule_id for h in verdict.hits], "severity": verdict.severity or "",
-        "approvers": list(verdict.approvers), "operator": None,
-        "reason": "; ".join(h.reason for h in verdict.hits), "amount_minor": order["amounts"]["total_minor"],
-        "currency": order["currency"], "ruleset_version": active.rules.version,
-        "checked_lightly": order.get("checked_lightly", False),
-    })
+        event=kind, order_id=order["order_id"], platform=order["platform"],
+        at_ms=int(order["ingest_time"].timestamp() * 1000), checked_at_ms=now_ms(),
+        rule_ids=tuple(h.rule_id for h in verdict.hits), severity=verdict.severity or "",
+        approvers=tuple(verdict.approvers), reason="; ".join(h.reason for h in verdict.hits),
+        amount_minor=order["amounts"]["total_minor"], currency=order["currency"],
+        ruleset_version=active.rules.version, checked_lightly=order.get("checked_lightly", False),
+    ).encode()
 
 
 def velocity() -> IpVelocity:
@@ -182,7 +180,7 @@ def publish_verdict(item: InFlight, out: Outputs) -> None:
 
 
 def verdict_headers(headers, order: dict, verdict) -> list[tuple[str, bytes]]:
-    return with_header(headers, risk=verdict.action, verdict=json.dumps(verdict_summary(order, verdict)))
+    return with_header(headers, risk=verdict.action, **{HoldVerdict.HEADER: hold_verdict(order, verdict).encode()})
 
 
 # Light-path orders wait in risk.recheck itself: a consumer group of its own reads that topic only
@@ -257,9 +255,9 @@ async def recheck(order: dict, headers: dict[str, bytes], out: Outputs) -> bool:
         out.send(names.RISK_EVENTS, key, risk_event("rejected", order, verdict))
         if headers.get("risk") == b"hold":
             # it is waiting in the risk queue: close that hold too
-            out.send(names.RISK_DECISIONS, key, encode_json({
-                "order_id": order["order_id"], "action": "reject", "operator": "recheck",
-                "reason": "full re-check rejected the order", "decided_at_ms": now_ms(), "source": "operator"}))
+            out.send(names.RISK_DECISIONS, key, RiskDecision(
+                order_id=order["order_id"], action="reject", operator="recheck",
+                reason="full re-check rejected the order", decided_at_ms=now_ms()).encode())
     return True
 
 

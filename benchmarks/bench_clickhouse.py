@@ -29,7 +29,8 @@ from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.rows import (INVENTORY_COLUMNS, ORDER_COLUMNS, RISK_COLUMNS, Message, ch_time)
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import TIERS
-from pipeline.codecs import encode_json, order_codec
+from pipeline.codecs import order_codec
+from pipeline.contracts import InventoryEvent, InventoryLine, RiskEvent
 from pipeline.topics import PLATFORMS, TopicNames
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_clickhouse.json"
@@ -73,14 +74,12 @@ def bench_sink_path(backend, n: int, batch: int) -> dict:
             topic, value, headers = names.UNIQUE, codec.encode(_order(rng, 10_000_000 + i, created)), {"change": b"new"}
         elif kind < 9:
             topic, headers = names.INVENTORY_EVENTS, {}
-            value = encode_json({"event": "reserved", "order_id": f"O{i}", "platform": "JD", "at_ms": created,
-                                 "warehouse": "WH-SH", "lines": [{"sku": "s", "quantity": 2, "warehouse": "WH-SH"}],
-                                 "units": 2, "reason": "", "latency_ms": 12.5})
+            value = InventoryEvent("reserved", f"O{i}", "JD", created, warehouse="WH-SH",
+                                   lines=(InventoryLine("s", 2, "WH-SH"),), units=2, latency_ms=12.5).encode()
         else:
             topic, headers = names.RISK_EVENTS, {}
-            value = encode_json({"event": "held", "order_id": f"O{i}", "platform": "JD", "at_ms": created,
-                                 "rule_ids": ["r"], "severity": "high", "approvers": ["alice"], "operator": None,
-                                 "reason": "", "amount_minor": 1, "currency": "CNY", "ruleset_version": 1})
+            value = RiskEvent("held", f"O{i}", "JD", created, rule_ids=("r",), severity="high", approvers=("alice",),
+                              amount_minor=1, currency="CNY", ruleset_version=1).encode()
         p = i % 4
         off = offsets.get((topic, p), 0)
         offsets[(topic, p)] = off + 1

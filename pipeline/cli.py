@@ -278,13 +278,13 @@ def rules_publish(path: Path) -> None:
     """Validate a rule file and publish it; every worker switches within seconds."""
     from . import kafka_io
     from .domain.risk import RuleSet, RuleSetError
-    from .topics import names
+    from .topics import RuleSetText, names
     text = path.read_text(encoding="utf-8")
     try:
         rules = RuleSet.parse(text)
     except RuleSetError as exc:
         fail(f"{path}: {exc} (nothing published; the active rule set stays)")
-    kafka_io.produce_all(kafka_io.producer(load_settings()), [(names.RISK_RULES, b"ruleset", text.encode(), None)])
+    kafka_io.produce_all(kafka_io.producer(load_settings()), [(names.RISK_RULES, b"ruleset", RuleSetText.encode(text), None)])
     console.print(f"published rule set version {rules.version} ({len(rules.rules)} rules) to {names.RISK_RULES}")
 
 
@@ -304,14 +304,16 @@ def decide(order_id: str, action: str = typer.Argument(..., help="approve or rej
            operator: str = typer.Option(..., help="Who decides."), reason: str = "") -> None:
     """Publish an operator's decision on a held order."""
     from . import kafka_io
-    from .codecs import encode_json
+    from .contracts import RiskDecision
+    from .domain.holds import DecisionError, parse_decision
     from .topics import names
-    if action not in ("approve", "reject"):
-        fail("action must be approve or reject")
-    decision = {"order_id": order_id, "action": action, "operator": operator, "reason": reason,
-                "decided_at_ms": int(time.time() * 1000), "source": "operator"}
+    try:  # the holds agent would ignore an invalid decision: refuse it here, where the operator sees why
+        decision = parse_decision(RiskDecision(order_id=order_id, action=action, operator=operator, reason=reason,
+                                               decided_at_ms=int(time.time() * 1000)))
+    except DecisionError as exc:
+        fail(str(exc))
     kafka_io.produce_all(kafka_io.producer(load_settings()),
-                         [(names.RISK_DECISIONS, order_id.encode(), encode_json(decision), None)])
+                         [(names.RISK_DECISIONS, order_id.encode(), decision.encode(), None)])
     console.print(f"{action} {order_id} by {operator} published")
 
 

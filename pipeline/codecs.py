@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import fastavro
-import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -123,13 +122,3 @@ def order_codec() -> AvroCodec:
 
 def dead_letter_codec() -> AvroCodec:
     return codec("dead_letter")
-
-
-def encode_json(obj) -> bytes:
-    """Events that are not orders travel as compact UTF-8 JSON (keys sorted)."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-
-
-def decode_json(data: bytes):
-    return json.loads(data)
-

@@ -46,6 +46,7 @@ import orjson
 import redis
 import redis.asyncio
 
+from pipeline.contracts.stock import StockUpdate, parse_stock_event
 from pipeline.domain.channels import channel_events, should_pause
 from pipeline.domain.warehouse import FallbackPolicy
 
@@ -221,10 +222,6 @@ return {'released', enc}
 """
 
 
-class StockEventError(ValueError):
-    """A stock-topic message that cannot be applied (wrong type, missing or bad fields)."""
-
-
 Allocation = tuple[str, str, int]  # (warehouse, sku, qty)
 
 
@@ -272,16 +269,6 @@ class StockLevel:
         return self.total - self.locked - self.presale - self.reserved
 
 
-@dataclass(frozen=True)
-class StockUpdate:
-    kind: str          # "snapshot" | "delta"
-    warehouse: str
-    sku: str
-    total: int
-    locked: int
-    presale: int
-
-
 # ---------------------------------------------------------------- pure helpers (shared)
 
 def _text(value) -> str:
@@ -322,45 +309,6 @@ def _check_policy(policy) -> str:
     except ValueError:
         raise ValueError(f"unknown fallback policy {policy!r}; one of "
                          f"{[p.value for p in FallbackPolicy]}") from None
-
-
-def _stock_int(event: Mapping, name: str, required: bool, non_negative: bool) -> int:
-    if name not in event or event[name] is None:
-        if required:
-            raise StockEventError(f"stock event misses {name!r}: {event!r}")
-        return 0
-    value = event[name]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StockEventError(f"{name!r} must be an integer, got {value!r}")
-    if non_negative and value < 0:
-        raise StockEventError(f"{name!r} of a snapshot must be >= 0, got {value}")
-    return value
-
-
-def parse_stock_event(event: Any) -> StockUpdate:
-    """Validate one stock-topic message: {"type","warehouse","sku","total","locked","presale"}."""
-    if isinstance(event, (bytes, str)):
-        try:
-            event = json.loads(event)
-        except ValueError as exc:
-            raise StockEventError(f"stock event is not JSON: {exc}") from None
-    if not isinstance(event, Mapping):
-        raise StockEventError(f"stock event must be an object, got {type(event).__name__}")
-    kind = event.get("type")
-    if kind not in ("snapshot", "delta"):
-        raise StockEventError(f"stock event type must be 'snapshot' or 'delta', got {kind!r}")
-    warehouse, sku = event.get("warehouse"), event.get("sku")
-    if not isinstance(warehouse, str) or not warehouse or ":" in warehouse:
-        raise StockEventError(f"bad warehouse {warehouse!r}")
-    if not isinstance(sku, str) or not sku:
-        raise StockEventError(f"bad sku {sku!r}")
-    snapshot = kind == "snapshot"
-    return StockUpdate(kind, warehouse, sku,
-                       _stock_int(event, "total", required=snapshot, non_negative=snapshot),
-                       _stock_int(event, "locked", required=False, non_negative=snapshot),
-                       _stock_int(event, "presale", required=False, non_negative=snapshot))
 
 
 class _Keys:

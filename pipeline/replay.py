@@ -19,7 +19,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient
 
 from . import kafka_io
-from .codecs import dead_letter_codec, decode_json, encode_json, order_codec
+from .codecs import dead_letter_codec, order_codec
+from .contracts import BreakerTransition, InventoryEvent, RiskEvent, StockUpdate, WarehouseStock
 from .config import Settings
 from .domain.raw_orders import SKUS, RawMessage, ReplayMix, generate_stream
 from .topics import TopicNames
@@ -55,20 +56,20 @@ def send_offsets(count: int, cfg: ReplayConfig) -> list[float] | None:
     return sorted((h + rng.random()) * 3600.0 / factor for h in hours)
 
 
-def stock_events(cfg: ReplayConfig) -> list[dict]:
+def stock_events(cfg: ReplayConfig) -> list[StockUpdate]:
     events = []
     for i, sku in enumerate(SKUS):
         units = 4 if i < cfg.scarce_skus else cfg.stock_per_sku
         for wh in WAREHOUSES:
-            events.append({"type": "snapshot", "warehouse": wh, "sku": sku, "total": units, "locked": 0, "presale": 0})
+            events.append(StockUpdate("snapshot", wh, sku, total=units, locked=0, presale=0))
     return events
 
 
 def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=None) -> tuple[list[RawMessage], dict]:
     """Produce stock, then the raw stream; returns the messages and their broker coordinates."""
     producer = kafka_io.producer(s)
-    kafka_io.produce_all(producer, ((names.INVENTORY_STOCK, f"{e['warehouse']}:{e['sku']}".encode(),
-                                     encode_json(e), None) for e in stock_events(cfg)))
+    kafka_io.produce_all(producer, ((names.INVENTORY_STOCK, f"{e.warehouse}:{e.sku}".encode(),
+                                     WarehouseStock.encode(e), None) for e in stock_events(cfg)))
     # event times start now, so SLA countdowns and time checks see a live sale
     messages = list(generate_stream(cfg.count, cfg.seed, cfg.mix, start=datetime.now(timezone.utc)))
     offsets = send_offsets(len(messages), cfg)
@@ -172,9 +173,9 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     unique = read_all(s, names.UNIQUE)
     dropped = read_all(s, names.DUPLICATES)
     accepted = read_all(s, names.ACCEPTED)
-    risk_events = [decode_json(r.value) for r in read_all(s, names.RISK_EVENTS)]
-    inventory = [decode_json(r.value) for r in read_all(s, names.INVENTORY_EVENTS)]
-    breaker = [decode_json(r.value) for r in read_all(s, names.BREAKER_EVENTS)]
+    risk_events = [RiskEvent.decode(r.value) for r in read_all(s, names.RISK_EVENTS)]
+    inventory = [InventoryEvent.decode(r.value) for r in read_all(s, names.INVENTORY_EVENTS)]
+    breaker = [BreakerTransition.decode(r.value) for r in read_all(s, names.BREAKER_EVENTS)]
 
     produced_coords = {f"{t}:{p}:{o}" for t, p, o in coordinates.values()}
     # every raw message leaves exactly one trace: a new order or update, a dropped copy, a dead letter
@@ -188,11 +189,11 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
 
     verdicts = defaultdict(set)
     for ev in risk_events:
-        verdicts[ev["event"]].add(ev["order_id"])
+        verdicts[ev.event].add(ev.order_id)
     accepted_new = {codec.decode(r.value)["order_id"] for r in accepted if r.headers.get("change") != b"update"}
     inv_by_order: dict[str, set] = defaultdict(set)
     for ev in inventory:
-        inv_by_order[ev["order_id"]].add(ev["event"])
+        inv_by_order[ev.order_id].add(ev.event)
     reserved = {o for o, evs in inv_by_order.items() if "reserved" in evs}
     out_of_stock = {o for o, evs in inv_by_order.items() if evs & {"out_of_stock", "backorder"}} - reserved
     released = {o for o, evs in inv_by_order.items() if "released" in evs}
@@ -201,9 +202,9 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     still_held = verdicts["held"] - verdicts["approved"] - verdicts["auto_released"] - rejected
     unaccounted = expected_new - accepted_new - rejected - still_held
     not_reserved = accepted_new - reserved - out_of_stock - cancelled - rejected
-    latencies = [ev["latency_ms"] for ev in inventory if ev.get("latency_ms") is not None
-                 and ev["event"] in ("reserved", "out_of_stock", "backorder")]
-    units_reserved = sum(ev["units"] for ev in inventory if ev["event"] == "reserved")
+    latencies = [ev.latency_ms for ev in inventory if ev.latency_ms is not None
+                 and ev.event in ("reserved", "out_of_stock", "backorder")]
+    units_reserved = sum(ev.units for ev in inventory if ev.event == "reserved")
     return {
         "produced": len(messages),
         "produced_by_kind": dict(Counter(m.kind for m in messages)),
@@ -235,7 +236,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
         "out_of_stock": len(out_of_stock),
         "released": len(released),
         "cancelled_before_reservation": len(cancelled),
-        "breaker_transitions": [f"{b['from']}->{b['to']}" for b in breaker],
+        "breaker_transitions": [f"{b.from_state}->{b.to_state}" for b in breaker],
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "p99": percentile(latencies, 99), "samples": len(latencies)},
         "unaccounted_new_orders": len(unaccounted),

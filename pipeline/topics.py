@@ -1,4 +1,5 @@
-"""The one topic map. Every producer and consumer takes names from here.
+"""The one topic map: every topic's name, key and value codec. Producers and consumers take
+names and codecs from here (the events themselves are in pipeline.contracts).
 
 `ORDERSTREAM_NAMESPACE` prefixes every name (and the Faust app id), so tests and benchmarks
 run isolated pipelines side by side on one broker. Module constants use the process's
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
+
+from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate, InventoryEvent,
+                        RiskDecision, RiskEvent, WarehouseStock)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 
@@ -29,34 +34,82 @@ class TopicNames:
 
     def __getattr__(self, name: str) -> str:
         try:
-            return self.ns + _BASE[name]
+            return self.ns + _BASE[name].base
         except KeyError:
             raise AttributeError(name) from None
 
+    def topic(self, name: str) -> Topic:
+        """The contract of a full topic name of this namespace (KeyError for a stranger)."""
+        if name in self.RAW_TOPICS:
+            return RAW
+        return _BY_BASE[name[len(self.ns):] if name.startswith(self.ns) else name]
+
     @property
     def COMPACTED(self) -> frozenset[str]:
-        return frozenset({self.ns + _BASE["RISK_RULES"]})
+        return frozenset({self.RISK_RULES})
 
     @property
     def ALL_TOPICS(self) -> tuple[str, ...]:
-        return (*self.RAW_TOPICS, *(self.ns + name for name in _BASE.values()))
+        return (*self.RAW_TOPICS, *(self.ns + t.base for t in _BASE.values()))
 
 
+@dataclass(frozen=True)
+class Topic:
+    """A topic's base name, what its key is and the codec of its values (encode / decode)."""
+    base: str
+    key: str
+    value: Any
+    doc: str
+
+
+class RawPayload:
+    """The platform's own bytes, untouched: pipeline.domain.normalize reads them."""
+    @staticmethod
+    def encode(payload: bytes) -> bytes:
+        return payload
+
+    @staticmethod
+    def decode(data: bytes) -> bytes:
+        return data
+
+
+class RuleSetText:
+    """The risk rule set as UTF-8 YAML (pipeline.domain.risk.RuleSet.parse validates it)."""
+    @staticmethod
+    def encode(text: str) -> bytes:
+        return text.encode("utf-8")
+
+    @staticmethod
+    def decode(data: bytes) -> str:
+        return data.decode("utf-8", errors="replace")
+
+
+RAW = Topic("orders.raw.<platform>", "the platform's order id", RawPayload,
+            "the platform's own JSON, as pushed or polled")
 _BASE = {
-    "UNIQUE": "orders.unique",              # Avro Order after dedupe and risk: new orders and real updates only
-    "DUPLICATES": "orders.duplicates",      # JSON: redeliveries and stale versions dedupe dropped (audit, reconciliation)
-    "ACCEPTED": "orders.accepted",          # Avro Order cleared for fulfilment by risk or released from hold
-    "RISK_QUEUE": "risk.queue",             # Avro Order held for an operator
-    "RISK_DECISIONS": "risk.decisions",     # JSON operator decisions (and default-policy timeouts), keyed by order id
-    "RISK_RULES": "risk.rules",             # compacted: the active rule set (YAML text + version)
-    "RISK_EVENTS": "risk.events",           # JSON audit trail: flagged, held, approved, rejected, auto-released, rechecked
-    "RISK_RECHECK": "risk.recheck",         # Avro Order let through lightly while the breaker was open
-    "INVENTORY_STOCK": "inventory.stock",   # JSON stock snapshots and deltas from the warehouse system
-    "INVENTORY_EVENTS": "inventory.events", # JSON reserved / out_of_stock / released / duplicate
-    "CHANNEL_CONTROL": "channel.control",   # JSON pause / resume per platform and SKU
-    "BREAKER_EVENTS": "breaker.events",     # JSON breaker transitions
-    "DLQ": "orders.dlq",                    # Avro DeadLetter with the original bytes
+    "UNIQUE": Topic("orders.unique", "order id", ORDER,
+                    "after dedupe and risk: new orders and real updates only (header change=new|update)"),
+    "DUPLICATES": Topic("orders.duplicates", "the platform's order id", DroppedDuplicate,
+                        "redeliveries and stale versions dedupe dropped (audit, reconciliation)"),
+    "ACCEPTED": Topic("orders.accepted", "order id", ORDER, "cleared for fulfilment by risk or released from hold"),
+    "RISK_QUEUE": Topic("risk.queue", "order id", ORDER, "held for an operator (header verdict: HoldVerdict)"),
+    "RISK_DECISIONS": Topic("risk.decisions", "order id", RiskDecision,
+                            "operator decisions and default-policy time-outs"),
+    "RISK_RULES": Topic("risk.rules", "rule set name", RuleSetText, "compacted: the active rule set (YAML, versioned)"),
+    "RISK_EVENTS": Topic("risk.events", "order id", RiskEvent,
+                         "audit trail: flagged, held, approved, rejected, auto-released, rechecked"),
+    "RISK_RECHECK": Topic("risk.recheck", "order id", ORDER,
+                          "let through lightly while the breaker was open; re-checked once it closes"),
+    "INVENTORY_STOCK": Topic("inventory.stock", "warehouse:sku", WarehouseStock,
+                             "stock snapshots and deltas from the warehouse system (its JSON)"),
+    "INVENTORY_EVENTS": Topic("inventory.events", "order id", InventoryEvent,
+                              "reserved / out_of_stock / released / cancelled / duplicate"),
+    "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
+    "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
+    "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),
 }
+
+_BY_BASE = {t.base: t for t in _BASE.values()}
 
 NAMESPACE = os.environ.get("ORDERSTREAM_NAMESPACE", "")
 names = TopicNames(NAMESPACE)

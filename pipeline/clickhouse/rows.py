@@ -10,7 +10,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from pipeline.codecs import dead_letter_codec, decode_json, order_codec
+from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
+                                RiskEvent)
 from pipeline.topics import TopicNames
 
 
@@ -54,20 +55,17 @@ def _header(msg, name: str) -> bytes | None:
     return headers.get(name)
 
 
-def _json(msg) -> dict:
+def _event(msg, event_type):
     try:
-        obj = decode_json(msg.value)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise RowError(f"not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise RowError("JSON value is not an object")
-    return obj
+        return event_type.decode(msg.value)
+    except (CodecError, TypeError) as exc:  # TypeError: a value that is not bytes at all
+        raise RowError(f"not a {event_type.__name__}: {exc}") from exc
 
 
 def order_row(msg) -> dict:
     try:
-        o = order_codec().decode(msg.value)
-    except Exception as exc:  # CodecError, or bytes of the wrong type
+        o = ORDER.decode(msg.value)
+    except (CodecError, TypeError) as exc:
         raise RowError(f"not an Avro Order: {exc}") from exc
     change = (_header(msg, "change") or b"").decode(errors="replace") or "unknown"
     a, flags, lines = o["amounts"], o["flags"], o["lines"]
@@ -88,65 +86,35 @@ def order_row(msg) -> dict:
     }
 
 
-def _str(v, default: str = "") -> str:
-    return default if v is None else str(v)
-
-
-def _int(v, default: int = 0) -> int:
-    if v is None or v == "":
-        return default
-    try:
-        return int(v)
-    except (TypeError, ValueError) as exc:
-        raise RowError(f"not an integer: {v!r}") from exc
-
-
-def _required(obj: dict, *keys: str) -> None:
-    missing = [k for k in keys if obj.get(k) is None]
-    if missing:
-        raise RowError(f"missing {', '.join(missing)}")
-
-
 def risk_row(msg) -> dict:
-    e = _json(msg)
-    _required(e, "event", "order_id", "at_ms")
+    e: RiskEvent = _event(msg, RiskEvent)
     return {
-        "event": _str(e["event"]), "order_id": _str(e["order_id"]), "platform": _str(e.get("platform")),
-        "at": ch_time(_int(e["at_ms"])), "rule_ids": [str(r) for r in e.get("rule_ids") or []],
-        "severity": _str(e.get("severity")), "approvers": [str(a) for a in e.get("approvers") or []],
-        "operator": None if e.get("operator") is None else str(e["operator"]), "reason": _str(e.get("reason")),
-        "amount_minor": _int(e.get("amount_minor")), "currency": _str(e.get("currency")),
-        "ruleset_version": _int(e.get("ruleset_version")),
-        "waited_ms": None if e.get("waited_ms") is None else _int(e["waited_ms"]),
+        "event": e.event, "order_id": e.order_id, "platform": e.platform, "at": ch_time(e.at_ms),
+        "rule_ids": list(e.rule_ids), "severity": e.severity, "approvers": list(e.approvers),
+        "operator": e.operator, "reason": e.reason, "amount_minor": e.amount_minor or 0, "currency": e.currency,
+        "ruleset_version": e.ruleset_version, "waited_ms": e.waited_ms,
         **_source(msg),
     }
 
 
 def inventory_row(msg) -> dict:
-    e = _json(msg)
-    _required(e, "event", "order_id", "at_ms")
-    warehouse = _str(e.get("warehouse"))
-    lines = e.get("lines") or []
-    if not isinstance(lines, list) or not all(isinstance(line, dict) for line in lines):
-        raise RowError("lines is not a list of objects")
-    latency = e.get("latency_ms")
+    e: InventoryEvent = _event(msg, InventoryEvent)
+    warehouse = e.warehouse or ""
     return {
-        "event": _str(e["event"]), "order_id": _str(e["order_id"]), "platform": _str(e.get("platform")),
-        "at": ch_time(_int(e["at_ms"])), "warehouse": warehouse,
-        "line_skus": [_str(line.get("sku")) for line in lines],
-        "line_quantities": [max(0, _int(line.get("quantity"))) for line in lines],
+        "event": e.event, "order_id": e.order_id, "platform": e.platform, "at": ch_time(e.at_ms),
+        "warehouse": warehouse, "line_skus": [line.sku for line in e.lines],
+        "line_quantities": [max(0, line.quantity) for line in e.lines],
         # a line without its own warehouse was served by the event's one
-        "line_warehouses": [_str(line.get("warehouse")) or warehouse for line in lines],
-        "units": max(0, _int(e.get("units"))), "reason": _str(e.get("reason")),
-        "latency_ms": None if latency is None else float(latency),
+        "line_warehouses": [line.warehouse or warehouse for line in e.lines],
+        "units": max(0, e.units), "reason": e.reason, "latency_ms": e.latency_ms,
         **_source(msg),
     }
 
 
 def dead_letter_row(msg) -> dict:
     try:
-        d = dead_letter_codec().decode(msg.value)
-    except Exception as exc:
+        d = DEAD_LETTER.decode(msg.value)
+    except (CodecError, TypeError) as exc:
         raise RowError(f"not an Avro DeadLetter: {exc}") from exc
     # the payload failed normalisation once; it is stored as opaque base64, never interpreted
     return {
@@ -160,25 +128,18 @@ def dead_letter_row(msg) -> dict:
 
 
 def channel_row(msg) -> dict:
-    e = _json(msg)
-    _required(e, "event", "at_ms")
+    e: ChannelEvent = _event(msg, ChannelEvent)
     return {
-        "event": _str(e["event"]), "sku": _str(e.get("sku")), "platform": _str(e.get("platform")),
-        "available": _int(e.get("available")), "threshold": _int(e.get("threshold")),
-        "at": ch_time(_int(e["at_ms"])), **_source(msg),
+        "event": e.event, "sku": e.sku, "platform": e.platform, "available": e.available,
+        "threshold": e.threshold, "at": ch_time(e.at_ms), **_source(msg),
     }
 
 
 def breaker_row(msg) -> dict:
-    e = _json(msg)
-    _required(e, "event", "at_ms")
-    try:
-        rate = float(e.get("rate_per_min") or 0.0)
-    except (TypeError, ValueError) as exc:
-        raise RowError(f"rate_per_min is not a number: {e.get('rate_per_min')!r}") from exc
+    e: BreakerTransition = _event(msg, BreakerTransition)
     return {
-        "event": _str(e["event"]), "from_state": _str(e.get("from")), "to_state": _str(e.get("to")),
-        "rate_per_min": rate, "at": ch_time(_int(e["at_ms"])), "worker": _str(e.get("worker")),
+        "event": "transition", "from_state": e.from_state, "to_state": e.to_state,
+        "rate_per_min": e.rate_per_min, "at": ch_time(e.at_ms), "worker": e.worker,
         **_source(msg),
     }
 

@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
+from pipeline.contracts import BreakerTransition
+
 
 class RateMeter:
     """Events per minute over the last `window_s` seconds, in per-second buckets.
@@ -72,11 +74,12 @@ class Transition:
     from_state: BreakerState
     to_state: BreakerState
     rate_per_min: float
-    at: float
+    at: float  # the monotonic clock the breaker was given
 
-    def to_json(self) -> dict:
-        return {"from": self.from_state.value, "to": self.to_state.value,
-                "rate_per_min": round(self.rate_per_min, 1), "at": self.at}
+    def event(self, at_ms: int, worker: str) -> BreakerTransition:
+        """What breaker.events carries about this transition."""
+        return BreakerTransition(from_state=self.from_state.value, to_state=self.to_state.value,
+                                 rate_per_min=round(self.rate_per_min, 1), at_ms=at_ms, worker=worker)
 
 
 class DegradationBreaker:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from pipeline.contracts import ChannelEvent
+
 PAUSE = "pause"
 RESUME = "resume"
 
@@ -28,7 +30,7 @@ def should_pause(available: int, threshold: int, was_paused: bool, resume_margin
 
 
 def channel_events(sku: str, available: int, threshold: int, was_paused: bool, platforms: Iterable[str],
-                   primary: str, now_ms: int, resume_margin: int = 0) -> list[dict]:
+                   primary: str, now_ms: int, resume_margin: int = 0) -> list[ChannelEvent]:
     """One pause (or resume) event per non-primary platform on a state change, else []."""
     paused = should_pause(available, threshold, was_paused, resume_margin)
     if paused == was_paused:
@@ -42,6 +44,6 @@ def channel_events(sku: str, available: int, threshold: int, was_paused: bool, p
         if key == primary_key or key in seen:
             continue
         seen.add(key)
-        events.append({"event": event, "sku": sku, "platform": platform, "available": int(available),
-                       "threshold": int(threshold), "at_ms": int(now_ms)})
+        events.append(ChannelEvent(event=event, sku=sku, platform=platform, available=int(available),
+                                   threshold=int(threshold), at_ms=int(now_ms)))
     return events

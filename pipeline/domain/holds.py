@@ -10,9 +10,10 @@ the default policy racing an operator, a redelivery) finds no open hold and is '
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Iterable
+
+from pipeline.contracts import CodecError, HoldVerdict, RiskDecision, RiskEvent
 
 HELD = "held"
 DECISION_ACTIONS = ("approve", "reject")
@@ -21,43 +22,22 @@ DEFAULT_POLICY_OPERATOR = "default_policy"
 
 
 class DecisionError(ValueError):
-    """A decision message that cannot be applied (malformed JSON, missing or bad fields)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    order_id: str
-    action: str            # approve | reject
-    operator: str
-    reason: str
-    decided_at_ms: int
-    source: str = "operator"  # operator | default_policy
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    """A decision message that cannot be applied (not a RiskDecision, missing or bad fields)."""
 
 
 @dataclass(frozen=True)
 class Resolution:
-    outcome: str           # approved | rejected | auto_released | ignored
-    event: dict | None     # audit event for risk.events; None when ignored
-    why: str = ""          # for 'ignored': why nothing happened
+    outcome: str              # approved | rejected | auto_released | ignored
+    event: RiskEvent | None   # audit event for risk.events; None when ignored
+    why: str = ""             # for 'ignored': why nothing happened
 
 
-def _get(verdict: Any, name: str, default=None):
-    if isinstance(verdict, dict):
-        return verdict.get(name, default)
-    return getattr(verdict, name, default)
-
-
-def new_hold(order_id: str, platform: str, held_at_ms: int, verdict: Any, timeout_s: float,
+def new_hold(order_id: str, platform: str, held_at_ms: int, verdict: HoldVerdict, timeout_s: float,
              partition: int) -> dict:
-    """The table value for a freshly held order. `verdict` is a risk.Verdict (or a dict with
-    the same fields: hits, approvers, amount_minor, currency, ruleset_version)."""
+    """The table value for a freshly held order, from the verdict that rode with it."""
     if timeout_s <= 0:
         raise ValueError(f"hold timeout must be positive, got {timeout_s!r}")
-    hits = list(_get(verdict, "hits", ()) or ())
-    hit_dicts = [h if isinstance(h, dict) else h.to_json() for h in hits]
+    hit_dicts = [h.as_dict() for h in verdict.hits]
     return {
         "status": HELD,
         "order_id": order_id,
@@ -66,50 +46,42 @@ def new_hold(order_id: str, platform: str, held_at_ms: int, verdict: Any, timeou
         "timeout_s": timeout_s,
         "due_at_ms": int(held_at_ms + timeout_s * 1000),
         "partition": partition,
-        "approvers": list(_get(verdict, "approvers", ()) or ()),
+        "approvers": list(verdict.approvers),
         "rule_ids": [h["rule_id"] for h in hit_dicts],
         "hits": hit_dicts,
-        "amount_minor": int(_get(verdict, "amount_minor", 0) or 0),
-        "currency": _get(verdict, "currency", "") or "",
-        "ruleset_version": int(_get(verdict, "ruleset_version", 0) or 0),
+        "amount_minor": int(verdict.amount_minor),
+        "currency": verdict.currency,
+        "ruleset_version": int(verdict.ruleset_version),
     }
 
 
-def parse_decision(data: bytes | str | dict) -> Decision:
+def parse_decision(data: bytes | RiskDecision) -> RiskDecision:
     """Validate a decision from risk.decisions; anything unusable raises DecisionError."""
-    if isinstance(data, (bytes, bytearray, str)):
+    if not isinstance(data, RiskDecision):
         try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DecisionError(f"decision is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise DecisionError(f"decision must be a JSON object, got {type(data).__name__}")
-    order_id = data.get("order_id")
-    if not isinstance(order_id, str) or not order_id.strip():
+            data = RiskDecision.decode(data)
+        except CodecError as exc:
+            raise DecisionError(f"decision is not a RiskDecision: {exc}") from None
+    order_id, action, source = data.order_id, data.action, data.source
+    if not order_id.strip():
         raise DecisionError("decision needs a non-empty 'order_id'")
-    action = data.get("action")
     if action not in DECISION_ACTIONS:
         raise DecisionError(f"decision for {order_id}: 'action' must be one of {list(DECISION_ACTIONS)}, got {action!r}")
-    source = data.get("source", "operator")
     if source not in DECISION_SOURCES:
         raise DecisionError(f"decision for {order_id}: 'source' must be one of {list(DECISION_SOURCES)}, got {source!r}")
-    operator = data.get("operator")
-    if not isinstance(operator, str) or not operator.strip():
+    if not data.operator.strip():
         raise DecisionError(f"decision for {order_id}: 'operator' (who decided) is required")
-    reason = data.get("reason", "")
-    if not isinstance(reason, str):
-        raise DecisionError(f"decision for {order_id}: 'reason' must be text")
-    if action == "reject" and not reason.strip():
+    if action == "reject" and not data.reason.strip():
         # a rejection without a why cannot be audited or explained to the buyer
         raise DecisionError(f"decision for {order_id}: a rejection needs a 'reason'")
-    at = data.get("decided_at_ms")
-    if isinstance(at, bool) or not isinstance(at, int) or at < 0:
-        raise DecisionError(f"decision for {order_id}: 'decided_at_ms' must be a non-negative integer, got {at!r}")
-    return Decision(order_id=order_id, action=action, operator=operator.strip(), reason=reason,
-                    decided_at_ms=at, source=source)
+    if data.decided_at_ms < 0:
+        raise DecisionError(f"decision for {order_id}: 'decided_at_ms' must not be negative, got {data.decided_at_ms}")
+    if data.operator != data.operator.strip():
+        data = RiskDecision(order_id, action, data.operator.strip(), data.reason, data.decided_at_ms, source)
+    return data
 
 
-def apply_decision(hold: dict | None, decision: Decision) -> Resolution:
+def apply_decision(hold: dict | None, decision: RiskDecision) -> Resolution:
     """End the hold, or ignore the decision when there is nothing (left) to decide."""
     if hold is None:
         return Resolution("ignored", None, "no open hold for this order")
@@ -124,20 +96,13 @@ def apply_decision(hold: dict | None, decision: Decision) -> Resolution:
         outcome = "auto_released" if decision.action == "approve" else "rejected"
     else:
         outcome = "approved" if decision.action == "approve" else "rejected"
-    event = {
-        "event": outcome,
-        "order_id": decision.order_id,
-        "platform": hold.get("platform"),
-        "at_ms": decision.decided_at_ms,
-        "rule_ids": list(hold.get("rule_ids", [])),
-        "approvers": list(hold.get("approvers", [])),
-        "operator": decision.operator,
-        "reason": decision.reason,
-        "waited_ms": max(0, decision.decided_at_ms - int(hold.get("held_at_ms", decision.decided_at_ms))),
-        "source": decision.source,
-        "amount_minor": hold.get("amount_minor"),
-        "currency": hold.get("currency"),
-    }
+    event = RiskEvent(
+        event=outcome, order_id=decision.order_id, platform=hold.get("platform") or "",
+        at_ms=decision.decided_at_ms, rule_ids=tuple(hold.get("rule_ids", ())),
+        approvers=tuple(hold.get("approvers", ())), operator=decision.operator, reason=decision.reason,
+        waited_ms=max(0, decision.decided_at_ms - int(hold.get("held_at_ms", decision.decided_at_ms))),
+        source=decision.source, amount_minor=hold.get("amount_minor"), currency=hold.get("currency") or "",
+        ruleset_version=int(hold.get("ruleset_version") or 0))
     return Resolution(outcome, event)
 
 
@@ -171,7 +136,7 @@ def due_order_ids(partitions: Iterable[Iterable[str]], now_ms: int, limit: int) 
     return due
 
 
-def timeout_decision(order_id: str, now_ms: int, timeout_s: float | None = None) -> Decision:
+def timeout_decision(order_id: str, now_ms: int, timeout_s: float | None = None) -> RiskDecision:
     """The default policy (seed 000): no manual decision in time -> release the order."""
     if timeout_s is None:
         reason = "no decision within the hold timeout"
@@ -179,5 +144,5 @@ def timeout_decision(order_id: str, now_ms: int, timeout_s: float | None = None)
         reason = f"no decision within {int(timeout_s // 60)} min"
     else:
         reason = f"no decision within {timeout_s:g} s"
-    return Decision(order_id=order_id, action="approve", operator=DEFAULT_POLICY_OPERATOR,
+    return RiskDecision(order_id=order_id, action="approve", operator=DEFAULT_POLICY_OPERATOR,
                     reason=reason, decided_at_ms=int(now_ms), source="default_policy")

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from pipeline.contracts import RuleHit
+
 from .platforms import currency_exponent  # the same minor-unit table normalize uses
 
 SEVERITIES = ("low", "medium", "high")
@@ -50,19 +52,6 @@ class RiskContext:
     ip_order_count: int = 0          # orders from this buyer IP inside the window, this one included
     degraded: bool = False           # breaker open: skip expensive rules
     verifier_results: dict = field(default_factory=dict)  # name -> True/False, None = not checked
-
-
-@dataclass(frozen=True)
-class RuleHit:
-    rule_id: str
-    kind: str
-    severity: str
-    action: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"rule_id": self.rule_id, "kind": self.kind, "severity": self.severity,
-                "action": self.action, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from collections import Counter
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from pipeline import kafka_io
-from pipeline.codecs import decode_json, order_codec
+from pipeline.codecs import order_codec
+from pipeline.contracts import InventoryEvent, RiskEvent
 from pipeline.replay import reconcile
 
 CODEC = order_codec()
@@ -24,6 +25,7 @@ class Watch:
     outcome instead of sleeping a guessed amount of time."""
 
     def __init__(self, p, *topics: str):
+        self.names = p.names
         self.c = kafka_io.consumer(p.s, group=f"watch-{uuid.uuid4().hex}")
         deadline = time.monotonic() + 15  # a just-created topic may take a moment to show up
         while True:
@@ -59,8 +61,10 @@ class Watch:
     def on(self, topic: str) -> list:
         return [m for m in self.records if m.topic() == topic]
 
-    def json(self, topic: str) -> list[dict]:
-        return [decode_json(m.value()) for m in self.on(topic)]
+    def decoded(self, topic: str) -> list[dict]:
+        """The topic's events through its contract (pipeline.topics), as dicts."""
+        codec = self.names.topic(topic).value
+        return [codec.decode(m.value()).as_dict() for m in self.on(topic)]
 
     def orders(self, topic: str) -> list[dict]:
         # risk.recheck also carries empty "retry" markers for parked orders: skip those
@@ -71,7 +75,7 @@ class Watch:
 
     def events(self, p, order_id: str | None = None, kind: str | None = None) -> list[dict]:
         """risk.events, optionally of one order and one kind."""
-        return [e for e in self.json(p.names.RISK_EVENTS) if (order_id is None or e["order_id"] == order_id)
+        return [e for e in self.decoded(p.names.RISK_EVENTS) if (order_id is None or e["order_id"] == order_id)
                 and (kind is None or e["event"] == kind)]
 
     def close(self) -> None:
@@ -112,8 +116,9 @@ def distinct_facts(p) -> dict[str, int]:
     orders = {(o["order_id"], o["status"], o["updated_at"], r.headers.get("change"))
               for r in p.read(p.names.UNIQUE) for o in [CODEC.decode(r.value)]}
     risk = {(e["order_id"], e["event"], e["at_ms"])
-            for e in (decode_json(r.value) for r in p.read(p.names.RISK_EVENTS))}
-    inventory = {(e["order_id"], e["event"]) for e in (decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS))}
+            for e in (RiskEvent.decode(r.value).as_dict() for r in p.read(p.names.RISK_EVENTS))}
+    inventory = {(e["order_id"], e["event"])
+                 for e in (InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS))}
     return {"order_events": len(orders), "risk_events": len(risk), "inventory_events": len(inventory),
             "dead_letters": len(p.read(p.names.DLQ)), "channel_events": len(p.read(p.names.CHANNEL_CONTROL)),
             "breaker_events": len(p.read(p.names.BREAKER_EVENTS))}

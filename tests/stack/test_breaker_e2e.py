@@ -69,9 +69,9 @@ def open_intervals(breaker_events: list[dict]) -> list[tuple[int, int]]:
     """(opened, left open) wall-clock ms of each degraded period, from breaker.events."""
     out, opened = [], None
     for e in sorted(breaker_events, key=lambda e: e["at_ms"]):
-        if e["to"] == "open":
+        if e["to_state"] == "open":
             opened = e["at_ms"]
-        elif e["from"] == "open" and opened is not None:
+        elif e["from_state"] == "open" and opened is not None:
             out.append((opened, e["at_ms"]))
             opened = None
     assert opened is None, "the breaker is still open"
@@ -122,13 +122,13 @@ def test_burst_opens_the_breaker_and_every_light_order_is_rechecked(pipeline_fac
     assert len(produced) == 308
 
     def transitions(w) -> list[str]:
-        return [f"{e['from']}->{e['to']}" for e in w.json(n.BREAKER_EVENTS)]
+        return [f"{e['from_state']}->{e['to_state']}" for e in w.decoded(n.BREAKER_EVENTS)]
 
     watch.until(lambda w: transitions(w)[-1:] == ["half_open->closed"], 90, "the breaker to close again",
                 p.check_alive)
     seen = transitions(watch)
     assert is_subsequence(["closed->open", "open->half_open", "half_open->closed"], seen), seen
-    assert all(e["worker"] for e in watch.json(n.BREAKER_EVENTS))
+    assert all(e["worker"] for e in watch.decoded(n.BREAKER_EVENTS))
     deadline = time.monotonic() + 5  # the sampler's next scrape sees the gauge the event reported
     while gauge.changes[-1:] != [0] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -146,21 +146,21 @@ def test_burst_opens_the_breaker_and_every_light_order_is_rechecked(pipeline_fac
     assert all(o["checked_lightly"] for o in watch.orders(n.RISK_RECHECK))
 
     def rechecked(w) -> Counter:
-        return Counter(e["order_id"] for e in w.json(n.RISK_EVENTS) if e["event"] == "rechecked")
+        return Counter(e["order_id"] for e in w.decoded(n.RISK_EVENTS) if e["event"] == "rechecked")
     watch.until(lambda w: queued_for_recheck <= set(rechecked(w)), 60, "every light order to be rechecked",
                 p.check_alive)
     p.drain()
     watch.settle(3)
     # ... and re-checked exactly once, with the full rule set, once the breaker had stopped degrading
-    recheck_events = [e for e in watch.json(n.RISK_EVENTS) if e["event"] == "rechecked"]
+    recheck_events = [e for e in watch.decoded(n.RISK_EVENTS) if e["event"] == "rechecked"]
     assert Counter(e["order_id"] for e in recheck_events) == Counter(dict.fromkeys(queued_for_recheck, 1))
-    degraded = open_intervals(watch.json(n.BREAKER_EVENTS))
+    degraded = open_intervals(watch.decoded(n.BREAKER_EVENTS))
     first_probe = min(end for _, end in degraded)
     for e in recheck_events:
         assert e["checked_at_ms"] >= first_probe and not any(a < e["checked_at_ms"] < b for a, b in degraded), e
 
     # the re-check ran the expensive rules the light path skipped
-    events = watch.json(n.RISK_EVENTS)
+    events = watch.decoded(n.RISK_EVENTS)
     light_bad = (set(bad_address) | set(bad_payment)) & queued_for_recheck
     assert light_bad, "none of the verifier-only cases went through the light path"
     for order_id in bad_address:
@@ -265,7 +265,7 @@ def test_order_checked_lightly_during_a_verifier_outage_is_rechecked_when_it_is_
     back_at_ms = int(time.time() * 1000)
     p.start_verifiers("--latency-ms", "2")
     # the client skips a failed verifier for 10 s and parked re-checks are retried every 30 s
-    watch.until(lambda w: ids <= {e["order_id"] for e in w.json(n.RISK_EVENTS)
+    watch.until(lambda w: ids <= {e["order_id"] for e in w.decoded(n.RISK_EVENTS)
                                   if e["event"] == "rechecked" and e["checked_at_ms"] > back_at_ms},
                 45, "a full re-check after the verifier came back", p.check_alive)
     watch.close()

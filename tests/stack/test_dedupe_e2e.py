@@ -13,7 +13,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.codecs import decode_json, order_codec
+from pipeline.codecs import order_codec
+from pipeline.contracts import DroppedDuplicate, InventoryEvent
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.raw_orders import RawOrderFactory, ReplayMix
 from pipeline.replay import ReplayConfig, produce_replay, reconcile
@@ -89,7 +90,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
     assert report["raw_lost"] == 0 and report["missing_new_orders"] == 0, summary
     assert report["unaccounted_new_orders"] == 0 and report["accepted_without_outcome"] == 0, summary
     # effects are exactly once: Redis holds one reservation per order, whatever the stream re-emitted
-    events = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     per_order = {}
     for ev in events:
         if ev["event"] == "reserved":
@@ -125,7 +126,7 @@ def test_dedupe_state_recovers_into_each_orders_partition(pipeline_factory):
     p.produce((topic, key, f.redelivery_bytes(order)) for topic, key, order in sent)
     p.drain()
     assert Counter(change for _, _, change in unique_versions(p)) == {"new": len(sent)}
-    dropped = [decode_json(r.value) for r in p.read(p.names.DUPLICATES)]
+    dropped = [DroppedDuplicate.decode(r.value).as_dict() for r in p.read(p.names.DUPLICATES)]
     assert Counter(d["outcome"] for d in dropped) == {"duplicate": len(sent)}
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.codecs import decode_json
+from pipeline.contracts import InventoryEvent
 from pipeline.domain.raw_orders import ReplayMix
 from pipeline.replay import ReplayConfig, produce_replay, reconcile
 
@@ -113,7 +113,7 @@ def test_worker_counters_add_up_to_the_replay(pipeline_factory):
     assert total(after, "orderstream_risk_decisions_total", outcome="auto_released") == report["auto_released"]
 
     # inventory: outcomes consistent with inventory.events
-    events = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     kinds = Counter(e["event"] for e in events)
     reserved_orders = {e["order_id"] for e in events if e["event"] == "reserved"}
     outcomes = by_label(after, "orderstream_reservations_total", "outcome")

@@ -30,7 +30,8 @@ import redis
 from confluent_kafka import KafkaException
 
 from pipeline import kafka_io, stack
-from pipeline.codecs import dead_letter_codec, decode_json, order_codec
+from pipeline.codecs import dead_letter_codec, order_codec
+from pipeline.contracts import DroppedDuplicate, InventoryEvent
 from pipeline.config import PROJECT_ROOT
 from pipeline.domain.normalize import CHINA_TZ
 from pipeline.domain.platforms import SPECS, TimeFormat
@@ -148,7 +149,7 @@ def reservation_audit(p) -> dict:
     """Effects exactly once: Redis holds, per order and per warehouse/SKU cell, exactly what the
     reservation events say (a re-published event carries the same allocation), and no cell is
     oversold (reserved + locked + presale <= total)."""
-    events = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     allocation: dict[str, Counter] = {}
     inconsistent = set()
     for ev in events:
@@ -292,7 +293,7 @@ def test_redis_restart_pauses_reservations_and_oversells_nothing(pipeline_factor
     report = settle(p, messages, produced)
     retries = scrape_counter(p.worker_url(), "orderstream_redis_retries_total") - retries_before
     audit = reservation_audit(p)
-    events = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     reserved_after = sum(1 for e in events if e["event"] == "reserved" and e["at_ms"] > back_at_ms)
     record_fault("redis_restart", len(messages), in_flight, lost_of(report), doubled_of(report, audit),
                  {"outage_s": round(outage_s, 2), "redis_retries": retries,
@@ -494,7 +495,7 @@ def test_hostile_input_never_crashes_and_never_executes(pipeline_factory):
     for r in p.read(p.names.UNIQUE):
         came_out[coords[r.headers["src"].decode()]].append(("canonical", codec.decode(r.value)))
     for r in p.read(p.names.DUPLICATES):  # a hostile message may repeat an earlier one's content
-        came_out[coords[r.headers["src"].decode()]].append(("canonical", decode_json(r.value)))
+        came_out[coords[r.headers["src"].decode()]].append(("canonical", DroppedDuplicate.decode(r.value).as_dict()))
     for r in p.read(p.names.DLQ):
         came_out[coords[r.headers["src"].decode()]].append(("dlq", dl_codec.decode(r.value)))
     lost = [m["label"] for i, m in enumerate(msgs) if not came_out[i]]

@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from pipeline.codecs import decode_json, encode_json
+from pipeline.contracts import InventoryEvent, StockUpdate, WarehouseStock
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.raw_orders import RawOrderFactory
 from pipeline.inventory_store import InventoryStore
@@ -18,8 +18,8 @@ def test_unpaid_reservation_times_out_paid_one_stays(pipeline_factory):
     p = pipeline_factory(ORDERSTREAM_RESERVATION_TIMEOUT_S="3", ORDERSTREAM_BREAKER_OPEN_PER_MIN="100000")
     p.start_worker()
     sku = "SKU-0011"
-    p.produce([(p.names.INVENTORY_STOCK, f"WH-SH:{sku}".encode(), encode_json(
-        {"type": "snapshot", "warehouse": "WH-SH", "sku": sku, "total": 50, "locked": 0, "presale": 0}))])
+    p.produce([(p.names.INVENTORY_STOCK, f"WH-SH:{sku}".encode(), WarehouseStock.encode(
+        StockUpdate("snapshot", "WH-SH", sku, total=50, locked=0, presale=0)))])
     time.sleep(2)
     f = RawOrderFactory(seed=8)
     unpaid = f.order("TMALL", external_id="U100", status="PENDING_PAYMENT", skus=[(sku, 3)], province="上海")
@@ -31,7 +31,7 @@ def test_unpaid_reservation_times_out_paid_one_stays(pipeline_factory):
     while time.monotonic() < deadline and store.stock("WH-SH", sku).reserved != 2:
         time.sleep(0.5)
     assert store.stock("WH-SH", sku).reserved == 2  # only the paid order still holds stock
-    events = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     by_order = {(e["order_id"], e["event"]): e for e in events}
     u, pd = global_order_id("TMALL", "U100"), global_order_id("TMALL", "P100")
     assert (u, "reserved") in by_order and (pd, "reserved") in by_order

@@ -3,6 +3,7 @@ the default policy (also across a worker restart), and a rule set published on t
 changes the following orders' outcomes without a restart while an invalid one is refused."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.codecs import decode_json, encode_json
+from pipeline.contracts import RiskDecision
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.raw_orders import RawOrderFactory
 from pipeline.domain.risk import DEFAULT_RULES_FILE, RuleSet, RuleSetError
@@ -40,8 +41,8 @@ def send_orders(p, f: RawOrderFactory, specs: list[tuple[str, str, dict]]) -> di
 
 def decision(order_id: str, action: str, operator: str, reason: str) -> bytes:
     """Exactly what `orderstream decide` publishes."""
-    return encode_json({"order_id": order_id, "action": action, "operator": operator, "reason": reason,
-                        "decided_at_ms": int(time.time() * 1000), "source": "operator"})
+    return RiskDecision(order_id=order_id, action=action, operator=operator, reason=reason,
+                        decided_at_ms=int(time.time() * 1000)).encode()
 
 
 def cli(p, *args: str) -> subprocess.CompletedProcess:
@@ -114,7 +115,7 @@ def test_held_order_waits_for_the_operators_decision(decisions_pipeline):
     # held means stopped before fulfilment
     assert watch.order_ids(n.ACCEPTED) == Counter({clean_id: 1})
 
-    # approve through the CLI, reject with a plain producer (the same JSON, keyed by order id)
+    # approve through the CLI, reject with a plain producer (the same RiskDecision, keyed by order id)
     done = cli(p, "decide", approve_id, "approve", "--operator", "alice", "--reason", "called the buyer")
     assert done.returncode == 0, done.stdout + done.stderr
     p.produce([(n.RISK_DECISIONS, reject_id.encode(), decision(reject_id, "reject", "bob", "stolen card report")),
@@ -265,7 +266,7 @@ def test_hold_timeout_survives_a_worker_restart(restart_pipeline, how):
     # the hold is in the changelogged table (what a restarted worker rebuilds from)
     def hold_record(w):
         for m in w.on(changelog(p, "risk-holds")):
-            value = decode_json(m.value()) if m.value() else None
+            value = json.loads(m.value()) if m.value() else None  # the table keeps JSON
             if value and value.get("order_id") == order_id and value.get("status") == "held":
                 return value
         return None

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.codecs import decode_json, order_codec
+from pipeline.codecs import order_codec
+from pipeline.contracts import InventoryEvent, RiskEvent
 from pipeline.config import PROJECT_ROOT
 from pipeline.domain.raw_orders import ReplayMix
 from pipeline.replay import ReplayConfig, produce_replay
@@ -95,8 +96,8 @@ def test_tactical_tier_matches_the_topics(sunk):
     assert code == 200
     totals = view["exception_totals"]
     assert totals["dead_letter"] == sum(1 for m in messages if m.expect == "dlq") == report["dead_lettered"] > 0
-    risk = [decode_json(r.value) for r in p.read(p.names.RISK_EVENTS)]
-    inventory = [decode_json(r.value) for r in p.read(p.names.INVENTORY_EVENTS)]
+    risk = [RiskEvent.decode(r.value).as_dict() for r in p.read(p.names.RISK_EVENTS)]
+    inventory = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     held = {(e["order_id"], e["at_ms"]) for e in risk if e["event"] == "held"}
     out_of_stock = {e["order_id"] for e in inventory if e["event"] == "out_of_stock"}
     assert totals["risk_hold"] == len(held) > 0

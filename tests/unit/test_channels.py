@@ -11,8 +11,8 @@ NOW = 1_700_000_000_000
 
 def test_falling_below_threshold_pauses_every_platform_but_the_primary():
     events = channel_events("SKU1", 9, 10, False, PLATFORMS, "SHOPIFY", NOW)
-    assert [e["platform"] for e in events] == [p for p in PLATFORMS if p != "SHOPIFY"]
-    assert all(e == {"event": "pause", "sku": "SKU1", "platform": e["platform"], "available": 9,
+    assert [e.platform for e in events] == [p for p in PLATFORMS if p != "SHOPIFY"]
+    assert all(e.as_dict() == {"event": "pause", "sku": "SKU1", "platform": e.platform, "available": 9,
                      "threshold": 10, "at_ms": NOW} for e in events)
 
 
@@ -22,7 +22,7 @@ def test_already_paused_sku_emits_nothing_while_still_low():
 
 def test_recovering_stock_resumes_the_paused_platforms():
     events = channel_events("SKU1", 10, 10, True, ["TMALL", "JD", "SHOPIFY"], "SHOPIFY", NOW)
-    assert [(e["event"], e["platform"]) for e in events] == [("resume", "TMALL"), ("resume", "JD")]
+    assert [(e.event, e.platform) for e in events] == [("resume", "TMALL"), ("resume", "JD")]
 
 
 @pytest.mark.parametrize("available", [10, 11, 500])
@@ -32,17 +32,17 @@ def test_stock_at_or_above_threshold_never_pauses(available):
 
 def test_zero_and_negative_stock_pause_too():
     assert len(channel_events("S", 0, 10, False, ["JD", "TMALL"], "SHOPIFY", NOW)) == 2
-    assert channel_events("S", -3, 10, False, ["JD"], "SHOPIFY", NOW)[0]["available"] == -3
+    assert channel_events("S", -3, 10, False, ["JD"], "SHOPIFY", NOW)[0].available == -3
 
 
 def test_primary_match_ignores_case_and_duplicates_are_emitted_once():
     events = channel_events("S", 1, 10, False, ["jd", "JD", "Shopify", "TMALL"], "SHOPIFY", NOW)
-    assert [e["platform"] for e in events] == ["jd", "TMALL"]
+    assert [e.platform for e in events] == ["jd", "TMALL"]
 
 
 def test_hysteresis_margin_delays_the_resume():
     assert channel_events("S", 12, 10, True, ["JD"], "SHOPIFY", NOW, resume_margin=5) == []
-    assert channel_events("S", 15, 10, True, ["JD"], "SHOPIFY", NOW, resume_margin=5)[0]["event"] == "resume"
+    assert channel_events("S", 15, 10, True, ["JD"], "SHOPIFY", NOW, resume_margin=5)[0].event == "resume"
     # inside the band a running channel stays running
     assert channel_events("S", 12, 10, False, ["JD"], "SHOPIFY", NOW, resume_margin=5) == []
 

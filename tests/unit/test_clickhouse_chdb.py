@@ -23,7 +23,8 @@ from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.rows import Message
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import execution, strategic, tactical
-from pipeline.codecs import dead_letter_codec, encode_json, order_codec
+from pipeline.codecs import dead_letter_codec, order_codec
+from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, RiskEvent
 from pipeline.topics import PLATFORMS, TopicNames
 
 NOW = datetime(2026, 3, 10, 12, 7, 30, tzinfo=timezone.utc)
@@ -120,9 +121,9 @@ def make_dataset(names: TopicNames, orders: int = 400, seed: int = 8) -> Feed:
                      "reason": "SKU-1 short 2"}
         else:
             event = {"event": "duplicate", "warehouse": None, "lines": [], "units": 0}
-        feed.send(names.INVENTORY_EVENTS, encode_json({
+        feed.send(names.INVENTORY_EVENTS, InventoryEvent.from_dict({
             "order_id": order_id, "platform": platform, "at_ms": at, "reason": "",
-            "latency_ms": round(rng.uniform(5, 900), 3), **event}), at, order_id)
+            "latency_ms": round(rng.uniform(5, 900), 3), **event}).encode(), at, order_id)
         # risk: some orders are held, some of those get a decision, some are held again afterwards
         if rng.random() < 0.2:
             held_at = created + rng.randint(10, 500)
@@ -133,18 +134,18 @@ def make_dataset(names: TopicNames, orders: int = 400, seed: int = 8) -> Feed:
             base = {"order_id": order_id, "platform": platform, "rule_ids": ["high_amount"], "severity": "high",
                     "approvers": approvers, "operator": operator, "reason": INJECTION, "amount_minor": 12345,
                     "currency": "CNY", "ruleset_version": 3}
-            feed.send(names.RISK_EVENTS, encode_json({**base, "event": "flagged", "at_ms": held_at - 1}),
+            feed.send(names.RISK_EVENTS, RiskEvent.from_dict({**base, "event": "flagged", "at_ms": held_at - 1}).encode(),
                       held_at, order_id)
-            feed.send(names.RISK_EVENTS, encode_json({**base, "event": "held", "at_ms": held_at}), held_at, order_id)
+            feed.send(names.RISK_EVENTS, RiskEvent.from_dict({**base, "event": "held", "at_ms": held_at}).encode(), held_at, order_id)
             r = rng.random()
             if r < 0.5:
                 decided = held_at + rng.randint(1000, 600_000)
                 if decided <= NOW_MS:
-                    feed.send(names.RISK_EVENTS, encode_json({
+                    feed.send(names.RISK_EVENTS, RiskEvent.from_dict({
                         **base, "event": rng.choice(("approved", "rejected", "auto_released")), "at_ms": decided,
-                        "operator": "alice", "waited_ms": decided - held_at}), decided, order_id)
+                        "operator": "alice", "waited_ms": decided - held_at}).encode(), decided, order_id)
                     if rng.random() < 0.2 and decided + 1000 <= NOW_MS:
-                        feed.send(names.RISK_EVENTS, encode_json({**base, "event": "held", "at_ms": decided + 1000}),
+                        feed.send(names.RISK_EVENTS, RiskEvent.from_dict({**base, "event": "held", "at_ms": decided + 1000}).encode(),
                                   decided + 1000, order_id)
     for i in range(25):
         failed = NOW_MS - rng.randint(0, 30 * HOUR_MS)
@@ -154,12 +155,12 @@ def make_dataset(names: TopicNames, orders: int = 400, seed: int = 8) -> Feed:
             "reason_code": "malformed_json", "reason": INJECTION, "key": None if i % 3 else b"k\x00",
             "payload": payload, "failed_at": failed}), failed, f"dlq{i}")
     for i in range(6):
-        feed.send(names.CHANNEL_CONTROL, encode_json({"event": ("pause", "resume")[i % 2], "sku": INJECTION,
+        feed.send(names.CHANNEL_CONTROL, ChannelEvent.from_dict({"event": ("pause", "resume")[i % 2], "sku": INJECTION,
                                                       "platform": "JD", "available": 3, "threshold": 10,
-                                                      "at_ms": NOW_MS - i}), NOW_MS - i, f"c{i}")
-    feed.send(names.BREAKER_EVENTS, encode_json({"event": "transition", "from": "closed", "to": "open",
+                                                      "at_ms": NOW_MS - i}).encode(), NOW_MS - i, f"c{i}")
+    feed.send(names.BREAKER_EVENTS, BreakerTransition.from_dict({"from_state": "closed", "to_state": "open",
                                                  "rate_per_min": 612.5, "at_ms": NOW_MS - 5000,
-                                                 "worker": INJECTION}), NOW_MS - 5000, "w1")
+                                                 "worker": INJECTION}).encode(), NOW_MS - 5000, "w1")
     # undecodable input: skipped and counted, never fatal
     feed.send(names.UNIQUE, b"\xc3\x01garbage-not-avro", NOW_MS, "bad1")
     feed.send(names.RISK_EVENTS, b"{not json", NOW_MS, "bad2")
@@ -197,12 +198,9 @@ class Expected:
                 if m.topic == names.UNIQUE:
                     self.orders.append((m.headers.get("change"), codec.decode(m.value)))
                 elif m.topic == names.RISK_EVENTS:
-                    self.risk.append(json.loads(m.value))
+                    self.risk.append(RiskEvent.decode(m.value).as_dict())
                 elif m.topic == names.INVENTORY_EVENTS:
-                    ev = json.loads(m.value)
-                    if not isinstance(ev, dict):
-                        raise ValueError
-                    self.inventory.append(ev)
+                    self.inventory.append(InventoryEvent.decode(m.value).as_dict())
                 elif m.topic == names.DLQ:
                     self.dlq.append(dead_letter_codec().decode(m.value))
             except Exception:
@@ -437,8 +435,8 @@ class SinkSuite:
         names = TopicNames("flaky.")
         feed = Feed(names)
         for i in range(7):
-            feed.send(names.CHANNEL_CONTROL, encode_json({"event": "pause", "sku": f"S{i}", "platform": "JD",
-                                                          "available": i, "threshold": 10, "at_ms": NOW_MS}),
+            feed.send(names.CHANNEL_CONTROL, ChannelEvent.from_dict({"event": "pause", "sku": f"S{i}", "platform": "JD",
+                                                          "available": i, "threshold": 10, "at_ms": NOW_MS}).encode(),
                       NOW_MS, f"S{i}")
 
         class Flaky:
@@ -532,8 +530,8 @@ def test_chdb_reopen_resumes_from_stored_offsets(tmp_path):
     names = TopicNames("reopen.")
     feed = Feed(names)
     for i in range(4):
-        feed.send(names.BREAKER_EVENTS, encode_json({"event": "transition", "from": "closed", "to": "open",
-                                                     "rate_per_min": 1.0, "at_ms": NOW_MS, "worker": "w"}), NOW_MS,
+        feed.send(names.BREAKER_EVENTS, BreakerTransition.from_dict({"from_state": "closed", "to_state": "open",
+                                                     "rate_per_min": 1.0, "at_ms": NOW_MS, "worker": "w"}).encode(), NOW_MS,
                   f"k{i}")
     b = ChdbBackend(tmp_path / "chdb")
     migrate(b)

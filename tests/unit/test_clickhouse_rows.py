@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.clickhouse.rows import (Message, RowError, ch_time, dead_letter_row, inventory_row, order_row,
                                       risk_row, table_specs)
-from pipeline.codecs import dead_letter_codec, encode_json, order_codec
+from pipeline.codecs import dead_letter_codec, order_codec
+from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, InventoryLine, RiskEvent
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import canonical_order
 
@@ -40,10 +41,10 @@ def test_order_row_maps_the_canonical_order():
 def test_every_row_has_exactly_its_table_columns():
     names = TopicNames()
     samples = {
-        names.RISK_EVENTS: encode_json({"event": "held", "order_id": "o", "at_ms": T, "approvers": ["a"]}),
-        names.INVENTORY_EVENTS: encode_json({"event": "reserved", "order_id": "o", "at_ms": T, "lines": []}),
-        names.CHANNEL_CONTROL: encode_json({"event": "pause", "sku": "s", "at_ms": T}),
-        names.BREAKER_EVENTS: encode_json({"event": "transition", "from": "closed", "to": "open", "at_ms": T}),
+        names.RISK_EVENTS: RiskEvent("held", "o", "JD", T, approvers=("a",)).encode(),
+        names.INVENTORY_EVENTS: InventoryEvent("reserved", "o", "JD", T).encode(),
+        names.CHANNEL_CONTROL: ChannelEvent("pause", "s", "JD", 3, 10, T).encode(),
+        names.BREAKER_EVENTS: BreakerTransition("closed", "open", 612.5, T, "w").encode(),
     }
     for topic, value in samples.items():
         spec = table_specs(names)[topic]
@@ -51,10 +52,9 @@ def test_every_row_has_exactly_its_table_columns():
 
 
 def test_inventory_lines_fall_back_to_event_warehouse():
-    row = inventory_row(msg(encode_json({
-        "event": "reserved", "order_id": "o", "platform": "JD", "at_ms": T, "warehouse": "WH-1",
-        "lines": [{"sku": "a", "quantity": 2, "warehouse": None}, {"sku": "b", "quantity": 1, "warehouse": "WH-2"}],
-        "units": 3, "reason": "", "latency_ms": 12.5}), "inventory.events"))
+    row = inventory_row(msg(InventoryEvent(
+        "reserved", "o", "JD", T, warehouse="WH-1", lines=(InventoryLine("a", 2, None), InventoryLine("b", 1, "WH-2")),
+        units=3, reason="", latency_ms=12.5).encode(), "inventory.events"))
     assert row["line_warehouses"] == ["WH-1", "WH-2"] and row["line_quantities"] == [2, 1]
     assert row["latency_ms"] == 12.5 and row["warehouse"] == "WH-1"
 
@@ -72,9 +72,10 @@ def test_dead_letter_payload_is_opaque_base64():
     (order_row, b"not avro at all"),
     (order_row, b"\xc3\x01" + b"\x00" * 8 + b"body"),
     (risk_row, b"{broken"),
-    (risk_row, encode_json(["a", "list"])),
-    (risk_row, encode_json({"event": "held"})),  # no order_id / at_ms
-    (inventory_row, encode_json({"event": "reserved", "order_id": "o", "at_ms": T, "lines": "nope"})),
+    (risk_row, b'{"event": "held", "order_id": "o", "at_ms": 1}'),        # JSON is not the contract
+    (risk_row, InventoryEvent("reserved", "o", "JD", T).encode()[:-2]),    # truncated
+    (inventory_row, RiskEvent("held", "o", "JD", T).encode()),             # another event's schema
+    (inventory_row, None),                                                 # a tombstone
     (dead_letter_row, b"plain"),
 ])
 def test_undecodable_input_raises_row_error(fn, value):

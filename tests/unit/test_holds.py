@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline.codecs import decode_json, encode_json
-from pipeline.domain.holds import (Decision, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
+from pipeline.contracts import HoldVerdict, RiskDecision, RiskEvent, RuleHit
+from pipeline.domain.holds import (DecisionError, apply_decision, due_order_ids, new_hold, open_key,
                                    order_of_open_key, parse_decision,
                                    resolved, timeout_decision)
 from pipeline.domain.risk import RiskContext, default_rules, evaluate
@@ -34,15 +34,15 @@ def hold(verdict):
     return new_hold("TMALL-9", "TMALL", T0, verdict, timeout_s=30 * 60, partition=2)
 
 
-def decision(**kw) -> Decision:
+def decision(**kw) -> RiskDecision:
     data = {"order_id": "TMALL-9", "action": "approve", "operator": "wang.manager", "reason": "known customer",
             "decided_at_ms": T0 + 60_000, **kw}
-    return parse_decision(data)
+    return parse_decision(RiskDecision(**data))
 
 
 def test_new_hold_is_json_and_carries_what_operators_need(hold, verdict):
     assert verdict.action == "hold"
-    assert decode_json(encode_json(hold)) == hold  # survives the table's JSON serializer
+    assert json.loads(json.dumps(hold)) == hold  # survives the table's JSON serializer
     assert hold["due_at_ms"] == T0 + 30 * 60 * 1000
     assert hold["rule_ids"] == ["amount_over_5000", "remote_region"]
     assert hold["approvers"] == ["regional_manager", "production"]
@@ -50,10 +50,12 @@ def test_new_hold_is_json_and_carries_what_operators_need(hold, verdict):
     assert hold["partition"] == 2 and hold["status"] == "held" and hold["ruleset_version"] == 1
 
 
-def test_new_hold_accepts_a_plain_dict_verdict():
-    h = new_hold("X", "JD", T0, {"hits": [{"rule_id": "r", "severity": "low"}], "approvers": ["ops"],
-                                 "amount_minor": 5, "currency": "USD"}, timeout_s=2, partition=0)
+def test_new_hold_from_the_verdict_header():
+    header = HoldVerdict(hits=(RuleHit("r", "amount", "low", "hold", "big"),), approvers=("ops",),
+                         amount_minor=5, currency="USD").encode()
+    h = new_hold("X", "JD", T0, HoldVerdict.decode(header), timeout_s=2, partition=0)
     assert h["rule_ids"] == ["r"] and h["approvers"] == ["ops"] and h["due_at_ms"] == T0 + 2000
+    assert h["amount_minor"] == 5 and h["currency"] == "USD"
 
 
 def test_new_hold_rejects_non_positive_timeout(verdict):
@@ -63,41 +65,45 @@ def test_new_hold_rejects_non_positive_timeout(verdict):
 
 def test_parse_decision_from_bytes_round_trip():
     d = decision()
-    again = parse_decision(json.dumps(d.to_json()).encode())
+    again = parse_decision(d.encode())
     assert again == d and again.source == "operator"
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    ({"action": "approve", "operator": "a", "decided_at_ms": 1}, "order_id"),
-    ({"order_id": "X", "action": "maybe", "operator": "a", "decided_at_ms": 1}, "'action'"),
-    ({"order_id": "X", "action": "approve", "decided_at_ms": 1}, "'operator'"),
-    ({"order_id": "X", "action": "approve", "operator": " ", "decided_at_ms": 1}, "'operator'"),
-    ({"order_id": "X", "action": "reject", "operator": "a", "decided_at_ms": 1}, "needs a 'reason'"),
-    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": "yesterday"}, "decided_at_ms"),
-    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": 1, "source": "robot"}, "'source'"),
-    ({"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": 1, "reason": 5}, "'reason'"),
+    (b"{not json", "not a RiskDecision"),
+    (b'{"order_id": "X", "action": "approve", "operator": "a", "decided_at_ms": 1}', "not a RiskDecision"),
+    (b"\xc3\x01" + b"\x00" * 8 + b"junk", "not a RiskDecision"),
+    (RiskDecision.codec().encode({"order_id": "X", "action": "approve", "operator": "a",
+                                  "decided_at_ms": 1})[:-3], "not a RiskDecision"),  # truncated
+    (RiskDecision("", "approve", "a", "", 1), "order_id"),
+    (RiskDecision("X", "maybe", "a", "", 1), "'action'"),
+    (RiskDecision("X", "approve", "", "", 1), "'operator'"),
+    (RiskDecision("X", "approve", " ", "", 1), "'operator'"),
+    (RiskDecision("X", "reject", "a", "", 1), "needs a 'reason'"),
+    (RiskDecision("X", "approve", "a", "", -1), "decided_at_ms"),
+    (RiskDecision("X", "approve", "a", "", 1, source="robot"), "'source'"),
 ])
 def test_bad_decisions_raise(data, message):
     with pytest.raises(DecisionError, match=message):
-        parse_decision(data)
+        parse_decision(data.encode() if isinstance(data, RiskDecision) else data)
 
 
 def test_operator_approval(hold):
     res = apply_decision(hold, decision())
     assert res.outcome == "approved"
     ev = res.event
-    assert ev["event"] == "approved" and ev["order_id"] == "TMALL-9" and ev["platform"] == "TMALL"
-    assert ev["operator"] == "wang.manager" and ev["reason"] == "known customer"
-    assert ev["waited_ms"] == 60_000 and ev["at_ms"] == T0 + 60_000
-    assert ev["rule_ids"] == hold["rule_ids"] and ev["approvers"] == hold["approvers"]
-    json.dumps(ev)
+    assert ev.event == "approved" and ev.order_id == "TMALL-9" and ev.platform == "TMALL"
+    assert ev.operator == "wang.manager" and ev.reason == "known customer"
+    assert ev.waited_ms == 60_000 and ev.at_ms == T0 + 60_000
+    assert list(ev.rule_ids) == hold["rule_ids"] and list(ev.approvers) == hold["approvers"]
+    assert ev.amount_minor == hold["amount_minor"] and ev.ruleset_version == hold["ruleset_version"]
+    assert RiskEvent.decode(ev.encode()) == ev
+    assert RiskEvent.from_dict(json.loads(json.dumps(ev.as_dict()))) == ev  # as the holds table keeps it
 
 
 def test_operator_rejection(hold):
     res = apply_decision(hold, decision(action="reject", reason="stolen card"))
-    assert res.outcome == "rejected" and res.event["event"] == "rejected" and res.event["reason"] == "stolen card"
+    assert res.outcome == "rejected" and res.event.event == "rejected" and res.event.reason == "stolen card"
 
 
 def test_decision_without_hold_or_after_resolution_is_ignored(hold):
@@ -131,10 +137,10 @@ def test_timeout_releases_with_default_policy(hold):
     d = timeout_decision("TMALL-9", now, timeout_s=30 * 60)
     assert d.action == "approve" and d.operator == "default_policy" and d.source == "default_policy"
     assert d.reason == "no decision within 30 min"
-    assert parse_decision(encode_json(d.to_json())) == d  # travels over risk.decisions
+    assert parse_decision(d.encode()) == d  # travels over risk.decisions
     res = apply_decision(hold, d)
-    assert res.outcome == "auto_released" and res.event["event"] == "auto_released"
-    assert res.event["waited_ms"] == 30 * 60 * 1000 + 5
+    assert res.outcome == "auto_released" and res.event.event == "auto_released"
+    assert res.event.waited_ms == 30 * 60 * 1000 + 5
 
 
 def test_timeout_reason_for_short_test_timeouts():

@@ -1,0 +1,150 @@
+"""One home for the wire contracts: every topic has its codec, every event one typed record whose
+bytes survive the schema evolving, and no runtime module builds an event by hand."""
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
+from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, HoldVerdict,
+                                InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, StockEventError,
+                                StockUpdate, WarehouseStock)
+from pipeline.topics import TopicNames
+
+ROOT = Path(__file__).resolve().parents[2]
+T = 1_773_144_450_123
+
+SAMPLES = [
+    RiskEvent("held", "JD-1", "JD", T, rule_ids=("amount_over_5000",), severity="high", approvers=("ops",),
+              reason="big", amount_minor=680_000, currency="CNY", ruleset_version=3, checked_at_ms=T + 5),
+    RiskEvent("approved", "JD-1", "JD", T, operator="alice", waited_ms=60_000, source="operator"),
+    InventoryEvent("reserved", "JD-1", "JD", T, warehouse=None,
+                   lines=(InventoryLine("A", 2, "WH-SH"), InventoryLine("B", 1, None)), units=3, latency_ms=12.5),
+    InventoryEvent("out_of_stock", "JD-2", "", T, reason="A short 2"),
+    RiskDecision("JD-1", "reject", "bob", "stolen card", T),
+    ChannelEvent("pause", "SKU-1", "JD", 3, 10, T),
+    BreakerTransition("closed", "open", 612.5, T, "host:6066:42"),
+    DroppedDuplicate("JD-1", "JD", "stale", T),
+    HoldVerdict(hits=(RuleHit("remote_region", "region", "medium", "hold", "西藏"),), approvers=("production",),
+                amount_minor=5, currency="USD", ruleset_version=2),
+]
+
+
+def test_every_event_type_has_a_sample():
+    assert {type(s) for s in SAMPLES} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip_through_bytes_and_through_a_json_table(event):
+    data = event.encode()
+    assert data[:2] == b"\xc3\x01"  # single-object Avro: the writer's schema travels with it
+    assert type(event).decode(data) == event
+    assert type(event).from_dict(json.loads(json.dumps(event.as_dict(), ensure_ascii=False))) == event
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_bytes_of_another_contract_or_garbage_are_refused(event):
+    other = next(s for s in SAMPLES if type(s) is not type(event))
+    for bad in (other.encode(), event.encode()[:-1] if len(event.encode()) > 11 else b"\xc3\x01", b'{"json": 1}', b""):
+        with pytest.raises(CodecError):
+            type(event).decode(bad)
+
+
+def _next_version(schema: dict) -> dict:
+    """What a compatible next version looks like: one more field, with a default."""
+    newer = copy.deepcopy(schema)
+    newer["fields"].append({"name": "added_later", "type": ["null", "string"], "default": None})
+    return newer
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_events_survive_a_compatible_schema_change_both_ways(event):
+    """Old readers read a newer writer's bytes (the new field is dropped); a newer reader reads
+    today's bytes (the new field takes its default): consumers and producers upgrade in any order."""
+    cls = type(event)
+    store = SchemaStore()
+    store.load_dir()
+    current = json.loads((SCHEMA_DIR / f"{cls.SCHEMA}.avsc").read_text())
+    store.register(_next_version(current), name="next")
+    newer_datum = {**event.as_dict(), "added_later": "x"}
+    newer_bytes = AvroCodec("next", store).encode(newer_datum)
+    assert cls.from_dict(AvroCodec(cls.SCHEMA, store).decode(newer_bytes)) == event
+    assert AvroCodec("next", store).decode(event.encode())["added_later"] is None
+
+
+def test_every_field_of_every_event_schema_matches_its_record():
+    for cls in EVENT_TYPES:
+        schema = json.loads((SCHEMA_DIR / f"{cls.SCHEMA}.avsc").read_text())
+        assert [f["name"] for f in schema["fields"]] == list(cls.field_names()), cls.__name__
+
+
+def test_every_schema_file_belongs_to_a_contract():
+    used = {cls.SCHEMA for cls in EVENT_TYPES} | {"order", "dead_letter"}
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        family = path.stem.split(".")[0]  # order.v1 is a version of order
+        assert family in used, f"{path.name} is no topic's contract"
+
+
+def test_every_topic_has_a_key_and_a_value_codec():
+    names = TopicNames("ns.")
+    for topic in names.ALL_TOPICS:
+        contract = names.topic(topic)
+        assert contract.key and contract.doc
+        assert callable(contract.value.encode) and callable(contract.value.decode)
+    assert names.topic(names.RISK_EVENTS).value is RiskEvent
+    assert names.topic(names.raw("JD")).value.decode(b"{}") == b"{}"
+    with pytest.raises(KeyError):
+        names.topic("ns.not.a.topic")
+
+
+def test_warehouse_stock_json_round_trip_and_clear_errors():
+    update = StockUpdate("snapshot", "WH-SH", "SKU-1", total=50, locked=1, presale=2)
+    assert WarehouseStock.decode(WarehouseStock.encode(update)) == update
+    assert json.loads(WarehouseStock.encode(update))["type"] == "snapshot"  # the warehouse system's own field
+    for bad, why in ((b"{not json", "not JSON"), (b'{"type": "snapshot", "warehouse": "WH", "sku": "S"}', "total"),
+                     (b'{"type": "sale", "warehouse": "WH", "sku": "S"}', "type")):
+        with pytest.raises(StockEventError, match=why):
+            WarehouseStock.decode(bad)
+
+
+# Events are built only as contracts: these modules may serialise JSON for other reasons.
+JSON_ALLOWED = {
+    "pipeline/logs.py": "structured log lines",
+    "pipeline/cli.py": "printing results for a person",
+    "pipeline/clickhouse/http.py": "HTTP responses",
+    "pipeline/clickhouse/backends.py": "JSONEachRow inserts",
+    "pipeline/domain/normalize.py": "the order fingerprint",
+    "pipeline/domain/raw_orders.py": "the platforms' own raw JSON (fake orders)",
+    "pipeline/replay.py": "the replay report file",
+    "pipeline/inventory_store.py": "the Lua script's one JSON argument",
+    "pipeline/contracts/stock.py": "the warehouse system's JSON",
+}
+
+
+def json_serialisations(path: Path) -> list[int]:
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dumps"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id in ("json", "orjson")):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_runtime_module_builds_an_event_as_json_by_hand():
+    found = []
+    for folder in ("pipeline", "agents"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel not in JSON_ALLOWED and (rel.startswith("pipeline/") or rel.startswith("agents/")):
+                found += [f"{rel}:{line}" for line in json_serialisations(path)]
+    assert not found, f"JSON built outside the contracts: {found}"
+
+
+def test_the_json_check_sees_a_dumps(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import orjson\nout.send('t', b'k', orjson.dumps({'event': 'x'}))\n")
+    assert json_serialisations(probe) == [2]
