@@ -7,7 +7,8 @@ Public API (what the CLI and agents call):
     run_sink(settings, names, stop=None, ready=None)
     TIERS["strategic" | "tactical" | "execution"](backend, ...) -> dict
     readonly_query(backend, sql) -> list[dict]
-    serve_http(backend, port, status=None) -> server
+    http.make_app(backend, status=None) -> aiohttp Application (/health /metrics /views/<tier> /sql)
+    http.serve_http(backend, port, host, status=None) -> WebServer (its own loop in a thread; .stop())
 """
 from .backends import (Backend, BackendError, ChdbBackend, ReadOnlyQueryError, ServerBackend, open_backend,
                        readonly_query)

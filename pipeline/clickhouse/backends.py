@@ -66,7 +66,9 @@ def insert_settings(dedup_token: str | None) -> dict[str, Any]:
 class ChdbBackend:
     """Embedded ClickHouse on a data directory. chDB allows one data directory per process,
     so exactly one process (the sink) owns it; others go through the sink's HTTP endpoint.
-    A lock serialises every call: inserts and HTTP queries share one session."""
+    A lock serialises every call: inserts and HTTP queries (from worker threads) share one session.
+    chDB's session is thread-safe on its own, but a streaming insert holds the connection from
+    send_insert to finish, and a statement sent in between fails; the lock keeps that span whole."""
 
     def __init__(self, path: str | Path, database: str = "default") -> None:
         from chdb import session  # imported lazily: the server backend does not need chDB

@@ -259,5 +259,5 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         if consumer is not None:
             consumer.close()
         if server is not None:
-            server.shutdown()
+            server.stop()
         backend.close()

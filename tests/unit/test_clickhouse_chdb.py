@@ -5,20 +5,24 @@ in Python from the very messages fed in (built with the pipeline's real codecs).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
 import random
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
+from aiohttp import test_utils
 
 from pipeline.clickhouse.backends import BackendError, ChdbBackend, ReadOnlyQueryError, readonly_query
-from pipeline.clickhouse.http import serve_http
+from pipeline.clickhouse.http import make_app, serve_http
 from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.rows import Message
 from pipeline.clickhouse.sink import ClickHouseSink
@@ -494,7 +498,7 @@ class SinkSuite:
 
     def test_http_serves_views_sql_and_metrics(self, backend, loaded):
         server = serve_http(backend, 0, status=lambda: {"buffered_rows": 0})
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        base = f"http://127.0.0.1:{server.port}"
         try:
             def get(path):
                 with urllib.request.urlopen(base + path, timeout=30) as r:
@@ -515,7 +519,75 @@ class SinkSuite:
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert json.loads(r.read())["rows"] == [{"two": 2}]
         finally:
-            server.shutdown()
+            server.stop()
+
+    def test_http_answers_bad_requests_in_json(self, backend, loaded):
+        """Through aiohttp's test client: every refusal is a JSON {"error": ...} with its status."""
+        async def check():
+            async with test_utils.TestClient(test_utils.TestServer(make_app(backend))) as client:
+                async def call(method, path, status, **kw):
+                    resp = await client.request(method, path, **kw)
+                    assert (resp.status, resp.content_type) == (status, "application/json"), path
+                    return await resp.json()
+
+                assert (await call("GET", "/nope", 404))["endpoints"] == ["/health", "/metrics", "/views/<tier>",
+                                                                         "/sql?q="]
+                assert (await call("GET", "/views/monthly", 404))["tiers"] == ["execution", "strategic", "tactical"]
+                assert (await call("GET", "/views/", 404))["error"] == "unknown tier ''"
+                assert "invalid literal" in (await call("GET", "/views/strategic?days=many", 400))["error"]
+                await call("GET", "/views/tactical?now=yesterday", 400)
+                assert (await call("GET", "/views/strategic?days=&now=" + urllib.parse.quote(NOW.isoformat()),
+                                   200))["tier"] == "strategic"  # a blank parameter counts as absent
+                for path, kw in (("/sql", {}), ("/sql?q=", {}), ("/sql", {"data": b""})):
+                    assert "give the query" in (await call("POST" if kw else "GET", path, 400, **kw))["error"]
+                assert (await call("POST", "/sql", 413, data=b"SELECT '" + b"x" * 70_000 + b"'")) == \
+                    {"error": "request body too large"}
+                assert (await call("POST", "/sql", 200, json={"q": "SELECT 3 AS three"}))["rows"] == [{"three": 3}]
+                assert (await call("POST", "/sql?q=", 200, data=b"SELECT 4 AS four"))["count"] == 1
+                assert "one statement" in (await call("GET", "/sql?q=SELECT 1; SELECT 2", 400))["error"]
+                assert (await call("GET", "/sql?q=SELEC nonsense", 400))["error"]
+                await call("POST", "/sql", 400, data=b"{not json", headers={"Content-Type": "application/json"})
+        asyncio.run(check())
+
+    def test_http_slow_query_holds_up_no_other_request(self, backend):
+        """Queries run in worker threads: while one sleeps in the backend, /health and /metrics
+        answer at once and a second query waits its turn at the backend, then answers right."""
+        server = serve_http(backend, 0)
+        base = f"http://127.0.0.1:{server.port}"
+
+        def get(path):
+            with urllib.request.urlopen(base + path, timeout=30) as r:
+                return json.loads(r.read()) if path != "/metrics" else r.read()
+        try:
+            slow_sql = urllib.parse.quote("SELECT sleepEachRow(0.75) AS s FROM numbers(3)")  # ~2.25 s
+            with ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(get, f"/sql?q={slow_sql}")
+                time.sleep(0.3)
+                for path in ("/health", "/metrics"):
+                    started = time.monotonic()
+                    get(path)
+                    assert time.monotonic() - started < 1.0 and not slow.done(), path
+                second = pool.submit(get, "/sql?q=" + urllib.parse.quote("SELECT 7 AS seven"))
+                assert second.result(timeout=30)["rows"] == [{"seven": 7}]
+                assert slow.result(timeout=30) == {"rows": [{"s": 0}] * 3, "count": 3}
+        finally:
+            server.stop()
+
+    def test_http_server_starts_and_stops_cleanly(self, backend):
+        server = serve_http(backend, 0)
+        port = server.port
+        with pytest.raises(OSError):  # the port is taken: start() says so instead of a silent thread
+            serve_http(backend, port)
+        server.stop()
+        assert not server.thread.is_alive()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+        again = serve_http(backend, port)  # the port is free again
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
+                assert json.loads(r.read())["status"] == "ok"
+        finally:
+            again.stop()
 
     def test_migrations_are_idempotent(self, backend):
         assert migrate(backend) == []
