@@ -230,47 +230,11 @@ def dlq_replay(reason: str = typer.Option("", help="Only dead letters with this 
     A run continues where the last one stopped (a saved group position), so nothing is re-driven
     twice by accident; letters skipped by --reason stay in the topic and can be re-driven later
     with --from-beginning."""
-    from . import kafka_io
-    from .codecs import dead_letter_codec
+    from .redrive import redrive_dead_letters
     from .topics import names
-    s = load_settings()
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-    codec = dead_letter_codec()
-    # manual assignment with the group's committed offsets: no group join to wait for, and each
-    # dead letter is re-driven once (the offsets are committed after the producer flushed)
-    consumer = kafka_io.consumer(s, group=f"{names.ns}orderstream-dlq-replay")
-    parts = consumer.list_topics(names.DLQ, timeout=10).topics[names.DLQ].partitions
-    committed = consumer.committed([TopicPartition(names.DLQ, p) for p in parts], timeout=10)
-    if from_beginning:
-        committed = [TopicPartition(tp.topic, tp.partition, -1) for tp in committed]
-    start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-             for tp in committed]
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(names.DLQ, p), timeout=10)[1] for p in parts}
-    consumer.assign(start)
-    position = {tp.partition: max(tp.offset, 0) for tp in committed}
-    producer = kafka_io.producer(s)
-    redriven = skipped = 0
-    try:
-        deadline = time.monotonic() + 120
-        while any(position[p] < ends[p] for p in parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(500, timeout=1.0):
-                if msg.error():
-                    continue
-                position[msg.partition()] = msg.offset() + 1
-                letter = codec.decode(msg.value())
-                if reason and letter["reason_code"] != reason:
-                    skipped += 1
-                    continue
-                if not dry_run:
-                    producer.produce(letter["source_topic"], key=letter["key"], value=letter["payload"],
-                                     headers=[("redriven_from", f"{msg.topic()}:{msg.partition()}:{msg.offset()}".encode())])
-                redriven += 1
-        producer.flush(60)
-        if not dry_run:
-            consumer.commit(offsets=[TopicPartition(names.DLQ, p, position[p]) for p in parts], asynchronous=False)
-    finally:
-        consumer.close()
-    console.print(f"re-driven: {redriven}, skipped: {skipped}{' (dry run)' if dry_run else ''}")
+    report = redrive_dead_letters(load_settings(), names, reason=reason, from_beginning=from_beginning,
+                                  dry_run=dry_run)
+    console.print(str(report))
 
 
 # ------------------------------------------------------------------------------- rules and decisions
