@@ -21,7 +21,7 @@ from rocksdict import Rdict
 
 from pipeline.domain.dedupe import Change, decide, version_of
 from pipeline.domain.normalize import normalize
-from pipeline.domain.raw_orders import ReplayMix, generate_stream
+from pipeline.devtools.fake_orders import ReplayMix, generate_stream
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dedupe.json"
 

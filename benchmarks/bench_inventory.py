@@ -21,8 +21,8 @@ from pathlib import Path
 
 import redis
 
-from pipeline import stack
 from pipeline.config import load_settings
+from pipeline.devtools import stack
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES
 from pipeline.inventory_store import InventoryStore
 

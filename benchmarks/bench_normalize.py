@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.codecs import order_codec
 from pipeline.domain.normalize import content_fingerprint, normalize
-from pipeline.domain.raw_orders import ReplayMix, generate_stream
+from pipeline.devtools.fake_orders import ReplayMix, generate_stream
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_normalize.json"
 

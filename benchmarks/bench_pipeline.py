@@ -86,7 +86,7 @@ def cores_used(groups: dict[str, list[int]], seconds: float = 2.0) -> dict[str, 
 def broker_pid(s) -> int:
     """The Kafka broker's JVM: the pid `stack up` recorded in var/run/kafka.pid if it runs kafka.Kafka,
     else whichever java process runs kafka.Kafka (not Maven or any other JVM)."""
-    from pipeline.stack import read_pid
+    from pipeline.devtools.stack import read_pid
 
     recorded = read_pid(s.var / "run" / "kafka.pid")
     others = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
@@ -103,7 +103,7 @@ def broker_pid(s) -> int:
 
 def raw_messages(count: int, seed: int) -> list[tuple[bytes, bytes]]:
     """(key, value) of the replay generator's raw orders, generated before any clock starts."""
-    from pipeline.domain.raw_orders import ReplayMix, generate_stream
+    from pipeline.devtools.fake_orders import ReplayMix, generate_stream
 
     return [(m.key, m.value) for m in generate_stream(count, seed, ReplayMix())]
 
@@ -184,7 +184,7 @@ def confluent_copy(s, messages: list[tuple[bytes, bytes]]) -> dict:
 def running_faust_copy(s, ns: str, port: int):
     """benchmarks/faust_copy_app.py as a daemon (pid file under var/run, log under var/log), from the
     moment it holds its partitions until the block ends (or it fails to start)."""
-    from pipeline import processes, stack
+    from pipeline.devtools import processes, stack
 
     name = f"{ns}faust-copy"
     env = {**os.environ, "ORDERSTREAM_NAMESPACE": ns, "ORDERSTREAM_WORKER_WEB_PORT": str(port), "PYTHONUNBUFFERED": "1"}
@@ -234,7 +234,7 @@ def faust_copy(s, messages: list[tuple[bytes, bytes]], port: int = FAUST_COPY_PO
 
 def start_workers(s, ns: str, count: int, port_base: int, extra_env: dict | None = None):
     """Worker(s) plus the local verifier service (5 ms per call), as in the demo."""
-    from pipeline import processes
+    from pipeline.devtools import processes
     verifier_port = port_base + 50
     extra_env = {**(extra_env or {}), "ORDERSTREAM_VERIFIER_PORT": str(verifier_port)}
     verifiers = processes.start(s, f"{ns}verifiers", ["verifiers", "--latency-ms", "5"],
@@ -262,14 +262,14 @@ def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 
                  port_base: int = 6510) -> dict:
     """Fresh namespace, worker(s), a replay, exact reconciliation; throughput from first raw to last outcome,
     CPU of the workers and the broker from the first produced order until the group has committed the last."""
-    from pipeline import kafka_io, stack
-    from pipeline.replay import ReplayConfig, produce_replay, reconcile, wait_drained
+    from pipeline import kafka_io
+    from pipeline.devtools.replay import ReplayConfig, produce_replay, reconcile, wait_drained
     from pipeline.topics import TopicNames
 
     ns = fresh_namespace("bp")
     names = TopicNames(ns)
     env = {"ORDERSTREAM_PARTITIONS": str(partitions)} if partitions else {}
-    stack.ensure_topics(s, names, partitions=partitions)
+    kafka_io.ensure_topics(s, names, partitions=partitions)
     procs = start_workers(s, ns, workers, port_base, env)
     try:
         pids = {"workers": [p.pid for p in procs[1:]], "broker": [broker_pid(s)]}
@@ -297,11 +297,12 @@ def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 
 
 def rebalance_time(s, port_base: int = 6530) -> dict:
     """Two workers on 8 partitions: time from the second worker's start until both are ready again."""
-    from pipeline import processes, stack
+    from pipeline.devtools import processes
+    from pipeline.kafka_io import ensure_topics
     from pipeline.topics import TopicNames
 
     ns = fresh_namespace("br")
-    stack.ensure_topics(s, TopicNames(ns), partitions=8)
+    ensure_topics(s, TopicNames(ns), partitions=8)
     env = {"ORDERSTREAM_PARTITIONS": "8"}
     verifiers, first = start_workers(s, ns, 1, port_base, env)
     try:
@@ -391,8 +392,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
 
-    from pipeline import stack
     from pipeline.config import load_settings
+    from pipeline.devtools import stack
     s = load_settings()
     stack.up(s)
 

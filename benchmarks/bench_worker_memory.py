@@ -37,7 +37,7 @@ def orders_done(s, group: str, raw_topics: list[str], total: int) -> int | None:
     """Raw orders the worker group has committed: all produced minus its lag on the raw topics."""
     from confluent_kafka import KafkaException
 
-    from pipeline.replay import group_lag
+    from pipeline.devtools.replay import group_lag
 
     try:
         lag = group_lag(s, group, raw_topics)
@@ -65,7 +65,7 @@ def table_store_mb(port: int) -> dict[str, float] | None:
 def drain(s, names, worker, total: int, warmup: int) -> dict:
     """RSS (with orders done and RocksDB's memory) every 5 s, and the worker's and broker's CPU,
     until the group's lag is 0."""
-    from pipeline.replay import wait_drained
+    from pipeline.devtools.replay import wait_drained
 
     group, raw = names.ns + s.app_id, list(names.RAW_TOPICS)
     rocksdb_mb: list = []
@@ -115,16 +115,17 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
 
-    from pipeline import stack
     from pipeline.config import load_settings
-    from pipeline.replay import ReplayConfig, produce_replay
+    from pipeline.devtools import stack
+    from pipeline.devtools.replay import ReplayConfig, produce_replay
+    from pipeline.kafka_io import ensure_topics
     from pipeline.topics import TopicNames
 
     s = load_settings()
     stack.up(s)
     ns = fresh_namespace("bm")
     names = TopicNames(ns)
-    stack.ensure_topics(s, names)
+    ensure_topics(s, names)
     # the whole backlog before the worker starts; the returned messages are dropped at once
     produce_replay(s, names, ReplayConfig(count=args.orders, seed=args.seed))
     procs = start_workers(s, ns, 1, PORT_BASE)

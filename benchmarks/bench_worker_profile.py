@@ -129,16 +129,17 @@ def main() -> None:
     if not Path(py_spy).exists():
         sys.exit("py-spy is missing: .venv/bin/pip install -e '.[bench]' -c constraints.txt")
 
-    from pipeline import stack
     from pipeline.config import load_settings
-    from pipeline.replay import ReplayConfig, produce_replay, wait_drained
+    from pipeline.devtools import stack
+    from pipeline.devtools.replay import ReplayConfig, produce_replay, wait_drained
+    from pipeline.kafka_io import ensure_topics
     from pipeline.topics import TopicNames
 
     s = load_settings()
     stack.up(s)
     ns = fresh_namespace("bf")
     names = TopicNames(ns)
-    stack.ensure_topics(s, names)
+    ensure_topics(s, names)
     procs = start_workers(s, ns, 1, port_base=6500)
     worker = procs[1]
     out = Path(tempfile.mkdtemp()) / "profile.txt"

@@ -1,1 +1,1 @@
-"""orderstream plumbing: configuration, codecs, local stack, Kafka I/O, sinks, CLI, metrics."""
+"""orderstream plumbing: configuration, codecs, Kafka I/O, sinks, CLI, metrics; dev tooling apart in `devtools`."""

@@ -42,20 +42,21 @@ def print_status(rows) -> None:
 @stack_cli.command("up")
 def stack_up() -> None:
     """Install what is missing and start Kafka and Redis (idempotent)."""
-    from . import stack
+    from .devtools import stack
+    from .kafka_io import TopicError, ensure_topics
     from .topics import names
     s = load_settings()
     try:
         rows = stack.up(s)
-        stack.ensure_topics(s, names)
-    except stack.StackError as exc:
+        ensure_topics(s, names)
+    except (stack.StackError, TopicError) as exc:
         fail(str(exc))
     print_status(rows)
 
 
 @stack_cli.command("status")
 def stack_status() -> None:
-    from . import stack
+    from .devtools import stack
     rows = stack.status(load_settings())
     print_status(rows)
     if not all(r.healthy for r in rows):
@@ -65,7 +66,7 @@ def stack_status() -> None:
 @stack_cli.command("down")
 def stack_down() -> None:
     """Stop only the processes `up` (and the demo) started, by pid file."""
-    from . import stack
+    from .devtools import stack
     stopped = stack.down(load_settings())
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
@@ -75,12 +76,12 @@ def stack_down() -> None:
 @cli.command()
 def worker(loglevel: str = "info") -> None:
     """Run one Faust worker with every agent (normalize, dedupe, risk, holds, inventory, breaker)."""
-    from . import stack
+    from .kafka_io import ensure_topics
     from .logs import setup_logging
     from .topics import names
     s = load_settings()
     setup_logging(s.log_json, library_level=s.library_log_level)
-    stack.ensure_topics(s, names)
+    ensure_topics(s, names)
     import faust
 
     import agents  # noqa: F401  - registers the agents on the app
@@ -108,7 +109,7 @@ def sink() -> None:
 @cli.command()
 def verifiers(latency_ms: float = 5.0, error_rate: float = 0.0) -> None:
     """Run the local external-verifier service (payment, address) over HTTP on loopback."""
-    from .verifiers import run_verifier_service
+    from .devtools.verifier_service import run_verifier_service
     s = load_settings()
     run_verifier_service(s.bind_host, s.verifier_port, latency_ms=latency_ms, error_rate=error_rate)
 
@@ -127,8 +128,8 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
     """Produce a Black Friday replay into the running pipeline and reconcile every message."""
     from rich.progress import Progress
 
-    from .domain.raw_orders import ReplayMix
-    from .replay import ReplayConfig, run_replay, write_report
+    from .devtools.fake_orders import ReplayMix
+    from .devtools.replay import ReplayConfig, run_replay, write_report
     from .topics import names
     s = load_settings()
     mix = ReplayMix(redelivery=redelivery, update=update, malformed=malformed, high_value=high_value,
@@ -163,7 +164,8 @@ def print_report(result: dict, path: Path | None) -> None:
 @cli.command()
 def demo(count: int = 2000, seed: int = 11, keep_running: bool = False) -> None:
     """Fresh machine to summary: stack up, worker + sink + verifiers, a replay, a reconciliation."""
-    from . import processes, stack
+    from .devtools import processes, stack
+    from .kafka_io import TopicError, ensure_topics
     from .topics import TopicNames
     namespace = os.environ.get("ORDERSTREAM_NAMESPACE") or f"demo{time.strftime('%m%d%H%M%S')}."
     env = {"ORDERSTREAM_NAMESPACE": namespace,
@@ -174,15 +176,15 @@ def demo(count: int = 2000, seed: int = 11, keep_running: bool = False) -> None:
     console.print(f"[bold]1/4[/bold] stack up (namespace {namespace})")
     try:
         print_status(stack.up(s))
-        stack.ensure_topics(s, TopicNames(namespace))
-    except stack.StackError as exc:
+        ensure_topics(s, TopicNames(namespace))
+    except (stack.StackError, TopicError) as exc:
         fail(str(exc))
     console.print("[bold]2/4[/bold] starting verifiers, worker and sink")
     procs = [processes.start_verifiers(s, env), processes.start_worker(s, 0, env), processes.start_sink(s, env)]
     try:
         console.print(f"[bold]3/4[/bold] replaying {count} raw orders")
-        from .domain.raw_orders import ReplayMix
-        from .replay import ReplayConfig, run_replay, write_report
+        from .devtools.fake_orders import ReplayMix
+        from .devtools.replay import ReplayConfig, run_replay, write_report
         names = TopicNames(namespace)
         report_path = s.var / "demo-report.json"
         from rich.progress import Progress
@@ -228,47 +230,11 @@ def dlq_replay(reason: str = typer.Option("", help="Only dead letters with this 
     A run continues where the last one stopped (a saved group position), so nothing is re-driven
     twice by accident; letters skipped by --reason stay in the topic and can be re-driven later
     with --from-beginning."""
-    from . import kafka_io
-    from .codecs import dead_letter_codec
+    from .redrive import redrive_dead_letters
     from .topics import names
-    s = load_settings()
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-    codec = dead_letter_codec()
-    # manual assignment with the group's committed offsets: no group join to wait for, and each
-    # dead letter is re-driven once (the offsets are committed after the producer flushed)
-    consumer = kafka_io.consumer(s, group=f"{names.ns}orderstream-dlq-replay")
-    parts = consumer.list_topics(names.DLQ, timeout=10).topics[names.DLQ].partitions
-    committed = consumer.committed([TopicPartition(names.DLQ, p) for p in parts], timeout=10)
-    if from_beginning:
-        committed = [TopicPartition(tp.topic, tp.partition, -1) for tp in committed]
-    start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-             for tp in committed]
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(names.DLQ, p), timeout=10)[1] for p in parts}
-    consumer.assign(start)
-    position = {tp.partition: max(tp.offset, 0) for tp in committed}
-    producer = kafka_io.producer(s)
-    redriven = skipped = 0
-    try:
-        deadline = time.monotonic() + 120
-        while any(position[p] < ends[p] for p in parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(500, timeout=1.0):
-                if msg.error():
-                    continue
-                position[msg.partition()] = msg.offset() + 1
-                letter = codec.decode(msg.value())
-                if reason and letter["reason_code"] != reason:
-                    skipped += 1
-                    continue
-                if not dry_run:
-                    producer.produce(letter["source_topic"], key=letter["key"], value=letter["payload"],
-                                     headers=[("redriven_from", f"{msg.topic()}:{msg.partition()}:{msg.offset()}".encode())])
-                redriven += 1
-        producer.flush(60)
-        if not dry_run:
-            consumer.commit(offsets=[TopicPartition(names.DLQ, p, position[p]) for p in parts], asynchronous=False)
-    finally:
-        consumer.close()
-    console.print(f"re-driven: {redriven}, skipped: {skipped}{' (dry run)' if dry_run else ''}")
+    report = redrive_dead_letters(load_settings(), names, reason=reason, from_beginning=from_beginning,
+                                  dry_run=dry_run)
+    console.print(str(report))
 
 
 # ------------------------------------------------------------------------------- rules and decisions

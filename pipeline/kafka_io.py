@@ -1,4 +1,5 @@
-"""confluent-kafka clients for everything outside the Faust worker: replay, sink, tests, benchmarks."""
+"""confluent-kafka clients for everything outside the Faust worker: replay, sink, tests, benchmarks;
+and the topic provisioning (`ensure_topics`) a worker runs before Faust starts."""
 from __future__ import annotations
 
 import time
@@ -6,9 +7,10 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import Settings
+from .topics import TopicNames, names as default_names
 
 
 def producer(s: Settings, **overrides) -> Producer:
@@ -127,6 +129,28 @@ def end_offsets(s: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
         return out
     finally:
         c.close()
+
+
+class TopicError(RuntimeError):
+    """A pipeline topic could not be created; the message says which and why."""
+
+
+def ensure_topics(s: Settings, names: TopicNames = default_names, partitions: int | None = None) -> None:
+    """Create any missing pipeline topic with the configured partition count (never shrinks one)."""
+    topics, compacted = names.ALL_TOPICS, names.COMPACTED
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return
+    new = [NewTopic(t, num_partitions=1 if t in compacted else (partitions or s.partitions), replication_factor=1,
+                    config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing]
+    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise TopicError(f"could not create topic {topic}: {exc}") from exc
 
 
 def delete_topics(s: Settings, topics: list[str]) -> None:

@@ -1,12 +1,12 @@
 """Shared fixtures. Stack tests use the project's own real Kafka broker and redis-server,
-brought up (idempotently) by pipeline.stack, exactly as `orderstream stack up` does."""
+brought up (idempotently) by pipeline.devtools.stack, exactly as `orderstream stack up` does."""
 from __future__ import annotations
 
 import uuid
 
 import pytest
 
-from pipeline import stack
+from pipeline.devtools import stack
 from pipeline.config import load_settings
 
 

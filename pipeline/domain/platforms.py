@@ -2,8 +2,9 @@
 
 One `PlatformSpec` per platform says where each canonical field lives in that platform's JSON,
 how its times and money are written and what its status codes mean. `normalize` reads these
-specs (compiled once at import); `raw_orders` renders payloads from the same specs. Adding a
-platform or a renamed field is an edit here, not a new branch of code.
+specs (compiled once at import); the fake-order generator (`pipeline.devtools.fake_orders`)
+renders payloads from the same specs. Adding a platform or a renamed field is an edit here, not
+a new branch of code.
 
 Field paths: "a.b" walks nested objects; "x|y" lists alternatives, first non-empty wins (the
 seeds' field table and the platforms' APIs do not always agree on a name, e.g. JD consignee vs

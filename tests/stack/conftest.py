@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
-from pipeline import kafka_io, processes, stack
+from pipeline import kafka_io
+from pipeline.devtools import processes, stack
 from pipeline.config import load_settings
-from pipeline.replay import wait_drained
+from pipeline.devtools.replay import wait_drained
 from pipeline.topics import TopicNames
 
 pytestmark = pytest.mark.stack
@@ -44,7 +45,7 @@ class Pipeline:
         os.environ.update(self.env)
         self.s = load_settings()
         stack.up(self.s)
-        stack.ensure_topics(self.s, self.names)
+        kafka_io.ensure_topics(self.s, self.names)
         self.producer = kafka_io.producer(self.s)
 
     @property

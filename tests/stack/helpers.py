@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pipeline import kafka_io
 from pipeline.codecs import order_codec
 from pipeline.contracts import InventoryEvent, RiskEvent
-from pipeline.replay import reconcile
+from pipeline.devtools.replay import reconcile
 
 CODEC = order_codec()
 SINK_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters", "channel_events", "breaker_events")

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.domain.normalize import global_order_id
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from tests.stack.helpers import CODEC, Watch
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.codecs import order_codec
 from pipeline.contracts import DroppedDuplicate, InventoryEvent
 from pipeline.domain.normalize import global_order_id
-from pipeline.domain.raw_orders import RawOrderFactory, ReplayMix
-from pipeline.replay import ReplayConfig, produce_replay, reconcile
+from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix
+from pipeline.devtools.replay import ReplayConfig, produce_replay, reconcile
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
             # a re-published reservation carries the very same allocation
             assert per_order.setdefault(ev["order_id"], units) == units
     released = {ev["order_id"] for ev in events if ev["event"] == "released"}
-    from pipeline.domain.raw_orders import SKUS
+    from pipeline.devtools.fake_orders import SKUS
     from pipeline.inventory_store import InventoryStore
     store = InventoryStore(redis.Redis.from_url(p.s.redis), prefix=f"{p.ns}inv")
     reserved_in_redis = sum(level.reserved for sku in SKUS for level in store.stock_by_warehouse(sku).values())

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline.codecs import dead_letter_codec
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.contracts import InventoryEvent
-from pipeline.domain.raw_orders import ReplayMix
-from pipeline.replay import ReplayConfig, produce_replay, reconcile
+from pipeline.devtools.fake_orders import ReplayMix
+from pipeline.devtools.replay import ReplayConfig, produce_replay, reconcile
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """Issue 11: faults injected mid-replay on the real broker, Redis and ClickHouse engine.
 
 Each test produces a replay at a steady rate in a thread, injects one fault while orders are
-in flight, lets the pipeline drain, and then accounts for every message (pipeline.replay's
+in flight, lets the pipeline drain, and then accounts for every message (pipeline.devtools.replay's
 exact reconciliation) and every effect (Redis reservations, ClickHouse rows). The figures
 (orders, in flight at the fault, lost, doubled) are merged into benchmarks/results/reliability.json.
 
@@ -29,15 +29,16 @@ import pytest
 import redis
 from confluent_kafka import KafkaException
 
-from pipeline import kafka_io, stack
+from pipeline import kafka_io
 from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.contracts import DroppedDuplicate, InventoryEvent
+from pipeline.devtools import stack
 from pipeline.config import PROJECT_ROOT
 from pipeline.domain.normalize import CHINA_TZ
 from pipeline.domain.platforms import SPECS, TimeFormat
-from pipeline.domain.raw_orders import SKUS, RawOrderFactory, ReplayMix, expected_order_id
+from pipeline.devtools.fake_orders import SKUS, RawOrderFactory, ReplayMix, expected_order_id
 from pipeline.inventory_store import InventoryStore
-from pipeline.replay import ReplayConfig, group_lag, produce_replay, worker_inputs
+from pipeline.devtools.replay import ReplayConfig, group_lag, produce_replay, worker_inputs
 from tests.stack.helpers import SINK_TABLES, distinct_facts, settle, sink_counts, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

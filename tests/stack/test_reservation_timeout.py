@@ -8,7 +8,7 @@ import redis
 
 from pipeline.contracts import InventoryEvent, StockUpdate, WarehouseStock
 from pipeline.domain.normalize import global_order_id
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.inventory_store import InventoryStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.contracts import RiskDecision
 from pipeline.domain.normalize import global_order_id
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.domain.risk import DEFAULT_RULES_FILE, RuleSet, RuleSetError
 from tests.stack.helpers import Watch
 

@@ -20,8 +20,8 @@ import pytest
 from pipeline.codecs import order_codec
 from pipeline.contracts import InventoryEvent, RiskEvent
 from pipeline.config import PROJECT_ROOT
-from pipeline.domain.raw_orders import ReplayMix
-from pipeline.replay import ReplayConfig, produce_replay
+from pipeline.devtools.fake_orders import ReplayMix
+from pipeline.devtools.replay import ReplayConfig, produce_replay
 from tests.stack.helpers import distinct_facts, settle, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.codecs import dead_letter_codec, order_codec
-from pipeline.domain.raw_orders import ReplayMix, generate_stream
-from pipeline.replay import ReplayConfig, run_replay
+from pipeline.devtools.fake_orders import ReplayMix, generate_stream
+from pipeline.devtools.replay import ReplayConfig, run_replay
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

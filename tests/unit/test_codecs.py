@@ -9,7 +9,7 @@ from fastavro._logical_writers_py import prepare_timestamp_millis
 
 from pipeline.codecs import MAGIC, epoch_ms, order_codec
 from pipeline.domain.normalize import normalize
-from pipeline.domain.raw_orders import ReplayMix, generate_stream
+from pipeline.devtools.fake_orders import ReplayMix, generate_stream
 
 SHANGHAI = timezone(timedelta(hours=8))
 

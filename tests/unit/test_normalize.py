@@ -11,7 +11,7 @@ from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.domain.normalize import (Rejection, content_fingerprint, dead_letter_record, global_order_id,
                                        normalize)
 from pipeline.domain.platforms import SPECS, STANDARD_STATES
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.topics import PLATFORMS
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pipeline.codecs import order_codec
 from pipeline.domain.normalize import NormalizeResult, content_fingerprint, normalize
 from pipeline.domain.platforms import SPECS
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.topics import PLATFORMS
 
 NOW = datetime(2026, 11, 12, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, order_codec
 from pipeline.domain.normalize import normalize
-from pipeline.domain.raw_orders import RawOrderFactory
+from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.topics import PLATFORMS
 
 NOW = datetime(2026, 11, 12, tzinfo=timezone.utc)

@@ -1,5 +1,5 @@
 """Pure parts of the local stack's provisioning (no broker started)."""
-from pipeline.stack import new_cluster_id
+from pipeline.devtools.stack import new_cluster_id
 
 
 def test_a_kraft_cluster_id_never_starts_with_a_dash():

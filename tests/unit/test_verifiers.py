@@ -9,7 +9,8 @@ import time
 import aiohttp
 from aiohttp import web
 
-from pipeline.verifiers import VerifierClient, check_address, check_payment, create_verifier_app, order_summary
+from pipeline.devtools.verifier_service import check_address, check_payment, create_verifier_app
+from pipeline.verifiers import VerifierClient, order_summary
 
 ORDER = {
     "order_id": "SHOPEE-1", "platform": "SHOPEE", "currency": "THB",

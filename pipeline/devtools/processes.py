@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
+from ..config import Settings
 from .stack import log_tail, pid_alive, read_pid, spawn, stop_pid_file
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterator
 
-from .normalize import CHINA_TZ, UTC, VALID_ID, _TIME_PARSERS, global_order_id
-from .platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
+from ..domain.normalize import CHINA_TZ, UTC, VALID_ID, _TIME_PARSERS, global_order_id
+from ..domain.platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
 
 # -- catalogue and geography ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Black Friday replay: produce realistic raw orders along a sale-day curve, then reconcile.
 
-The generator (pipeline.domain.raw_orders) knows what each message should become, so the
+The generator (pipeline.devtools.fake_orders) knows what each message should become, so the
 reconciliation is exact: every produced message must come out once, as a new order or update
 (orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach exactly one terminal risk/inventory outcome.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from . import kafka_io
-from .codecs import dead_letter_codec, order_codec
-from .contracts import BreakerTransition, InventoryEvent, RiskEvent, StockUpdate, WarehouseStock
-from .config import Settings
-from .domain.raw_orders import SKUS, RawMessage, ReplayMix, generate_stream
-from .topics import TopicNames
+from .. import kafka_io
+from ..codecs import dead_letter_codec, order_codec
+from ..config import Settings
+from ..contracts import BreakerTransition, InventoryEvent, RiskEvent, StockUpdate, WarehouseStock
+from ..topics import TopicNames
+from .fake_orders import SKUS, RawMessage, ReplayMix, generate_stream
 
 # Relative orders per hour of a sale day (seeds: 12,000 in the first hour after midnight,
 # a daytime plateau, an evening rise). Only the shape matters; `--speed` sets the clock.

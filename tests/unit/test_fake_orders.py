@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.domain.normalize import normalize
-from pipeline.domain.raw_orders import (GIFT_CARD_SKUS, MALFORMED_KINDS, REMOTE_PROVINCES, SKUS, RawOrderFactory,
-                                        ReplayMix, generate_stream, standard_status)
+from pipeline.devtools.fake_orders import (GIFT_CARD_SKUS, MALFORMED_KINDS, REMOTE_PROVINCES, SKUS, RawOrderFactory,
+                                           ReplayMix, generate_stream, standard_status)
 from pipeline.topics import PLATFORMS
 
 NOW = datetime(2026, 11, 12, tzinfo=timezone.utc)

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Settings, load_settings
-from .topics import TopicNames, names as default_names
+from ..config import PROJECT_ROOT, Settings, load_settings
+from ..kafka_io import TopicError, ensure_topics
 
 POM = PROJECT_ROOT / "stack" / "pom.xml"
 KAFKA_LIBS = PROJECT_ROOT / "stack" / ".cache" / "kafka-libs"
@@ -237,7 +237,10 @@ def kafka_up(s: Settings, timeout: float = 90.0) -> ComponentStatus:
         if not read_pid(pid_file):
             raise StackError(f"the Kafka broker exited during start-up; log tail:\n{log_tail(log_file)}")
         if kafka_healthy(s):
-            ensure_topics(s)
+            try:
+                ensure_topics(s)
+            except TopicError as exc:
+                raise StackError(str(exc)) from exc
             return kafka_status(s)
         time.sleep(0.5)
     raise StackError(f"the Kafka broker did not answer within {timeout:.0f}s; log tail:\n{log_tail(log_file)}")
@@ -253,26 +256,6 @@ def kafka_healthy(s: Settings, timeout: float = 3.0) -> bool:
         return bool(md.brokers)
     except Exception:  # KafkaException while the broker is still starting
         return False
-
-
-def ensure_topics(s: Settings, names: TopicNames = default_names, partitions: int | None = None) -> None:
-    """Create any missing pipeline topic with the configured partition count (never shrinks one)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    topics, compacted = names.ALL_TOPICS, names.COMPACTED
-    admin = AdminClient({"bootstrap.servers": s.bootstrap})
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [t for t in topics if t not in existing]
-    if not missing:
-        return
-    new = [NewTopic(t, num_partitions=1 if t in compacted else (partitions or s.partitions), replication_factor=1,
-                    config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing]
-    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise StackError(f"could not create topic {topic}: {exc}") from exc
 
 
 def kafka_status(s: Settings) -> ComponentStatus:
@@ -351,7 +334,7 @@ def clickhouse_status(s: Settings) -> ComponentStatus:
 
 def _clickhouse_server_healthy(s: Settings) -> bool:
     try:
-        from .clickhouse.backends import open_backend  # type: ignore[attr-defined]
+        from ..clickhouse.backends import open_backend  # type: ignore[attr-defined]
 
         backend = open_backend(s)
         backend.query("SELECT 1")
@@ -371,7 +354,7 @@ def status(s: Settings | None = None) -> list[ComponentStatus]:
 
 
 def down(s: Settings | None = None) -> list[str]:
-    """Stop what `up` started (and any pipeline processes started through pipeline.processes)."""
+    """Stop what `up` started (and any pipeline processes started through pipeline.devtools.processes)."""
     s = s or load_settings()
     stopped = []
     for pid_file in sorted(_run_dir(s).glob("*.pid"), key=lambda p: p.name in ("kafka.pid", "redis.pid")):
