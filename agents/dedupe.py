@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 
 from pipeline import metrics
-from pipeline.app import app, json_table, settings
+from pipeline.app import app, changelogged_table, settings
 from pipeline.contracts import DroppedDuplicate
 from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
 from pipeline.faust_internals import DirectWindowedTable, handling, active_dbs, window_end, without_key_index
@@ -26,7 +26,7 @@ WINDOW = timedelta(seconds=settings.dedupe_window_s)
 EXPIRES = WINDOW * 2
 
 # key = global order id; RocksDB keeps the state on disk; `sweep_expired_windows` drops old windows
-seen_versions = json_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=EXPIRES)
+seen_versions = changelogged_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=EXPIRES)
 without_key_index(seen_versions.table)
 
 

@@ -8,12 +8,11 @@ A released hold is reserved here and announced on orders.accepted.
 """
 from __future__ import annotations
 
-import base64
 import logging
 
 from pipeline import metrics
-from pipeline.app import app, held_and_decided, json_table, settings
-from pipeline.contracts import ORDER, CodecError, HoldVerdict, RiskEvent
+from pipeline.app import app, changelogged_table, held_and_decided, settings
+from pipeline.contracts import ORDER, CodecError, Hold, HoldVerdict, RiskEvent
 from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
                                    parse_decision, resolved, timeout_decision)
 from pipeline.faust_internals import keys_in_order
@@ -26,14 +25,23 @@ from .inventory import publish_channel_states, release_order, reserve_batch
 log = logging.getLogger(__name__)
 ORDER_CODEC = ORDER
 
-holds = json_table("risk-holds")
+holds = changelogged_table("risk-holds", values="raw")  # Hold records (Avro), see hold_of / keep
 # the holds still waiting, keyed by deadline then order id (domain.holds.open_key): the timer
 # reads only the due ones, in deadline order, instead of every hold ever made or still open
-open_holds = json_table("risk-holds-open")
+open_holds = changelogged_table("risk-holds-open")
 
 
-def open_index_key(record: dict) -> str:
-    return open_key(record["due_at_ms"], record["order_id"])
+def open_index_key(record: Hold) -> str:
+    return open_key(record.due_at_ms, record.order_id)
+
+
+def hold_of(order_id: str) -> Hold | None:
+    value = holds.get(order_id)
+    return None if value is None else Hold.decode(value)
+
+
+def keep(record: Hold) -> None:
+    holds[record.order_id] = record.encode()
 
 
 @app.agent(held_and_decided)
@@ -55,18 +63,17 @@ def hold(msg) -> tuple[str, str]:
     """(platform, outcome) of a held order arriving: held, or redelivered (kept as it was)."""
     order = ORDER_CODEC.decode(msg.value)
     order_id = order["order_id"]
-    existing = holds.get(order_id)
+    existing = hold_of(order_id)
     if existing is not None:
         # a redelivered hold keeps its original deadline (and a decided one stays decided)
-        if existing.get("status") == HELD and open_holds.get(open_index_key(existing)) is None:
+        if existing.status == HELD and open_holds.get(open_index_key(existing)) is None:
             open_holds[open_index_key(existing)] = HELD  # a crash came between the two writes
         return order["platform"], "redelivered"
     headers = headers_of(msg)
     verdict = hold_verdict(headers.get(HoldVerdict.HEADER), order_id)
-    record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition)
-    record["order_b64"] = base64.b64encode(msg.value).decode()
-    record["headers"] = {k: v.decode(errors="replace") for k, v in headers.items() if k != HoldVerdict.HEADER}
-    holds[order_id] = record
+    record = new_hold(order_id, order["platform"], now_ms(), verdict, settings.risk_hold_timeout_s, msg.partition,
+                      order=bytes(msg.value), headers=headers)
+    keep(record)
     open_holds[open_index_key(record)] = HELD
     log.info("held", extra={"order_id": order_id})
     return order["platform"], "held"
@@ -91,33 +98,31 @@ async def decide(msg, out: Outputs) -> tuple[str, str]:
         metrics.RISK_DECISIONS.labels(outcome="malformed").inc()
         return "", "malformed"
     source = f"{msg.partition}:{msg.offset}"
-    record = holds.get(decision.order_id)
+    record = hold_of(decision.order_id)
     resolution = apply_decision(record, decision)
     if resolution.outcome == "ignored":
-        if record is not None and record.get("status") != HELD:
+        if record is not None and record.status != HELD:
             open_holds.pop(open_index_key(record), None)  # nothing left to time out
-        if record is not None and record.get("decided_by") == source:
+        if record is not None and record.decided_by == source and record.resolution_event:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
-            await publish_resolution(record, RiskEvent.from_dict(record["resolution_event"]), out)
+            await publish_resolution(record, RiskEvent.decode(record.resolution_event), out)
         else:
             metrics.RISK_DECISIONS.labels(outcome="ignored").inc()
-        return (record or {}).get("platform", ""), "ignored"
+        return (record.platform if record else ""), "ignored"
     metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
-    # resolved holds stay in the table (marked), so late or repeated decisions are ignored
-    holds[decision.order_id] = {**resolved(record, resolution), "decided_by": source,
-                                "resolution_event": resolution.event.as_dict()}
+    keep(resolved(record, resolution, decided_by=source))
     open_holds.pop(open_index_key(record), None)
     await publish_resolution(record, resolution.event, out)
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
-    return record.get("platform", ""), resolution.outcome
+    return record.platform, resolution.outcome
 
 
-async def publish_resolution(record: dict, event: RiskEvent, out: Outputs) -> None:
-    key = record["order_id"].encode()
-    order_bytes = base64.b64decode(record["order_b64"])
+async def publish_resolution(record: Hold, event: RiskEvent, out: Outputs) -> None:
+    key = record.order_id.encode()
+    order_bytes = record.order
     order = ORDER_CODEC.decode(order_bytes)
     if event.event in ("approved", "auto_released"):
-        headers = [(k, v.encode()) for k, v in record.get("headers", {}).items() if k != "risk"]
+        headers = [(k, v) for k, v in record.headers.items() if k != "risk"]
         headers.append(("risk", event.event.encode()))
         out.send(names.ACCEPTED, key, order_bytes, headers)
         touched = await reserve_batch([(order, dict(headers))], out)

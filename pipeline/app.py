@@ -58,11 +58,13 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2}
 ROCKSDB_BUDGET = RocksDBBudget(settings.table_store_memory_mb * 2**20) if settings.table_store == "rocksdb" else None
 
 
-def json_table(name: str, default=None) -> faust.Table:
-    """A changelogged table with JSON keys and values (the app default is raw bytes)."""
-    schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
+def changelogged_table(name: str, default=None, values: str = "json") -> faust.Table:
+    """A changelogged table with JSON keys; values JSON, or "raw" bytes a contract encodes."""
+    value_type = bytes if values == "raw" else None  # Faust picks a table's serializers from its types
+    schema = faust.Schema(key_type=str, value_type=value_type, key_serializer="json", value_serializer=values)
     options = dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else None
-    table = app.Table(name, default=default, schema=schema, partitions=settings.partitions, options=options)
+    table = app.Table(name, default=default, schema=schema, key_type=str, value_type=value_type,
+                      partitions=settings.partitions, options=options)
     if ROCKSDB_BUDGET is not None:
         ROCKSDB_BUDGET.share_with(table)
     return table

@@ -7,7 +7,7 @@ same classes, so a field is added in one schema and one class, never in a dict b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from pipeline.codecs import AvroCodec, codec
@@ -191,5 +191,38 @@ class HoldVerdict(Event):
         return _construct(cls, data)
 
 
+@dataclass(frozen=True, slots=True)
+class Hold(Event):
+    """The risk-holds table's value: built and decided in pipeline.domain.holds."""
+    SCHEMA: ClassVar[str] = "hold"
+    order_id: str
+    platform: str
+    status: str
+    held_at_ms: int
+    timeout_s: float
+    due_at_ms: int
+    partition: int
+    approvers: tuple[str, ...] = ()
+    rule_ids: tuple[str, ...] = ()
+    hits: tuple[RuleHit, ...] = ()
+    amount_minor: int = 0
+    currency: str = ""
+    ruleset_version: int = 0
+    order: bytes = b""
+    headers: dict[str, bytes] = field(default_factory=dict)
+    decided_by: str | None = None
+    resolution_event: bytes | None = None
+
+    def as_dict(self) -> dict:
+        out = Event.as_dict(self)
+        out["hits"] = [hit.as_dict() for hit in self.hits]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Hold":
+        data = dict(data, hits=tuple(h if isinstance(h, RuleHit) else RuleHit(**h) for h in data.get("hits") or ()))
+        return _construct(cls, data)
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (RiskEvent, InventoryEvent, RiskDecision, ChannelEvent, BreakerTransition,
-                                        DroppedDuplicate, HoldVerdict)
+                                        DroppedDuplicate, HoldVerdict, Hold)

@@ -1,7 +1,7 @@
 """Held orders and the decisions that end a hold (operator approve/reject, or default release).
 
-The holds agent keeps one JSON-able dict per held order in a changelogged Faust table keyed by
-order id; this module only builds those dicts and decides. Deadlines are absolute wall-clock
+The holds agent keeps one `Hold` record per held order in a changelogged Faust table keyed by
+order id; this module only builds those records and decides. Deadlines are absolute wall-clock
 milliseconds stored in the hold itself, so a restarted worker rebuilding the table from its
 changelog still knows which holds are overdue.
 
@@ -10,10 +10,10 @@ the default policy racing an operator, a redelivery) finds no open hold and is '
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
 
-from pipeline.contracts import CodecError, HoldVerdict, RiskDecision, RiskEvent
+from pipeline.contracts import CodecError, Hold, HoldVerdict, RiskDecision, RiskEvent
 
 HELD = "held"
 DECISION_ACTIONS = ("approve", "reject")
@@ -33,26 +33,17 @@ class Resolution:
 
 
 def new_hold(order_id: str, platform: str, held_at_ms: int, verdict: HoldVerdict, timeout_s: float,
-             partition: int) -> dict:
-    """The table value for a freshly held order, from the verdict that rode with it."""
+             partition: int, order: bytes = b"", headers: Mapping[str, bytes] | None = None) -> Hold:
+    """The table value for a freshly held order (its bytes and headers kept to release it as it
+    came), from the verdict that rode with it."""
     if timeout_s <= 0:
         raise ValueError(f"hold timeout must be positive, got {timeout_s!r}")
-    hit_dicts = [h.as_dict() for h in verdict.hits]
-    return {
-        "status": HELD,
-        "order_id": order_id,
-        "platform": platform,
-        "held_at_ms": int(held_at_ms),
-        "timeout_s": timeout_s,
-        "due_at_ms": int(held_at_ms + timeout_s * 1000),
-        "partition": partition,
-        "approvers": list(verdict.approvers),
-        "rule_ids": [h["rule_id"] for h in hit_dicts],
-        "hits": hit_dicts,
-        "amount_minor": int(verdict.amount_minor),
-        "currency": verdict.currency,
-        "ruleset_version": int(verdict.ruleset_version),
-    }
+    return Hold(order_id=order_id, platform=platform, status=HELD, held_at_ms=int(held_at_ms), timeout_s=timeout_s,
+                due_at_ms=int(held_at_ms + timeout_s * 1000), partition=partition,
+                approvers=tuple(verdict.approvers), rule_ids=tuple(h.rule_id for h in verdict.hits),
+                hits=tuple(verdict.hits), amount_minor=int(verdict.amount_minor), currency=verdict.currency,
+                ruleset_version=int(verdict.ruleset_version), order=order,
+                headers={k: v for k, v in (headers or {}).items() if k != HoldVerdict.HEADER})
 
 
 def parse_decision(data: bytes | RiskDecision) -> RiskDecision:
@@ -81,34 +72,35 @@ def parse_decision(data: bytes | RiskDecision) -> RiskDecision:
     return data
 
 
-def apply_decision(hold: dict | None, decision: RiskDecision) -> Resolution:
+def apply_decision(hold: Hold | None, decision: RiskDecision) -> Resolution:
     """End the hold, or ignore the decision when there is nothing (left) to decide."""
     if hold is None:
         return Resolution("ignored", None, "no open hold for this order")
-    if hold.get("status", HELD) != HELD:
-        return Resolution("ignored", None, f"hold already {hold.get('status')}")
-    if hold.get("order_id") not in (None, decision.order_id):
+    if hold.status != HELD:
+        return Resolution("ignored", None, f"hold already {hold.status}")
+    if hold.order_id != decision.order_id:
         return Resolution("ignored", None, "decision is for another order")
     if decision.source == "default_policy":
-        if decision.decided_at_ms < hold["due_at_ms"]:
+        if decision.decided_at_ms < hold.due_at_ms:
             # a default release before the deadline (clock skew, changed config): operators still have time
             return Resolution("ignored", None, "default policy fired before the hold was due")
         outcome = "auto_released" if decision.action == "approve" else "rejected"
     else:
         outcome = "approved" if decision.action == "approve" else "rejected"
     event = RiskEvent(
-        event=outcome, order_id=decision.order_id, platform=hold.get("platform") or "",
-        at_ms=decision.decided_at_ms, rule_ids=tuple(hold.get("rule_ids", ())),
-        approvers=tuple(hold.get("approvers", ())), operator=decision.operator, reason=decision.reason,
-        waited_ms=max(0, decision.decided_at_ms - int(hold.get("held_at_ms", decision.decided_at_ms))),
-        source=decision.source, amount_minor=hold.get("amount_minor"), currency=hold.get("currency") or "",
-        ruleset_version=int(hold.get("ruleset_version") or 0))
+        event=outcome, order_id=decision.order_id, platform=hold.platform, at_ms=decision.decided_at_ms,
+        rule_ids=hold.rule_ids, approvers=hold.approvers, operator=decision.operator, reason=decision.reason,
+        waited_ms=max(0, decision.decided_at_ms - hold.held_at_ms), source=decision.source,
+        amount_minor=hold.amount_minor, currency=hold.currency, ruleset_version=hold.ruleset_version)
     return Resolution(outcome, event)
 
 
-def resolved(hold: dict, resolution: Resolution) -> dict:
-    """The hold marked as resolved (for agents that keep resolved holds instead of deleting)."""
-    return {**hold, "status": resolution.outcome}
+def resolved(hold: Hold, resolution: Resolution, decided_by: str | None = None) -> Hold:
+    """The hold marked as resolved, with the decision's coordinates and the event it published:
+    resolved holds stay in the table, so late or repeated decisions are ignored, and a decision
+    re-processed after a crash re-publishes exactly that event."""
+    return replace(hold, status=resolution.outcome, decided_by=decided_by,
+                   resolution_event=None if resolution.event is None else resolution.event.encode())
 
 
 def open_key(due_at_ms: int, order_id: str) -> str:

@@ -3,7 +3,6 @@ the default policy (also across a worker restart), and a rule set published on t
 changes the following orders' outcomes without a restart while an invalid one is refused."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.contracts import RiskDecision
+from pipeline.contracts import Hold, RiskDecision
 from pipeline.domain.normalize import global_order_id
 from pipeline.devtools.fake_orders import RawOrderFactory
 from pipeline.domain.risk import DEFAULT_RULES_FILE, RuleSet, RuleSetError
@@ -266,8 +265,8 @@ def test_hold_timeout_survives_a_worker_restart(restart_pipeline, how):
     # the hold is in the changelogged table (what a restarted worker rebuilds from)
     def hold_record(w):
         for m in w.on(changelog(p, "risk-holds")):
-            value = json.loads(m.value()) if m.value() else None  # the table keeps JSON
-            if value and value.get("order_id") == order_id and value.get("status") == "held":
+            value = Hold.decode(m.value()) if m.value() else None
+            if value and value.order_id == order_id and value.status == "held":
                 return value
         return None
     hold = watch.until(hold_record, 60, "the hold in the risk-holds changelog", p.check_alive)
@@ -278,7 +277,7 @@ def test_hold_timeout_survives_a_worker_restart(restart_pipeline, how):
         worker.kill()
     assert not worker.alive()
     # the worker went down before the deadline: nothing was released yet
-    assert time.time() * 1000 < hold["due_at_ms"], "worker stopped too late to test the restart"
+    assert time.time() * 1000 < hold.due_at_ms, "worker stopped too late to test the restart"
     watch.settle(0.5)
     assert not watch.events(p, order_id, "auto_released") and not watch.order_ids(n.ACCEPTED)[order_id]
 
@@ -286,8 +285,8 @@ def test_hold_timeout_survives_a_worker_restart(restart_pipeline, how):
     [released] = watch.until(lambda w: w.events(p, order_id, "auto_released"), 90,
                              "the default release after the restart", p.check_alive)
     # the original deadline counted, not a fresh one from the restart
-    assert released["at_ms"] >= hold["due_at_ms"]
-    assert released["at_ms"] - released["waited_ms"] == hold["held_at_ms"]
+    assert released["at_ms"] >= hold.due_at_ms
+    assert released["at_ms"] - released["waited_ms"] == hold.held_at_ms
     p.drain()
     watch.settle(2)
     assert watch.order_ids(n.ACCEPTED)[order_id] == 1

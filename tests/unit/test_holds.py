@@ -1,11 +1,10 @@
 """Hold bookkeeping: deadlines, decision parsing, idempotent resolution and the default policy."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from pipeline.contracts import HoldVerdict, RiskDecision, RiskEvent, RuleHit
+from pipeline.contracts import Hold, HoldVerdict, RiskDecision, RiskEvent, RuleHit
 from pipeline.domain.holds import (DecisionError, apply_decision, due_order_ids, new_hold, open_key,
                                    order_of_open_key, parse_decision,
                                    resolved, timeout_decision)
@@ -40,22 +39,22 @@ def decision(**kw) -> RiskDecision:
     return parse_decision(RiskDecision(**data))
 
 
-def test_new_hold_is_json_and_carries_what_operators_need(hold, verdict):
+def test_new_hold_is_a_hold_record_and_carries_what_operators_need(hold, verdict):
     assert verdict.action == "hold"
-    assert json.loads(json.dumps(hold)) == hold  # survives the table's JSON serializer
-    assert hold["due_at_ms"] == T0 + 30 * 60 * 1000
-    assert hold["rule_ids"] == ["amount_over_5000", "remote_region"]
-    assert hold["approvers"] == ["regional_manager", "production"]
-    assert hold["amount_minor"] == 680_000 and hold["currency"] == "CNY"
-    assert hold["partition"] == 2 and hold["status"] == "held" and hold["ruleset_version"] == 1
+    assert Hold.decode(hold.encode()) == hold  # what the table and its changelog keep
+    assert hold.due_at_ms == T0 + 30 * 60 * 1000
+    assert hold.rule_ids == ("amount_over_5000", "remote_region")
+    assert hold.approvers == ("regional_manager", "production")
+    assert hold.amount_minor == 680_000 and hold.currency == "CNY"
+    assert hold.partition == 2 and hold.status == "held" and hold.ruleset_version == 1
 
 
 def test_new_hold_from_the_verdict_header():
     header = HoldVerdict(hits=(RuleHit("r", "amount", "low", "hold", "big"),), approvers=("ops",),
                          amount_minor=5, currency="USD").encode()
     h = new_hold("X", "JD", T0, HoldVerdict.decode(header), timeout_s=2, partition=0)
-    assert h["rule_ids"] == ["r"] and h["approvers"] == ["ops"] and h["due_at_ms"] == T0 + 2000
-    assert h["amount_minor"] == 5 and h["currency"] == "USD"
+    assert h.rule_ids == ("r",) and h.approvers == ("ops",) and h.due_at_ms == T0 + 2000
+    assert h.amount_minor == 5 and h.currency == "USD"
 
 
 def test_new_hold_rejects_non_positive_timeout(verdict):
@@ -95,10 +94,12 @@ def test_operator_approval(hold):
     assert ev.event == "approved" and ev.order_id == "TMALL-9" and ev.platform == "TMALL"
     assert ev.operator == "wang.manager" and ev.reason == "known customer"
     assert ev.waited_ms == 60_000 and ev.at_ms == T0 + 60_000
-    assert list(ev.rule_ids) == hold["rule_ids"] and list(ev.approvers) == hold["approvers"]
-    assert ev.amount_minor == hold["amount_minor"] and ev.ruleset_version == hold["ruleset_version"]
+    assert ev.rule_ids == hold.rule_ids and ev.approvers == hold.approvers
+    assert ev.amount_minor == hold.amount_minor and ev.ruleset_version == hold.ruleset_version
     assert RiskEvent.decode(ev.encode()) == ev
-    assert RiskEvent.from_dict(json.loads(json.dumps(ev.as_dict()))) == ev  # as the holds table keeps it
+    kept = resolved(hold, res, decided_by="3:17")  # what the table keeps: a re-run re-publishes this event
+    assert kept.status == "approved" and kept.decided_by == "3:17"
+    assert RiskEvent.decode(Hold.decode(kept.encode()).resolution_event) == ev
 
 
 def test_operator_rejection(hold):
@@ -133,7 +134,7 @@ def test_due_order_ids_reads_each_partition_only_up_to_its_first_hold_not_due():
 
 
 def test_timeout_releases_with_default_policy(hold):
-    now = hold["due_at_ms"] + 5
+    now = hold.due_at_ms + 5
     d = timeout_decision("TMALL-9", now, timeout_s=30 * 60)
     assert d.action == "approve" and d.operator == "default_policy" and d.source == "default_policy"
     assert d.reason == "no decision within 30 min"
@@ -149,7 +150,7 @@ def test_timeout_reason_for_short_test_timeouts():
 
 
 def test_default_policy_before_deadline_is_ignored(hold):
-    early = timeout_decision("TMALL-9", hold["due_at_ms"] - 1)
+    early = timeout_decision("TMALL-9", hold.due_at_ms - 1)
     assert apply_decision(hold, early).outcome == "ignored"
 
 
@@ -157,8 +158,8 @@ def test_operator_and_timeout_race_only_first_counts(hold):
     """The timer may emit a release while an operator's rejection is in flight: first one wins."""
     operator_first = apply_decision(hold, decision(action="reject", reason="fraud"))
     after = resolved(hold, operator_first)
-    assert apply_decision(after, timeout_decision("TMALL-9", hold["due_at_ms"])).outcome == "ignored"
-    timer_first = apply_decision(hold, timeout_decision("TMALL-9", hold["due_at_ms"]))
+    assert apply_decision(after, timeout_decision("TMALL-9", hold.due_at_ms)).outcome == "ignored"
+    timer_first = apply_decision(hold, timeout_decision("TMALL-9", hold.due_at_ms))
     assert timer_first.outcome == "auto_released"
     assert apply_decision(resolved(hold, timer_first), decision(action="reject", reason="x")).outcome == "ignored"
 
