@@ -16,6 +16,7 @@ from collections import Counter, deque
 from typing import Callable
 
 from pipeline import metrics
+from pipeline.retrying import Backoff, retry_until
 from pipeline.topics import TopicNames
 
 from .backends import Backend
@@ -45,8 +46,7 @@ class ClickHouseSink:
         self.specs = table_specs(names)
         self.topics = tuple(self.specs)
         self.clock = clock
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_base_s, backoff_max_s)
         self._batchers = {s.table: Batcher(s.table, max_rows, max_seconds) for s in self.specs.values()}
         self._columns = {s.table: list(s.columns) for s in self.specs.values()}
         self._pending: dict[str, deque[Batch]] = {s.table: deque() for s in self.specs.values()}
@@ -143,7 +143,7 @@ class ClickHouseSink:
                     self.backend.insert(table, batch.rows, self._columns[table], batch.token)
                 except Exception as exc:  # any failure: keep the batch, retry later
                     batch.attempts += 1
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (batch.attempts - 1))
+                    delay = self.backoff.delay(batch.attempts)
                     self._retry_at[table] = now + delay
                     self.last_error = f"{table}: {exc}"
                     self.stats["insert_failures"] += 1
@@ -163,18 +163,14 @@ class ClickHouseSink:
     def drain(self, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> bool:
         """Flush everything, retrying until it lands or the timeout passes. True when empty.
         What does not land is not lost: it was never recorded, so the next start re-reads it."""
-        deadline = time.monotonic() + timeout_s
-        delay = self.backoff_base_s
-        while True:
+        def flushed() -> bool:
             self.flush(force=True)
-            if self.buffered_rows() == 0:
-                return True
-            if time.monotonic() + delay > deadline:
-                log.warning("sink stops with %d rows not landed; they are re-read on the next start",
-                            self.buffered_rows())
-                return False
-            sleep(delay)
-            delay = min(self.backoff_max_s, delay * 2)
+            return self.buffered_rows() == 0
+
+        if retry_until(flushed, self.backoff, timeout_s, sleep):
+            return True
+        log.warning("sink stops with %d rows not landed; they are re-read on the next start", self.buffered_rows())
+        return False
 
     def status(self) -> dict:
         return {"buffered_rows": self.buffered_rows(), "pending_rows": self.pending_rows(),

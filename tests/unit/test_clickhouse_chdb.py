@@ -14,8 +14,10 @@ import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
+import tenacity
 
 from pipeline.clickhouse.backends import BackendError, ChdbBackend, ReadOnlyQueryError, readonly_query
 from pipeline.clickhouse.http import serve_http
@@ -472,6 +474,50 @@ class SinkSuite:
         rows = backend.query("SELECT sku FROM channel_events WHERE src_topic = {t:String} ORDER BY src_offset",
                              {"t": names.CHANNEL_CONTROL})
         assert [r["sku"] for r in rows] == [f"S{i}" for i in range(7)]
+
+    def test_drain_retries_with_backoff_until_everything_landed_or_time_is_up(self, backend, monkeypatch):
+        names = TopicNames("draining.")
+        feed = Feed(names)
+        for i in range(4):
+            feed.send(names.CHANNEL_CONTROL, encode_json({"event": "pause", "sku": f"D{i}", "platform": "JD",
+                                                          "available": i, "threshold": 10, "at_ms": NOW_MS}),
+                      NOW_MS, f"D{i}")
+
+        class Failing:
+            def __init__(self, inner, failures):
+                self.inner, self.failures, self.calls = inner, failures, 0
+
+            def insert(self, *args):
+                self.calls += 1
+                if self.calls <= self.failures:
+                    raise BackendError("connection refused (simulated)")
+                return self.inner.insert(*args)
+
+        now = [0.0]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+
+        monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: now[0]))
+        flaky = Failing(backend, failures=2)
+        sink = ClickHouseSink(flaky, names, max_rows=100, max_seconds=60, clock=lambda: now[0], backoff_base_s=0.5)
+        for m in feed.messages:
+            sink.add(m)
+        assert sink.drain(timeout_s=30, sleep=sleep) is True
+        assert flaky.calls == 3 and slept == [0.5, 1.0] and sink.buffered_rows() == 0
+        assert backend.query("SELECT count() AS n FROM channel_events WHERE src_topic = {t:String}",
+                             {"t": names.CHANNEL_CONTROL})[0]["n"] == 4
+
+        # ClickHouse stays away: the drain gives up before a back-off would end past the timeout
+        down = Failing(backend, failures=10**6)
+        stuck = ClickHouseSink(down, TopicNames("stuck."), max_rows=100, max_seconds=60, backoff_base_s=1.0,
+                               backoff_max_s=4.0)
+        stuck.add(Message("stuck.channel.control", 0, 0, None, feed.messages[0].value, {}, NOW_MS))
+        slept.clear()
+        assert stuck.drain(timeout_s=10, sleep=sleep) is False
+        assert slept == [1.0, 2.0, 4.0] and down.calls == 4 and stuck.buffered_rows() == 1
 
     def test_readonly_sql_refuses_writes(self, backend, loaded):
         assert readonly_query(backend, "SELECT count() AS n FROM order_events;")[0]["n"] > 0
