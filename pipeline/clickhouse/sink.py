@@ -15,27 +15,22 @@ import time
 from collections import Counter, deque
 from typing import Callable
 
-from pipeline import metrics
+from pipeline import kafka_io, metrics
+from pipeline.kafka_io import Record
 from pipeline.retrying import Backoff, retry_until
 from pipeline.topics import TopicNames
 
 from .backends import Backend
 from .natural_keys import NaturalKeyFilter
 from .batching import Batch, Batcher
-from .rows import Message, RowError, table_specs
+from .rows import RowError, table_specs
 
 log = logging.getLogger(__name__)
 
 
-def as_message(m) -> Message:
-    """A confluent-kafka Message, a kafka_io.Record or a rows.Message -> rows.Message."""
-    if isinstance(m, Message):
-        return m
-    if callable(getattr(m, "topic", None)):  # confluent_kafka.Message exposes methods
-        return Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or []),
-                       m.timestamp()[1])
-    headers = m.headers if isinstance(m.headers, dict) else dict(m.headers or [])
-    return Message(m.topic, m.partition, m.offset, m.key, m.value, headers, m.timestamp_ms)
+def as_record(m) -> Record:
+    """A confluent-kafka Message or a kafka_io.Record -> kafka_io.Record."""
+    return m if isinstance(m, Record) else Record.from_confluent(m)
 
 
 class ClickHouseSink:
@@ -84,7 +79,7 @@ class ClickHouseSink:
     def add(self, message) -> bool:
         """Buffer one message's row; False when it is skipped (unknown topic, already landed or
         buffered, undecodable). Undecodable input is counted and logged, never raised."""
-        msg = as_message(message)
+        msg = as_record(message)
         spec = self.specs.get(msg.topic)
         if spec is None:
             self.stats["unknown_topic"] += 1
@@ -187,8 +182,6 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
     """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
     run in the main thread without a stop event). Serves /health, /views, /sql and /metrics."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from pipeline import kafka_io
 
     from .backends import open_backend
     from .http import serve_http

@@ -22,10 +22,10 @@ import tenacity
 from pipeline.clickhouse.backends import BackendError, ChdbBackend, ReadOnlyQueryError, readonly_query
 from pipeline.clickhouse.http import serve_http
 from pipeline.clickhouse.migrate import migrate
-from pipeline.clickhouse.rows import Message
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import execution, strategic, tactical
 from pipeline.codecs import dead_letter_codec, encode_json, order_codec
+from pipeline.kafka_io import Record
 from pipeline.topics import PLATFORMS, TopicNames
 
 NOW = datetime(2026, 3, 10, 12, 7, 30, tzinfo=timezone.utc)
@@ -68,11 +68,11 @@ class Feed:
     def __init__(self, names: TopicNames, partitions: int = 3) -> None:
         self.names, self.partitions = names, partitions
         self.next: Counter = Counter()
-        self.messages: list[Message] = []
+        self.messages: list[Record] = []
 
-    def send(self, topic: str, value: bytes, ts_ms: int, key: str = "", headers: dict | None = None) -> Message:
+    def send(self, topic: str, value: bytes, ts_ms: int, key: str = "", headers: dict | None = None) -> Record:
         p = (sum(key.encode()) % self.partitions) if key else 0
-        msg = Message(topic, p, self.next[(topic, p)], key.encode() or None, value, headers or {}, ts_ms)
+        msg = Record(topic, p, self.next[(topic, p)], key.encode() or None, value, headers or {}, ts_ms)
         self.next[(topic, p)] += 1
         self.messages.append(msg)
         return msg
@@ -514,7 +514,7 @@ class SinkSuite:
         down = Failing(backend, failures=10**6)
         stuck = ClickHouseSink(down, TopicNames("stuck."), max_rows=100, max_seconds=60, backoff_base_s=1.0,
                                backoff_max_s=4.0)
-        stuck.add(Message("stuck.channel.control", 0, 0, None, feed.messages[0].value, {}, NOW_MS))
+        stuck.add(Record("stuck.channel.control", 0, 0, None, feed.messages[0].value, {}, NOW_MS))
         slept.clear()
         assert stuck.drain(timeout_s=10, sleep=sleep) is False
         assert slept == [1.0, 2.0, 4.0] and down.calls == 4 and stuck.buffered_rows() == 1
