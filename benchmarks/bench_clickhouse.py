@@ -26,11 +26,12 @@ from pathlib import Path
 
 from pipeline.clickhouse.backends import ChdbBackend
 from pipeline.clickhouse.migrate import migrate
-from pipeline.clickhouse.rows import (INVENTORY_COLUMNS, ORDER_COLUMNS, RISK_COLUMNS, Message, ch_time)
+from pipeline.clickhouse.rows import (INVENTORY_COLUMNS, ORDER_COLUMNS, RISK_COLUMNS, ch_time)
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import TIERS
 from pipeline.codecs import order_codec
 from pipeline.contracts import InventoryEvent, InventoryLine, RiskEvent
+from pipeline.kafka_io import Record
 from pipeline.topics import PLATFORMS, TopicNames
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_clickhouse.json"
@@ -83,7 +84,7 @@ def bench_sink_path(backend, n: int, batch: int) -> dict:
         p = i % 4
         off = offsets.get((topic, p), 0)
         offsets[(topic, p)] = off + 1
-        msgs.append(Message(topic, p, off, None, value, headers, created))
+        msgs.append(Record(topic, p, off, None, value, headers, created))
     sink = ClickHouseSink(backend, names, max_rows=batch, max_seconds=3600)
     started = time.perf_counter()
     for m in msgs:

@@ -34,16 +34,27 @@ tombstone lives as long, which covers the pipeline's 48 h replay/idempotency win
 Redis errors (ConnectionError, TimeoutError, ResponseError ...) are raised as is: every write
 here is a single atomic script or MULTI, so retrying a failed call is safe (a reserve that did
 run answers "duplicate" on retry).
+
+One implementation: `AsyncInventoryStore`, over redis.asyncio, is the store; the worker uses
+it, and its code is plain awaits with nothing in between (the hot path, `reserve_many`, is one
+script call per batch). `InventoryStore` is the same API, blocking, for tools, benchmarks and
+tests: its methods are generated from the async class and run each call to completion on the
+store's own event loop, so no method is written twice. Chosen over a sans-IO core (every
+operation a plan of Redis calls, two drivers executing it) because that would make the
+worker's code the indirect one, and over a sync core because the worker cannot block; the
+blocking callers pay one run_until_complete per call, which none of them notice.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import orjson
-import redis
 import redis.asyncio
 
 from pipeline.contracts.stock import StockUpdate, parse_stock_event
@@ -343,75 +354,39 @@ def _record_short(record: Mapping) -> dict[str, int]:
     return {str(k): int(v) for k, v in short.items()} if isinstance(short, Mapping) else {}
 
 
-class _Core:
-    """Everything but the I/O, shared by the sync and the async store."""
+def _decode_record(raw) -> dict | None:
+    return json.loads(_text(raw)) if raw is not None else None
 
-    def __init__(self, prefix: str, reservation_ttl_s: int):
-        if not prefix:
-            raise ValueError("prefix must not be empty")
-        if reservation_ttl_s <= 0:
-            raise ValueError("reservation_ttl_s must be positive")
-        self.prefix = prefix
-        self.keys = _Keys(prefix)
-        self.reservation_ttl_s = int(reservation_ttl_s)
-        self.record_ttl_s = self.reservation_ttl_s + RECORD_GRACE_S
 
-    def reserve_call(self, order_id: str, lines, candidates, policy, now_ms: int | None):
-        if not isinstance(order_id, str) or not order_id:
-            raise ValueError(f"order_id must be a non-empty string, got {order_id!r}")
-        merged = normalize_lines(lines)
-        cands = list(dict.fromkeys(_check_warehouse(w) for w in candidates))
-        policy = _check_policy(policy)
-        now = _now_ms() if now_ms is None else int(now_ms)
-        keys = [self.keys.order(order_id), self.keys.deadlines]
-        keys += [self.keys.stock(w, sku) for w in cands for sku, _ in merged]
-        args = [order_id, policy, now, self.record_ttl_s, now + self.reservation_ttl_s * 1000,
-                len(merged), len(cands), *(s for s, _ in merged), *(q for _, q in merged), *cands]
-        return keys, args
+def _level(values) -> StockLevel:
+    return StockLevel(*(_int(v) for v in values))
 
-    @staticmethod
-    def reserve_many_call(calls) -> bytes:
-        """RESERVE_MANY_LUA's argument for [(order id, (keys, args))] from reserve_call."""
-        return orjson.dumps([[k, [a if type(a) is str else str(a) for a in args]] for _, (k, args) in calls])
 
-    @staticmethod
-    def parse_reserve(order_id: str, result) -> Reservation:
-        status, raw = _text(result[0]), _text(result[1])
-        record = json.loads(raw)
-        allocations = _record_allocations(record)
-        warehouse = record.get("warehouse") or None
-        if status == "existing":
-            state = record.get("state")
-            if state == RELEASED:
-                return Reservation(order_id, RELEASED, [], {}, None, original_outcome=RELEASED)
-            return Reservation(order_id, DUPLICATE, allocations, _record_short(record), warehouse,
-                               original_outcome=state)
-        return Reservation(order_id, status, allocations, _record_short(record), warehouse)
+def _parse_reserve(order_id: str, result) -> Reservation:
+    """A Reservation from RESERVE_LUA's (status, record)."""
+    status, raw = _text(result[0]), _text(result[1])
+    record = json.loads(raw)
+    allocations = _record_allocations(record)
+    warehouse = record.get("warehouse") or None
+    if status == "existing":
+        state = record.get("state")
+        if state == RELEASED:
+            return Reservation(order_id, RELEASED, [], {}, None, original_outcome=RELEASED)
+        return Reservation(order_id, DUPLICATE, allocations, _record_short(record), warehouse,
+                           original_outcome=state)
+    return Reservation(order_id, status, allocations, _record_short(record), warehouse)
 
-    def release_call(self, order_id: str, reason: str, record: Mapping | None, now_ms: int | None):
-        allocs = _record_allocations(record) if record and record.get("state") != RELEASED else []
-        keys = [self.keys.order(order_id), self.keys.deadlines]
-        keys += [self.keys.stock(w, s) for w, s, _ in allocs]
-        args = [order_id, str(reason), _now_ms() if now_ms is None else int(now_ms), self.record_ttl_s,
-                len(allocs)]
-        for w, s, _ in allocs:
-            args += [w, s]
-        return keys, args
 
-    @staticmethod
-    def parse_release(result) -> Release | None:
-        """None: the record changed between read and script (a reserve raced us); read again."""
-        status, raw = _text(result[0]), _text(result[1])
-        if status == "mismatch":
-            return None
-        if status == "released":
-            allocs = _record_allocations(json.loads(raw))
-            return Release(True, sum(q for _, _, q in allocs), allocs)
-        return Release(False, 0, [])
-
-    @staticmethod
-    def level(values) -> StockLevel:
-        return StockLevel(*(_int(v) for v in values))
+def _parse_release(result) -> Release | None:
+    """A Release from RELEASE_LUA's (status, record); None: the record changed between read and
+    script (a reserve raced us), read again."""
+    status, raw = _text(result[0]), _text(result[1])
+    if status == "mismatch":
+        return None
+    if status == "released":
+        allocs = _record_allocations(json.loads(raw))
+        return Release(True, sum(q for _, _, q in allocs), allocs)
+    return Release(False, 0, [])
 
 
 def depth_over(available_by_sku: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
@@ -420,152 +395,21 @@ def depth_over(available_by_sku: Mapping[str, Mapping[str, int]]) -> dict[str, i
     return {w: max(0, min(by_wh.get(w, 0) for by_wh in available_by_sku.values())) for w in whs}
 
 
-def _decode_record(raw) -> dict | None:
-    return json.loads(_text(raw)) if raw is not None else None
-
-
 _RELEASE_ATTEMPTS = 5
 
 
-class InventoryStore:
-    """Synchronous store over a `redis.Redis` client (decode_responses on or off)."""
-
-    def __init__(self, redis_client: redis.Redis, prefix: str = "inv", reservation_ttl_s: int = 172800):
-        self.redis = redis_client
-        self._core = _Core(prefix, reservation_ttl_s)
-        self.keys = self._core.keys
-        self._reserve = redis_client.register_script(RESERVE_LUA)
-        self._reserve_many = redis_client.register_script(RESERVE_MANY_LUA)
-        self._release = redis_client.register_script(RELEASE_LUA)
-
-    # ------------------------------------------------------------ stock
-    def apply_snapshot(self, warehouse: str, sku: str, total: int, locked: int = 0, presale: int = 0) -> int:
-        """Overwrite the warehouse's figures (never `reserved`); returns the new available."""
-        u = parse_stock_event({"type": "snapshot", "warehouse": warehouse, "sku": sku,
-                               "total": total, "locked": locked, "presale": presale})
-        return self._apply(u)
-
-    def apply_delta(self, warehouse: str, sku: str, total: int = 0, locked: int = 0, presale: int = 0) -> int:
-        """Add to the warehouse's figures; returns the new available."""
-        u = parse_stock_event({"type": "delta", "warehouse": warehouse, "sku": sku,
-                               "total": total, "locked": locked, "presale": presale})
-        return self._apply(u)
-
-    def apply_stock_event(self, event) -> int:
-        """Apply one stock-topic message (dict or JSON); StockEventError if invalid."""
-        return self._apply(parse_stock_event(event))
-
-    def _apply(self, u: StockUpdate) -> int:
-        key = self.keys.stock(u.warehouse, u.sku)
-        pipe = self.redis.pipeline(transaction=True)
-        if u.kind == "snapshot":
-            pipe.hset(key, mapping={"total": u.total, "locked": u.locked, "presale": u.presale})
-        else:
-            for name in ("total", "locked", "presale"):
-                pipe.hincrby(key, name, getattr(u, name))
-        pipe.sadd(self.keys.warehouses(u.sku), u.warehouse)
-        pipe.hmget(key, *STOCK_FIELDS)
-        return self._core.level(pipe.execute()[-1]).available
-
-    def stock(self, warehouse: str, sku: str) -> StockLevel:
-        return self._core.level(self.redis.hmget(self.keys.stock(warehouse, sku), *STOCK_FIELDS))
-
-    def available(self, warehouse: str, sku: str) -> int:
-        """Raw available units; negative when the warehouse reported less than is reserved."""
-        return self.stock(warehouse, sku).available
-
-    def stock_by_warehouse(self, sku: str) -> dict[str, StockLevel]:
-        whs = sorted(_text(w) for w in self.redis.smembers(self.keys.warehouses(sku)))
-        pipe = self.redis.pipeline(transaction=False)
-        for w in whs:
-            pipe.hmget(self.keys.stock(w, sku), *STOCK_FIELDS)
-        return {w: self._core.level(v) for w, v in zip(whs, pipe.execute())}
-
-    def available_by_warehouse(self, sku: str) -> dict[str, int]:
-        return {w: lvl.available for w, lvl in self.stock_by_warehouse(sku).items()}
-
-    def total_available(self, sku: str) -> int:
-        """Sellable units over all warehouses (a negative warehouse does not cancel a positive one)."""
-        return sum(max(0, a) for a in self.available_by_warehouse(sku).values())
-
-    def warehouses_for(self, skus: Iterable[str]) -> list[str]:
-        """Every warehouse that has reported stock for any of `skus`, sorted."""
-        pipe = self.redis.pipeline(transaction=False)
-        for sku in skus:
-            pipe.smembers(self.keys.warehouses(sku))
-        return sorted({_text(w) for members in pipe.execute() for w in members})
-
-    def depth_for(self, skus: Iterable[str]) -> dict[str, int]:
-        """Per warehouse, the smallest available over `skus` (the depth the warehouse score wants)."""
-        skus = list(dict.fromkeys(skus))
-        return depth_over({sku: self.available_by_warehouse(sku) for sku in skus})
-
-    # ------------------------------------------------------------ reservations
-    def reserve(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str],
-                policy: str = "next", now_ms: int | None = None) -> Reservation:
-        keys, args = self._core.reserve_call(order_id, lines, candidates, policy, now_ms)
-        return self._core.parse_reserve(order_id, self._reserve(keys=keys, args=args))
-
-    def reserve_many(self, requests: Iterable[ReserveRequest | tuple], now_ms: int | None = None) -> list[Reservation]:
-        """One script call for many orders, each reservation as atomic as `reserve`'s."""
-        calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
-        if not calls:
-            return []
-        flat = self._reserve_many(args=[self._core.reserve_many_call(calls)])
-        return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
-
-    def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
-        """Give the order's units back; idempotent; leaves a tombstone against late reserves."""
-        for _ in range(_RELEASE_ATTEMPTS):
-            record = _decode_record(self.redis.get(self.keys.order(order_id)))
-            keys, args = self._core.release_call(order_id, reason, record, now_ms)
-            result = self._core.parse_release(self._release(keys=keys, args=args))
-            if result is not None:
-                return result
-        raise RuntimeError(f"release of {order_id!r} kept racing with reserves")
-
-    def reservation(self, order_id: str) -> dict | None:
-        """The stored record (state reserved / backorder / released), or None."""
-        return _decode_record(self.redis.get(self.keys.order(order_id)))
-
-    def expired(self, now_ms: int | None = None, limit: int = 100) -> list[str]:
-        now = _now_ms() if now_ms is None else int(now_ms)
-        return [_text(m) for m in self.redis.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=limit)]
-
-    def release_expired(self, now_ms: int | None = None, limit: int = 100) -> list[tuple[str, Release]]:
-        """Release reservations held past their deadline (reason "timeout")."""
-        return [(oid, self.release(oid, "timeout", now_ms)) for oid in self.expired(now_ms, limit)]
-
-    # ------------------------------------------------------------ channels
-    def set_channel_paused(self, sku: str, paused: bool) -> bool:
-        """True only for the caller whose call changed the state (SET NX / DEL are atomic)."""
-        key = self.keys.paused(sku)
-        if paused:
-            return bool(self.redis.set(key, _now_ms(), nx=True))
-        return bool(self.redis.delete(key))
-
-    def is_channel_paused(self, sku: str) -> bool:
-        return bool(self.redis.exists(self.keys.paused(sku)))
-
-    def channel_update(self, sku: str, threshold: int, platforms: Iterable[str], primary: str,
-                       now_ms: int | None = None, resume_margin: int = 0) -> list[dict]:
-        """Pause/resume events for `sku` if its state must change and this caller changed it."""
-        available = self.total_available(sku)
-        was_paused = self.is_channel_paused(sku)
-        paused = should_pause(available, threshold, was_paused, resume_margin)
-        if paused == was_paused or not self.set_channel_paused(sku, paused):
-            return []
-        return channel_events(sku, available, threshold, was_paused, platforms, primary,
-                              _now_ms() if now_ms is None else now_ms, resume_margin)
-
-
 class AsyncInventoryStore:
-    """The same API over `redis.asyncio.Redis` (for the Faust agent); same Lua scripts."""
+    """The store, over `redis.asyncio.Redis` (decode_responses on or off): the one implementation."""
 
     def __init__(self, redis_client: redis.asyncio.Redis, prefix: str = "inv", reservation_ttl_s: int = 172800):
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        if reservation_ttl_s <= 0:
+            raise ValueError("reservation_ttl_s must be positive")
         self.redis = redis_client
-        self._core = _Core(prefix, reservation_ttl_s)
-        self.keys = self._core.keys
+        self.keys = _Keys(prefix)
+        self.reservation_ttl_s = int(reservation_ttl_s)
+        self.record_ttl_s = self.reservation_ttl_s + RECORD_GRACE_S
         self._reserve = redis_client.register_script(RESERVE_LUA)
         self._reserve_many = redis_client.register_script(RESERVE_MANY_LUA)
         self._release = redis_client.register_script(RELEASE_LUA)
@@ -573,14 +417,17 @@ class AsyncInventoryStore:
 
     # ------------------------------------------------------------ stock
     async def apply_snapshot(self, warehouse: str, sku: str, total: int, locked: int = 0, presale: int = 0) -> int:
+        """Overwrite the warehouse's figures (never `reserved`); returns the new available."""
         return await self._apply(parse_stock_event({"type": "snapshot", "warehouse": warehouse, "sku": sku,
                                                     "total": total, "locked": locked, "presale": presale}))
 
     async def apply_delta(self, warehouse: str, sku: str, total: int = 0, locked: int = 0, presale: int = 0) -> int:
+        """Add to the warehouse's figures; returns the new available."""
         return await self._apply(parse_stock_event({"type": "delta", "warehouse": warehouse, "sku": sku,
                                                     "total": total, "locked": locked, "presale": presale}))
 
     async def apply_stock_event(self, event) -> int:
+        """Apply one stock-topic message (dict or JSON); StockEventError if invalid."""
         return await self._apply(parse_stock_event(event))
 
     async def _apply(self, u: StockUpdate) -> int:
@@ -594,12 +441,13 @@ class AsyncInventoryStore:
             pipe.sadd(self.keys.warehouses(u.sku), u.warehouse)
             pipe.hmget(key, *STOCK_FIELDS)
             results = await pipe.execute()
-        return self._core.level(results[-1]).available
+        return _level(results[-1]).available
 
     async def stock(self, warehouse: str, sku: str) -> StockLevel:
-        return self._core.level(await self.redis.hmget(self.keys.stock(warehouse, sku), *STOCK_FIELDS))
+        return _level(await self.redis.hmget(self.keys.stock(warehouse, sku), *STOCK_FIELDS))
 
     async def available(self, warehouse: str, sku: str) -> int:
+        """Raw available units; negative when the warehouse reported less than is reserved."""
         return (await self.stock(warehouse, sku)).available
 
     async def stock_by_warehouse(self, sku: str) -> dict[str, StockLevel]:
@@ -608,7 +456,7 @@ class AsyncInventoryStore:
             for w in whs:
                 pipe.hmget(self.keys.stock(w, sku), *STOCK_FIELDS)
             values = await pipe.execute()
-        return {w: self._core.level(v) for w, v in zip(whs, values)}
+        return {w: _level(v) for w, v in zip(whs, values)}
 
     async def stock_levels(self, skus: Iterable[str]) -> dict[str, dict[str, StockLevel]]:
         """Every warehouse's level for many SKUs in one script call (the batch agents' read)."""
@@ -622,30 +470,19 @@ class AsyncInventoryStore:
             count, at = int(flat[at]), at + 1
             out[sku] = {}
             for _ in range(count):
-                out[sku][_text(flat[at])] = self._core.level(flat[at + 1:at + 5])
+                out[sku][_text(flat[at])] = _level(flat[at + 1:at + 5])
                 at += 5
         return out
-
-    async def set_channels_paused(self, wanted: dict[str, bool]) -> dict[str, bool]:
-        """Flip many pause flags in one round trip; returns, per SKU, whether this call changed it."""
-        if not wanted:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sku, paused in wanted.items():
-                if paused:
-                    pipe.set(self.keys.paused(sku), _now_ms(), nx=True)
-                else:
-                    pipe.delete(self.keys.paused(sku))
-            results = await pipe.execute()
-        return {sku: bool(r) for sku, r in zip(wanted, results)}
 
     async def available_by_warehouse(self, sku: str) -> dict[str, int]:
         return {w: lvl.available for w, lvl in (await self.stock_by_warehouse(sku)).items()}
 
     async def total_available(self, sku: str) -> int:
+        """Sellable units over all warehouses (a negative warehouse does not cancel a positive one)."""
         return sum(max(0, a) for a in (await self.available_by_warehouse(sku)).values())
 
     async def warehouses_for(self, skus: Iterable[str]) -> list[str]:
+        """Every warehouse that has reported stock for any of `skus`, sorted."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
                 pipe.smembers(self.keys.warehouses(sku))
@@ -653,33 +490,59 @@ class AsyncInventoryStore:
         return sorted({_text(w) for members in results for w in members})
 
     async def depth_for(self, skus: Iterable[str]) -> dict[str, int]:
+        """Per warehouse, the smallest available over `skus` (the depth the warehouse score wants)."""
         skus = list(dict.fromkeys(skus))
         return depth_over({sku: await self.available_by_warehouse(sku) for sku in skus})
 
     # ------------------------------------------------------------ reservations
+    def _reserve_call(self, order_id: str, lines, candidates, policy, now_ms: int | None):
+        """RESERVE_LUA's keys and arguments for one order (validated here, before Redis)."""
+        if not isinstance(order_id, str) or not order_id:
+            raise ValueError(f"order_id must be a non-empty string, got {order_id!r}")
+        merged = normalize_lines(lines)
+        cands = list(dict.fromkeys(_check_warehouse(w) for w in candidates))
+        policy = _check_policy(policy)
+        now = _now_ms() if now_ms is None else int(now_ms)
+        keys = [self.keys.order(order_id), self.keys.deadlines]
+        keys += [self.keys.stock(w, sku) for w in cands for sku, _ in merged]
+        args = [order_id, policy, now, self.record_ttl_s, now + self.reservation_ttl_s * 1000,
+                len(merged), len(cands), *(s for s, _ in merged), *(q for _, q in merged), *cands]
+        return keys, args
+
     async def reserve(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str],
                       policy: str = "next", now_ms: int | None = None) -> Reservation:
-        keys, args = self._core.reserve_call(order_id, lines, candidates, policy, now_ms)
-        return self._core.parse_reserve(order_id, await self._reserve(keys=keys, args=args))
+        keys, args = self._reserve_call(order_id, lines, candidates, policy, now_ms)
+        return _parse_reserve(order_id, await self._reserve(keys=keys, args=args))
 
     async def reserve_many(self, requests: Iterable[ReserveRequest | tuple],
                            now_ms: int | None = None) -> list[Reservation]:
-        calls = [(req[0], self._core.reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
+        """One script call for many orders, each reservation as atomic as `reserve`'s."""
+        calls = [(req[0], self._reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
         if not calls:
             return []
-        flat = await self._reserve_many(args=[self._core.reserve_many_call(calls)])
-        return [self._core.parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
+        # RESERVE_MANY_LUA's one argument: [[keys, args], ...], every value a string
+        batch = orjson.dumps([[k, [a if type(a) is str else str(a) for a in args]] for _, (k, args) in calls])
+        flat = await self._reserve_many(args=[batch])
+        return [_parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
 
     async def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
+        """Give the order's units back; idempotent; leaves a tombstone against late reserves."""
         for _ in range(_RELEASE_ATTEMPTS):
             record = _decode_record(await self.redis.get(self.keys.order(order_id)))
-            keys, args = self._core.release_call(order_id, reason, record, now_ms)
-            result = self._core.parse_release(await self._release(keys=keys, args=args))
+            allocs = _record_allocations(record) if record and record.get("state") != RELEASED else []
+            keys = [self.keys.order(order_id), self.keys.deadlines]
+            keys += [self.keys.stock(w, s) for w, s, _ in allocs]
+            args = [order_id, str(reason), _now_ms() if now_ms is None else int(now_ms), self.record_ttl_s,
+                    len(allocs)]
+            for w, s, _ in allocs:
+                args += [w, s]
+            result = _parse_release(await self._release(keys=keys, args=args))
             if result is not None:
                 return result
         raise RuntimeError(f"release of {order_id!r} kept racing with reserves")
 
     async def reservation(self, order_id: str) -> dict | None:
+        """The stored record (state reserved / backorder / released), or None."""
         return _decode_record(await self.redis.get(self.keys.order(order_id)))
 
     async def expired(self, now_ms: int | None = None, limit: int = 100) -> list[str]:
@@ -695,20 +558,36 @@ class AsyncInventoryStore:
         return int(await self.redis.zrem(self.keys.deadlines, *order_ids))
 
     async def release_expired(self, now_ms: int | None = None, limit: int = 100) -> list[tuple[str, Release]]:
+        """Release reservations held past their deadline (reason "timeout")."""
         return [(oid, await self.release(oid, "timeout", now_ms)) for oid in await self.expired(now_ms, limit)]
 
     # ------------------------------------------------------------ channels
     async def set_channel_paused(self, sku: str, paused: bool) -> bool:
+        """True only for the caller whose call changed the state (SET NX / DEL are atomic)."""
         key = self.keys.paused(sku)
         if paused:
             return bool(await self.redis.set(key, _now_ms(), nx=True))
         return bool(await self.redis.delete(key))
+
+    async def set_channels_paused(self, wanted: dict[str, bool]) -> dict[str, bool]:
+        """Flip many pause flags in one round trip; returns, per SKU, whether this call changed it."""
+        if not wanted:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku, paused in wanted.items():
+                if paused:
+                    pipe.set(self.keys.paused(sku), _now_ms(), nx=True)
+                else:
+                    pipe.delete(self.keys.paused(sku))
+            results = await pipe.execute()
+        return {sku: bool(r) for sku, r in zip(wanted, results)}
 
     async def is_channel_paused(self, sku: str) -> bool:
         return bool(await self.redis.exists(self.keys.paused(sku)))
 
     async def channel_update(self, sku: str, threshold: int, platforms: Iterable[str], primary: str,
                              now_ms: int | None = None, resume_margin: int = 0) -> list[dict]:
+        """Pause/resume events for `sku` if its state must change and this caller changed it."""
         available = await self.total_available(sku)
         was_paused = await self.is_channel_paused(sku)
         paused = should_pause(available, threshold, was_paused, resume_margin)
@@ -716,3 +595,48 @@ class AsyncInventoryStore:
             return []
         return channel_events(sku, available, threshold, was_paused, platforms, primary,
                               _now_ms() if now_ms is None else now_ms, resume_margin)
+
+
+class InventoryStore:
+    """AsyncInventoryStore, blocking, for the tools and tests (never the worker).
+
+    Every public coroutine method of AsyncInventoryStore is here under the same name and
+    arguments (made below from the async class, not written again); each call runs to completion
+    on this store's own event loop, so use one store from one thread at a time, outside any
+    running event loop. `close()` (or `with`) closes the connections and the loop.
+    """
+
+    def __init__(self, redis_url: str, prefix: str = "inv", reservation_ttl_s: int = 172800):
+        self.store = AsyncInventoryStore(redis.asyncio.Redis.from_url(redis_url), prefix, reservation_ttl_s)
+        self.keys = self.store.keys
+        self._loop = asyncio.new_event_loop()
+
+    def _run(self, coroutine):
+        try:
+            return self._loop.run_until_complete(coroutine)
+        except RuntimeError:  # e.g. called inside a running loop: the call never started
+            coroutine.close()
+            raise
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self.store.redis.aclose())
+            self._loop.close()
+
+    def __enter__(self) -> "InventoryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _blocking(method):
+    @functools.wraps(method)
+    def call(self: InventoryStore, *args, **kwargs):
+        return self._run(method(self.store, *args, **kwargs))
+    return call
+
+
+for _name, _method in list(vars(AsyncInventoryStore).items()):
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_method):
+        setattr(InventoryStore, _name, _blocking(_method))

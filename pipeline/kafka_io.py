@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -76,13 +76,20 @@ def produce_all(p: Producer, records: Iterable[tuple[str, bytes | None, bytes, l
 
 @dataclass
 class Record:
+    """One Kafka record, for every reader outside Faust: `read_topics`, the ClickHouse sink and its rows."""
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
+    headers: Mapping[str, bytes]
     timestamp_ms: int
-    headers: dict[str, bytes]
+
+    @classmethod
+    def from_confluent(cls, m) -> "Record":
+        """A confluent_kafka.Message (its fields are methods) -> Record."""
+        return cls(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or []),
+                   m.timestamp()[1])
 
 
 def read_topics(s: Settings, topics: list[str], idle_s: float = 2.0, max_s: float = 120.0,
@@ -109,8 +116,7 @@ def read_topics(s: Settings, topics: list[str], idle_s: float = 2.0, max_s: floa
                     raise KafkaException(m.error())
                 last = time.monotonic()
                 seen += 1
-                yield Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                             dict(m.headers() or []))
+                yield Record.from_confluent(m)
     finally:
         c.close()
 

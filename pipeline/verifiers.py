@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from pipeline.retrying import Backoff, retry_async
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,11 @@ class _CallBreaker:
 
 
 class _Retryable(Exception):
-    pass
+    """An answer worth asking again for: HTTP 5xx or 429, or a malformed body."""
+
+
+# timeouts, 5xx and 429, a malformed answer, a refused or broken connection, a body that is not JSON
+_RETRYABLE = (asyncio.TimeoutError, _Retryable, aiohttp.ClientError, OSError, ValueError)
 
 
 class VerifierClient:
@@ -67,14 +73,14 @@ class VerifierClient:
                  clock=time.monotonic) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.failure_threshold = failure_threshold
         self.reset_s = reset_s
         # by default: enough for every attempt of one call plus its back-offs
         self.deadline_s = deadline_s if deadline_s is not None else (
             timeout_s * (retries + 1) + backoff_s * (2 ** retries - 1) + 0.1)
         self._clock = clock
+        # `retries` more attempts after the first, backoff_s, 2 x backoff_s, ... apart
+        self._retry = retry_async(_RETRYABLE, Backoff(backoff_s), attempts=retries + 1)
         self._session: aiohttp.ClientSession | None = None
         self._breakers: dict[str, _CallBreaker] = {}
 
@@ -118,33 +124,34 @@ class VerifierClient:
     async def _call_with_retries(self, name: str, order: dict) -> VerifierResult:
         url = f"{self.base_url}/verify/{name}"
         body = order_summary(order)
-        last_problem = ""
         attempts = 0
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * (2 ** (attempt - 1)))
+
+        async def attempt() -> VerifierResult:
+            nonlocal attempts
             attempts += 1
-            try:
-                session = await self._get_session()
-                async with session.post(url, json=body) as resp:
-                    if resp.status >= 500 or resp.status == 429:
-                        raise _Retryable(f"HTTP {resp.status}")
-                    if resp.status != 200:
-                        # our request is wrong (unknown verifier, bad body): retrying will not help
-                        text = (await resp.text())[:200]
-                        return VerifierResult(name, None, f"rejected request: HTTP {resp.status} {text}", attempts)
-                    data = await resp.json()
-                ok = data.get("ok") if isinstance(data, dict) else None
-                if not isinstance(ok, bool):
-                    raise _Retryable(f"malformed answer {str(data)[:100]}")
-                return VerifierResult(name, ok, str(data.get("reason", "")), attempts)
-            except asyncio.TimeoutError:
-                last_problem = f"timeout after {self.timeout_s}s"
-            except _Retryable as exc:
-                last_problem = str(exc)
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
-        return VerifierResult(name, None, f"unavailable: {last_problem}", attempts)
+            session = await self._get_session()
+            async with session.post(url, json=body) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise _Retryable(f"HTTP {resp.status}")
+                if resp.status != 200:
+                    # our request is wrong (unknown verifier, bad body): retrying will not help
+                    text = (await resp.text())[:200]
+                    return VerifierResult(name, None, f"rejected request: HTTP {resp.status} {text}", attempts)
+                data = await resp.json()
+            ok = data.get("ok") if isinstance(data, dict) else None
+            if not isinstance(ok, bool):
+                raise _Retryable(f"malformed answer {str(data)[:100]}")
+            return VerifierResult(name, ok, str(data.get("reason", "")), attempts)
+
+        try:
+            return await self._retry(attempt)
+        except asyncio.TimeoutError:
+            problem = f"timeout after {self.timeout_s}s"
+        except _Retryable as exc:
+            problem = str(exc)
+        except _RETRYABLE as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        return VerifierResult(name, None, f"unavailable: {problem}", attempts)
 
     async def verify_all(self, names, order: dict) -> dict[str, VerifierResult]:
         """Run the verifiers concurrently; whatever is not done by the deadline is unavailable."""

@@ -19,16 +19,7 @@ class RowError(ValueError):
     """A message the sink cannot map to a row (undecodable or missing fields); it is skipped."""
 
 
-@dataclass
-class Message:
-    """What the sink needs of a Kafka message (pipeline.kafka_io.Record has the same fields)."""
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: Mapping[str, bytes]
-    timestamp_ms: int
+# Every function here maps one pipeline.kafka_io.Record (what the sink consumed) to a row.
 
 
 def ch_time(value) -> str | None:

@@ -15,26 +15,22 @@ import time
 from collections import Counter, deque
 from typing import Callable
 
-from pipeline import metrics
+from pipeline import kafka_io, metrics
+from pipeline.kafka_io import Record
+from pipeline.retrying import Backoff, retry_until
 from pipeline.topics import TopicNames
 
 from .backends import Backend
 from .natural_keys import NaturalKeyFilter
 from .batching import Batch, Batcher
-from .rows import Message, RowError, table_specs
+from .rows import RowError, table_specs
 
 log = logging.getLogger(__name__)
 
 
-def as_message(m) -> Message:
-    """A confluent-kafka Message, a kafka_io.Record or a rows.Message -> rows.Message."""
-    if isinstance(m, Message):
-        return m
-    if callable(getattr(m, "topic", None)):  # confluent_kafka.Message exposes methods
-        return Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or []),
-                       m.timestamp()[1])
-    headers = m.headers if isinstance(m.headers, dict) else dict(m.headers or [])
-    return Message(m.topic, m.partition, m.offset, m.key, m.value, headers, m.timestamp_ms)
+def as_record(m) -> Record:
+    """A confluent-kafka Message or a kafka_io.Record -> kafka_io.Record."""
+    return m if isinstance(m, Record) else Record.from_confluent(m)
 
 
 class ClickHouseSink:
@@ -45,8 +41,7 @@ class ClickHouseSink:
         self.specs = table_specs(names)
         self.topics = tuple(self.specs)
         self.clock = clock
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_base_s, backoff_max_s)
         self._batchers = {s.table: Batcher(s.table, max_rows, max_seconds) for s in self.specs.values()}
         self._columns = {s.table: list(s.columns) for s in self.specs.values()}
         self._pending: dict[str, deque[Batch]] = {s.table: deque() for s in self.specs.values()}
@@ -84,7 +79,7 @@ class ClickHouseSink:
     def add(self, message) -> bool:
         """Buffer one message's row; False when it is skipped (unknown topic, already landed or
         buffered, undecodable). Undecodable input is counted and logged, never raised."""
-        msg = as_message(message)
+        msg = as_record(message)
         spec = self.specs.get(msg.topic)
         if spec is None:
             self.stats["unknown_topic"] += 1
@@ -143,7 +138,7 @@ class ClickHouseSink:
                     self.backend.insert(table, batch.rows, self._columns[table], batch.token)
                 except Exception as exc:  # any failure: keep the batch, retry later
                     batch.attempts += 1
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (batch.attempts - 1))
+                    delay = self.backoff.delay(batch.attempts)
                     self._retry_at[table] = now + delay
                     self.last_error = f"{table}: {exc}"
                     self.stats["insert_failures"] += 1
@@ -163,18 +158,14 @@ class ClickHouseSink:
     def drain(self, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> bool:
         """Flush everything, retrying until it lands or the timeout passes. True when empty.
         What does not land is not lost: it was never recorded, so the next start re-reads it."""
-        deadline = time.monotonic() + timeout_s
-        delay = self.backoff_base_s
-        while True:
+        def flushed() -> bool:
             self.flush(force=True)
-            if self.buffered_rows() == 0:
-                return True
-            if time.monotonic() + delay > deadline:
-                log.warning("sink stops with %d rows not landed; they are re-read on the next start",
-                            self.buffered_rows())
-                return False
-            sleep(delay)
-            delay = min(self.backoff_max_s, delay * 2)
+            return self.buffered_rows() == 0
+
+        if retry_until(flushed, self.backoff, timeout_s, sleep):
+            return True
+        log.warning("sink stops with %d rows not landed; they are re-read on the next start", self.buffered_rows())
+        return False
 
     def status(self) -> dict:
         return {"buffered_rows": self.buffered_rows(), "pending_rows": self.pending_rows(),
@@ -191,8 +182,6 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
     """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
     run in the main thread without a stop event). Serves /health, /views, /sql and /metrics."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from pipeline import kafka_io
 
     from .backends import open_backend
     from .http import serve_http

@@ -10,7 +10,6 @@ import urllib.request
 from collections import Counter
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.codecs import order_codec
@@ -100,8 +99,8 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(pipeline_factory):
     released = {ev["order_id"] for ev in events if ev["event"] == "released"}
     from pipeline.devtools.fake_orders import SKUS
     from pipeline.inventory_store import InventoryStore
-    store = InventoryStore(redis.Redis.from_url(p.s.redis), prefix=f"{p.ns}inv")
-    reserved_in_redis = sum(level.reserved for sku in SKUS for level in store.stock_by_warehouse(sku).values())
+    with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
+        reserved_in_redis = sum(level.reserved for sku in SKUS for level in store.stock_by_warehouse(sku).values())
     assert per_order
     assert reserved_in_redis == sum(u for o, u in per_order.items() if o not in released)
 

@@ -43,8 +43,7 @@ def assign(orders, seed: int) -> list[list]:
 
 
 def worker(redis_url: str, prefix: str, orders, batched: bool, release_every: int, start, out) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    store = InventoryStore(client, prefix=prefix)
+    store = InventoryStore(redis_url, prefix=prefix)
     results, releases = [], []
     start.wait(30)
     requests = [(oid, [(SKU, qty)], cands, policy) for oid, qty, policy, cands in orders]
@@ -58,13 +57,13 @@ def worker(redis_url: str, prefix: str, orders, batched: bool, release_every: in
             if release_every and int(res.order_id[1:]) % release_every == 0 and res.outcome in ("reserved", "duplicate"):
                 rel = store.release(res.order_id, "cancelled")
                 releases.append((res.order_id, rel.released, rel.units))
-    client.close()
+    store.close()
     out.put((results, releases))
 
 
 def run_workers(redis_url: str, prefix: str, release_every: int, seed: int):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    store = InventoryStore(client, prefix=prefix)
+    store = InventoryStore(redis_url, prefix=prefix)
     for wh, units in STOCK.items():
         store.apply_snapshot(wh, SKU, total=units)
     orders = plan_orders(seed)
@@ -159,6 +158,7 @@ def test_competing_processes_never_oversell(redis_url, redis_prefix):
                 assert room < qty[oid], f"{oid} refused but {final} could serve {qty[oid]}"
         assert reserved_units > sum(STOCK.values()) - 6   # 400 small orders leave only crumbs
     finally:
+        store.close()
         purge(client, redis_prefix)
 
 
@@ -187,4 +187,5 @@ def test_releases_racing_with_reserves_keep_the_counters_exact(redis_url, redis_
         assert sum(level.reserved for level in levels.values()) == held <= sum(STOCK.values())
         assert all(level.reserved >= 0 and level.available >= 0 for level in levels.values())
     finally:
+        store.close()
         purge(client, redis_prefix)

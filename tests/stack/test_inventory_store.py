@@ -8,8 +8,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from pipeline.inventory_store import (AsyncInventoryStore, InventoryStore, ReserveRequest, StockEventError,
-                                      StockLevel)
+from pipeline.contracts import StockEventError
+from pipeline.inventory_store import AsyncInventoryStore, InventoryStore, ReserveRequest, StockLevel
 
 pytestmark = pytest.mark.stack
 
@@ -30,8 +30,22 @@ def client(redis_url):
 
 
 @pytest.fixture()
-def store(client, redis_prefix):
-    yield InventoryStore(client, prefix=redis_prefix)
+def make_store(redis_url):
+    """InventoryStore(redis_url, prefix, ...): each one closed after the test."""
+    made: list[InventoryStore] = []
+
+    def make(prefix: str, **kwargs) -> InventoryStore:
+        made.append(InventoryStore(redis_url, prefix=prefix, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture()
+def store(make_store, client, redis_prefix):
+    yield make_store(redis_prefix)
     _purge(client, redis_prefix)
 
 
@@ -236,8 +250,8 @@ def test_release_before_reserve_blocks_the_late_reserve(store):
     assert store.available("WH-SH", "A") == 5
 
 
-def test_reservation_timeouts_are_released_by_the_sweeper(client, redis_prefix, store):
-    short_store = InventoryStore(client, prefix=redis_prefix, reservation_ttl_s=60)
+def test_reservation_timeouts_are_released_by_the_sweeper(client, redis_prefix, store, make_store):
+    short_store = make_store(redis_prefix, reservation_ttl_s=60)
     short_store.apply_snapshot("WH-SH", "A", total=10)
     short_store.reserve("old", [("A", 3)], ["WH-SH"], now_ms=NOW)
     short_store.reserve("new", [("A", 2)], ["WH-SH"], now_ms=NOW + 50_000)
@@ -276,12 +290,12 @@ def test_channel_paused_flag_changes_exactly_once(store):
     assert store.set_channel_paused("A", False) is False
 
 
-def test_channel_update_pauses_once_and_resumes_after_restock(store, client, redis_prefix):
+def test_channel_update_pauses_once_and_resumes_after_restock(store, make_store, redis_prefix):
     store.apply_snapshot("WH-SH", "A", total=12)
     platforms = ["TMALL", "JD", "SHOPIFY"]
     assert store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
     store.reserve("o1", [("A", 3)], ["WH-SH"])
-    other_worker = InventoryStore(client, prefix=redis_prefix)
+    other_worker = make_store(redis_prefix)
     paused = store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW)
     assert [(e["event"], e["platform"], e["available"]) for e in paused] == [("pause", "TMALL", 9), ("pause", "JD", 9)]
     assert other_worker.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
@@ -294,7 +308,7 @@ def test_channel_update_pauses_once_and_resumes_after_restock(store, client, red
 def test_channel_flag_race_has_a_single_winner(redis_url, redis_prefix, client):
     from concurrent.futures import ThreadPoolExecutor
 
-    stores = [InventoryStore(redis.Redis.from_url(redis_url), prefix=redis_prefix) for _ in range(8)]
+    stores = [InventoryStore(redis_url, prefix=redis_prefix) for _ in range(8)]
     try:
         for _ in range(20):
             with ThreadPoolExecutor(8) as pool:
@@ -305,7 +319,7 @@ def test_channel_flag_race_has_a_single_winner(redis_url, redis_prefix, client):
             assert sum(wins) == 1
     finally:
         for s in stores:
-            s.redis.close()
+            s.close()
         _purge(client, redis_prefix)
 
 
@@ -358,14 +372,14 @@ def test_stock_levels_reads_every_warehouse_of_every_sku_in_one_call(redis_url, 
     assert got["A"]["WH-SH"].available == 3
 
 
-def test_reserve_many_decides_exactly_as_reserving_one_by_one(client, redis_prefix):
+def test_reserve_many_decides_exactly_as_reserving_one_by_one(client, redis_prefix, make_store):
     requests = [("o1", [("A", 4)], ["WH-SH"]), ("o2", [("A", 3)], ["WH-SH", "WH-GZ"], "split"),
                 ("o1", [("A", 4)], ["WH-SH"]), ("o3", [("A", 9), ("B", 1)], ["WH-GZ", "WH-SH"]),
                 ("o4", [("B", 2)], ["WH-SH"], "backorder"), ("o5", [("B", 1), ("A", 1)], ["WH-GZ"]),
                 ("o6", [("A", 1)], ["WH-SH"])]
     outcomes = []
     for prefix, many in ((redis_prefix + "one", False), (redis_prefix + "many", True)):
-        s = InventoryStore(client, prefix=prefix)
+        s = make_store(prefix)
         s.apply_snapshot("WH-SH", "A", total=6, presale=1)
         s.apply_snapshot("WH-GZ", "A", total=2)
         s.apply_snapshot("WH-GZ", "B", total=1)

@@ -26,7 +26,6 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import redis
 from confluent_kafka import KafkaException
 
 from pipeline import kafka_io
@@ -164,18 +163,20 @@ def reservation_audit(p) -> dict:
     for oid, alloc in allocation.items():
         if oid not in released:
             expected_cells.update(alloc)
-    store = InventoryStore(redis.Redis.from_url(p.s.redis), prefix=f"{p.ns}inv")
+    with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
+        levels = {sku: store.stock_by_warehouse(sku) for sku in SKUS}
+        records = {oid: store.reservation(oid) for oid in allocation}
     actual_cells: Counter = Counter()
     oversold = []
     for sku in SKUS:
-        for wh, level in store.stock_by_warehouse(sku).items():
+        for wh, level in levels[sku].items():
             if level.reserved:
                 actual_cells[(wh, sku)] = level.reserved
             if level.reserved + level.locked + level.presale > level.total:
                 oversold.append(f"{wh}:{sku}")
     record_mismatch = []
     for oid, alloc in allocation.items():
-        rec = store.reservation(oid) or {}
+        rec = records[oid] or {}
         want = "released" if oid in released else "reserved"
         got = Counter({(w, s): q for w, s, q in (rec.get("allocations") or [])}) if isinstance(
             rec.get("allocations"), list) else Counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from pipeline.contracts import InventoryEvent, StockUpdate, WarehouseStock
 from pipeline.domain.normalize import global_order_id
@@ -26,11 +25,11 @@ def test_unpaid_reservation_times_out_paid_one_stays(pipeline_factory):
     paid = f.order("TMALL", external_id="P100", status="PAID", skus=[(sku, 2)], province="上海")
     p.produce([(p.names.raw("TMALL"), b"U100", f.to_bytes(unpaid)), (p.names.raw("TMALL"), b"P100", f.to_bytes(paid))])
     p.drain()
-    store = InventoryStore(redis.Redis.from_url(p.s.redis), prefix=f"{p.ns}inv")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and store.stock("WH-SH", sku).reserved != 2:
-        time.sleep(0.5)
-    assert store.stock("WH-SH", sku).reserved == 2  # only the paid order still holds stock
+    with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and store.stock("WH-SH", sku).reserved != 2:
+            time.sleep(0.5)
+        assert store.stock("WH-SH", sku).reserved == 2  # only the paid order still holds stock
     events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
     by_order = {(e["order_id"], e["event"]): e for e in events}
     u, pd = global_order_id("TMALL", "U100"), global_order_id("TMALL", "P100")

@@ -17,18 +17,20 @@ import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
+import tenacity
 from aiohttp import test_utils
 
 from pipeline.clickhouse.backends import BackendError, ChdbBackend, ReadOnlyQueryError, readonly_query
 from pipeline.clickhouse.http import make_app, serve_http
 from pipeline.clickhouse.migrate import migrate
-from pipeline.clickhouse.rows import Message
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import execution, strategic, tactical
 from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, RiskEvent
+from pipeline.kafka_io import Record
 from pipeline.topics import PLATFORMS, TopicNames
 
 NOW = datetime(2026, 3, 10, 12, 7, 30, tzinfo=timezone.utc)
@@ -71,11 +73,11 @@ class Feed:
     def __init__(self, names: TopicNames, partitions: int = 3) -> None:
         self.names, self.partitions = names, partitions
         self.next: Counter = Counter()
-        self.messages: list[Message] = []
+        self.messages: list[Record] = []
 
-    def send(self, topic: str, value: bytes, ts_ms: int, key: str = "", headers: dict | None = None) -> Message:
+    def send(self, topic: str, value: bytes, ts_ms: int, key: str = "", headers: dict | None = None) -> Record:
         p = (sum(key.encode()) % self.partitions) if key else 0
-        msg = Message(topic, p, self.next[(topic, p)], key.encode() or None, value, headers or {}, ts_ms)
+        msg = Record(topic, p, self.next[(topic, p)], key.encode() or None, value, headers or {}, ts_ms)
         self.next[(topic, p)] += 1
         self.messages.append(msg)
         return msg
@@ -474,6 +476,50 @@ class SinkSuite:
         rows = backend.query("SELECT sku FROM channel_events WHERE src_topic = {t:String} ORDER BY src_offset",
                              {"t": names.CHANNEL_CONTROL})
         assert [r["sku"] for r in rows] == [f"S{i}" for i in range(7)]
+
+    def test_drain_retries_with_backoff_until_everything_landed_or_time_is_up(self, backend, monkeypatch):
+        names = TopicNames("draining.")
+        feed = Feed(names)
+        for i in range(4):
+            feed.send(names.CHANNEL_CONTROL, ChannelEvent.from_dict({"event": "pause", "sku": f"D{i}", "platform": "JD",
+                                                          "available": i, "threshold": 10, "at_ms": NOW_MS}).encode(),
+                      NOW_MS, f"D{i}")
+
+        class Failing:
+            def __init__(self, inner, failures):
+                self.inner, self.failures, self.calls = inner, failures, 0
+
+            def insert(self, *args):
+                self.calls += 1
+                if self.calls <= self.failures:
+                    raise BackendError("connection refused (simulated)")
+                return self.inner.insert(*args)
+
+        now = [0.0]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+
+        monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: now[0]))
+        flaky = Failing(backend, failures=2)
+        sink = ClickHouseSink(flaky, names, max_rows=100, max_seconds=60, clock=lambda: now[0], backoff_base_s=0.5)
+        for m in feed.messages:
+            sink.add(m)
+        assert sink.drain(timeout_s=30, sleep=sleep) is True
+        assert flaky.calls == 3 and slept == [0.5, 1.0] and sink.buffered_rows() == 0
+        assert backend.query("SELECT count() AS n FROM channel_events WHERE src_topic = {t:String}",
+                             {"t": names.CHANNEL_CONTROL})[0]["n"] == 4
+
+        # ClickHouse stays away: the drain gives up before a back-off would end past the timeout
+        down = Failing(backend, failures=10**6)
+        stuck = ClickHouseSink(down, TopicNames("stuck."), max_rows=100, max_seconds=60, backoff_base_s=1.0,
+                               backoff_max_s=4.0)
+        stuck.add(Record("stuck.channel.control", 0, 0, None, feed.messages[0].value, {}, NOW_MS))
+        slept.clear()
+        assert stuck.drain(timeout_s=10, sleep=sleep) is False
+        assert slept == [1.0, 2.0, 4.0] and down.calls == 4 and stuck.buffered_rows() == 1
 
     def test_readonly_sql_refuses_writes(self, backend, loaded):
         assert readonly_query(backend, "SELECT count() AS n FROM order_events;")[0]["n"] > 0

@@ -5,10 +5,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.clickhouse.rows import (Message, RowError, ch_time, dead_letter_row, inventory_row, order_row,
+from pipeline.clickhouse.rows import (RowError, ch_time, dead_letter_row, inventory_row, order_row,
                                       risk_row, table_specs)
 from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, InventoryLine, RiskEvent
+from pipeline.kafka_io import Record
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import canonical_order
 
@@ -16,7 +17,7 @@ T = 1_773_144_450_123
 
 
 def msg(value, topic="orders.unique", headers=None, offset=7):
-    return Message(topic, 2, offset, b"k", value, headers or {}, T)
+    return Record(topic, 2, offset, b"k", value, headers or {}, T)
 
 
 def test_ch_time_keeps_milliseconds():
