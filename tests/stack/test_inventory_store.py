@@ -297,11 +297,11 @@ def test_channel_update_pauses_once_and_resumes_after_restock(store, make_store,
     store.reserve("o1", [("A", 3)], ["WH-SH"])
     other_worker = make_store(redis_prefix)
     paused = store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW)
-    assert [(e["event"], e["platform"], e["available"]) for e in paused] == [("pause", "TMALL", 9), ("pause", "JD", 9)]
+    assert [(e.event, e.platform, e.available) for e in paused] == [("pause", "TMALL", 9), ("pause", "JD", 9)]
     assert other_worker.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
     store.release("o1", "cancelled")
     resumed = other_worker.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW)
-    assert [e["event"] for e in resumed] == ["resume", "resume"]
+    assert [e.event for e in resumed] == ["resume", "resume"]
     assert store.channel_update("A", 10, platforms, "SHOPIFY", now_ms=NOW) == []
 
 
