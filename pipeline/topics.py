@@ -89,7 +89,7 @@ RAW = Topic("orders.raw.<platform>", "the platform's order id", RawPayload,
 _BASE = {
     "UNIQUE": Topic("orders.unique", "order id", ORDER,
                     "after dedupe and risk: new orders and real updates only (header change=new|update)"),
-    "DUPLICATES": Topic("orders.duplicates", "the platform's order id", DroppedDuplicate,
+    "DUPLICATES": Topic("orders.duplicates", "order id", DroppedDuplicate,
                         "redeliveries and stale versions dedupe dropped (audit, reconciliation)"),
     "ACCEPTED": Topic("orders.accepted", "order id", ORDER, "cleared for fulfilment by risk or released from hold"),
     "RISK_QUEUE": Topic("risk.queue", "order id", ORDER, "held for an operator (header verdict: HoldVerdict)"),
