@@ -17,6 +17,7 @@ class Event:
     """Base of the event records: a field per schema field, same names."""
     __slots__ = ()
     SCHEMA: ClassVar[str]
+    NESTED: ClassVar[dict[str, type]] = {}  # field -> record type of its array items
     _FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -34,9 +35,12 @@ class Event:
         return codec(cls.SCHEMA)
 
     def as_dict(self) -> dict:
-        """The Avro datum, arrays as lists (also what a JSON table stores)."""
-        return {name: list(value) if type(value := getattr(self, name)) is tuple else value
-                for name in self.field_names()}
+        """The Avro datum: arrays as lists, nested records as dicts."""
+        out = {name: list(value) if type(value := getattr(self, name)) is tuple else value
+               for name in self.field_names()}
+        for name in self.NESTED:
+            out[name] = [item.as_dict() for item in out[name]]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict):
@@ -53,8 +57,12 @@ class Event:
 
 def _construct(cls, data: dict):
     """The record from an Avro datum or as_dict(): arrays become tuples (records are frozen)."""
-    return cls(**{name: tuple(value) if isinstance(value := data[name], list) else value
-                  for name in cls.field_names() if name in data})
+    values = {name: tuple(value) if isinstance(value := data[name], list) else value
+              for name in cls.field_names() if name in data}
+    for name, item_type in cls.NESTED.items():
+        if name in values:
+            values[name] = tuple(i if isinstance(i, item_type) else item_type(**i) for i in values[name])
+    return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,7 @@ class InventoryLine:
 @dataclass(frozen=True, slots=True)
 class InventoryEvent(Event):
     SCHEMA: ClassVar[str] = "inventory_event"
+    NESTED: ClassVar[dict[str, type]] = {"lines": InventoryLine}
     event: str
     order_id: str
     platform: str
@@ -100,17 +109,6 @@ class InventoryEvent(Event):
     units: int = 0
     reason: str = ""
     latency_ms: float | None = None
-
-    def as_dict(self) -> dict:
-        out = Event.as_dict(self)
-        out["lines"] = [line.as_dict() for line in self.lines]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "InventoryEvent":
-        data = dict(data, lines=tuple(line if isinstance(line, InventoryLine) else InventoryLine(**line)
-                                      for line in data.get("lines") or ()))
-        return _construct(cls, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +171,7 @@ class RuleHit:
 class HoldVerdict(Event):
     """Why an order is held, riding with it as the `verdict` header (HEADER names it)."""
     SCHEMA: ClassVar[str] = "hold_verdict"
+    NESTED: ClassVar[dict[str, type]] = {"hits": RuleHit}
     HEADER: ClassVar[str] = "verdict"
     hits: tuple[RuleHit, ...] = ()
     approvers: tuple[str, ...] = ()
@@ -180,21 +179,12 @@ class HoldVerdict(Event):
     currency: str = ""
     ruleset_version: int = 0
 
-    def as_dict(self) -> dict:
-        out = Event.as_dict(self)
-        out["hits"] = [hit.as_dict() for hit in self.hits]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "HoldVerdict":
-        data = dict(data, hits=tuple(h if isinstance(h, RuleHit) else RuleHit(**h) for h in data.get("hits") or ()))
-        return _construct(cls, data)
-
 
 @dataclass(frozen=True, slots=True)
 class Hold(Event):
     """The risk-holds table's value: built and decided in pipeline.domain.holds."""
     SCHEMA: ClassVar[str] = "hold"
+    NESTED: ClassVar[dict[str, type]] = {"hits": RuleHit}
     order_id: str
     platform: str
     status: str
@@ -212,16 +202,6 @@ class Hold(Event):
     headers: dict[str, bytes] = field(default_factory=dict)
     decided_by: str | None = None
     resolution_event: bytes | None = None
-
-    def as_dict(self) -> dict:
-        out = Event.as_dict(self)
-        out["hits"] = [hit.as_dict() for hit in self.hits]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Hold":
-        data = dict(data, hits=tuple(h if isinstance(h, RuleHit) else RuleHit(**h) for h in data.get("hits") or ()))
-        return _construct(cls, data)
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (RiskEvent, InventoryEvent, RiskDecision, ChannelEvent, BreakerTransition,
