@@ -34,7 +34,7 @@ from .tiers import TIERS
 
 log = logging.getLogger(__name__)
 MAX_SQL_BYTES = 64 * 1024
-ENDPOINTS = ["/health", "/metrics", "/views/<tier>", "/sql?q="]
+ENDPOINTS = ["/health", "/metrics", "/views/<tier>", "/sql?q="]  # and /console/<tier> where the sink adds it
 
 BACKEND = web.AppKey("backend", Backend)
 STATUS = web.AppKey("status", Callable[[], dict])  # merged into /health
