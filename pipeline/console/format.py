@@ -107,4 +107,4 @@ def duration(seconds: float) -> str:
 def countdown(hours_left: float) -> str:
     """SLA countdown: "5h 12m" left, or "-1h 03m" past the deadline."""
     text = duration(hours_left * 3600)
-    return f"-{text}" if hours_left <= 0 else text
+    return f"-{text}" if hours_left < 0 else text
