@@ -71,7 +71,7 @@ class Settings:
     console_timezone: str = _setting("Asia/Shanghai", "Time zone the console shows times in, unless the viewer picks another.")
     console_refresh_s: float = _setting(5.0, "How often a console page refreshes its figures by itself.")
     log_json: bool = _setting(False, "Structured JSON logs.")
-    library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka and mode (INFO shows rebalances).")
+    library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka, mode and librdkafka (INFO shows rebalances and the client retries librdkafka heals itself).")
 
     @property
     def bootstrap(self) -> str:

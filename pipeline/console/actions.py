@@ -7,7 +7,9 @@ Each action is checked against ClickHouse before anything is published:
 Each action has a key: one decision per hold (`decide:<order>:<held at ms>`, approve and reject
 alike), one re-drive per dead letter. The key is looked up in `console_actions` and written there
 after the broker acknowledged the message, under a per-key lock, so a double click, a retried
-request or two operators at once publish once; the second request is told who already did it.
+request or two operators at once publish once; the second request is told who already did it
+(200 `already_sent` while the worker has not applied it yet, 200 `already_done` once the order was
+resolved the way it asks, 409 when it was resolved otherwise).
 (The holds agent also ignores a second decision on a hold; this keeps it off the topic.)
 
 A decision is published exactly as `orderstream decide` publishes it: a RiskDecision validated by
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ACTIONS_COLUMNS = ["key", "action", "target", "operator", "reason", "detail", "at"]
 MAX_ORDER_ID = 128
+RESOLVED_AS = {"approve": "approved", "reject": "rejected"}
 MAX_REASON = 500
 _LETTER_ID = re.compile(r"^(?P<topic>[A-Za-z0-9._-]{1,249}):(?P<partition>\d{1,9}):(?P<offset>\d{1,19})$")
 
@@ -178,7 +181,7 @@ class ConsoleActions:
                              reason: str) -> Answer:
         holds = await self._run(open_holds, self.backend, None, order_id)
         if not holds:
-            return await self._not_held(order_id)
+            return await self._not_held(order_id, action)
         hold = holds[0]
         key = f"decide:{order_id}:{hold['held_at_ms']}"
         prior = await self._run(self.log.find, key)
@@ -208,8 +211,13 @@ class ConsoleActions:
                                f"this {action} changed nothing")
         return Answer(200, body)
 
-    async def _not_held(self, order_id: str) -> Answer:
+    async def _not_held(self, order_id: str, action: str) -> Answer:
         resolution = await self._run(last_resolution, self.backend, order_id)
+        if resolution is not None and resolution["event"] == RESOLVED_AS[action]:
+            # what was asked has happened (a repeated click after the worker applied the first)
+            return Answer(200, {"status": "already_done", "order_id": order_id, "resolution": resolution,
+                                "message": f"{order_id} was already {resolution['event']} by {resolution['operator']} "
+                                           f"at {resolution['at']}; nothing was sent again"})
         if resolution is not None:
             return Answer(409, {"error": f"{order_id} is no longer held: {resolution['event']} by "
                                          f"{resolution['operator']} at {resolution['at']}",

@@ -504,12 +504,17 @@ def test_the_answer_says_what_the_worker_made_of_the_decision(backend):
                           token=ALICE)
         after = await post(client, "/console/api/decisions", {"order_id": mine["order_id"], "action": "approve"},
                            token=ALICE)
-        return ok, late, after
-    ok, late, after = Client(backend, pub, outcome_wait_s=3.0).run(scenario)
+        contrary = await post(client, "/console/api/decisions",
+                              {"order_id": mine["order_id"], "action": "reject", "reason": "too late"}, token=BOB)
+        return ok, late, after, contrary
+    ok, late, after, contrary = Client(backend, pub, outcome_wait_s=3.0).run(scenario)
     assert ok[1]["outcome"]["event"] == "approved" and ok[1]["message"] == f"{mine['order_id']} approved by alice"
     assert late[1]["outcome"]["event"] == "auto_released" and "changed nothing" in late[1]["message"]
-    assert after[0] == 409 and "no longer held: approved by alice" in after[1]["error"]
+    assert after[0] == 200 and after[1]["status"] == "already_done"  # asked again after it happened
+    assert "already approved by alice" in after[1]["message"]
+    assert contrary[0] == 409 and "no longer held: approved by alice" in contrary[1]["error"]
     assert mine["order_id"] not in {h["order_id"] for h in _queue(backend)}
+    assert len(pub.sent) == 2  # one decision per hold: the repeat and the contrary one sent nothing
 
 
 # -- re-drive -----------------------------------------------------------------------------------------
