@@ -8,8 +8,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from pipeline.inventory_store import (AsyncInventoryStore, InventoryStore, ReserveRequest, StockEventError,
-                                      StockLevel)
+from pipeline.contracts import StockEventError
+from pipeline.inventory_store import AsyncInventoryStore, InventoryStore, ReserveRequest, StockLevel
 
 pytestmark = pytest.mark.stack
 
