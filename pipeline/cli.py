@@ -40,14 +40,15 @@ def print_status(rows) -> None:
 
 
 @stack_cli.command("up")
-def stack_up() -> None:
+def stack_up(browser: bool = typer.Option(False, "--browser", help="Also install Debian's chromium + "
+                                          "chromium-driver (the console's browser tests) when missing.")) -> None:
     """Install what is missing and start Kafka and Redis (idempotent)."""
     from .devtools import stack
     from .kafka_io import TopicError, ensure_topics
     from .topics import names
     s = load_settings()
     try:
-        rows = stack.up(s)
+        rows = stack.up(s, browser=browser)
         ensure_topics(s, names)
     except (stack.StackError, TopicError) as exc:
         fail(str(exc))
@@ -162,27 +163,41 @@ def print_report(result: dict, path: Path | None) -> None:
 # ------------------------------------------------------------------------------- demo
 
 @cli.command()
-def demo(count: int = 2000, seed: int = 11, keep_running: bool = False) -> None:
-    """Fresh machine to summary: stack up, worker + sink + verifiers, a replay, a reconciliation."""
+def demo(count: int = 2000, seed: int = 11,
+         stop: bool = typer.Option(False, "--stop", help="Stop worker, sink and verifiers at the end "
+                                   "(by default they keep running, so the console shows the replay).")) -> None:
+    """Fresh machine to summary: stack up, worker + sink + verifiers, a replay, a reconciliation,
+    and the console's address."""
+    import secrets
+
     from .devtools import processes, stack
     from .kafka_io import TopicError, ensure_topics
+    from .logs import setup_logging
     from .topics import TopicNames
     namespace = os.environ.get("ORDERSTREAM_NAMESPACE") or f"demo{time.strftime('%m%d%H%M%S')}."
     env = {"ORDERSTREAM_NAMESPACE": namespace,
            # a short hold timeout so the default policy's releases show up within the demo
            "ORDERSTREAM_RISK_HOLD_TIMEOUT_S": os.environ.get("ORDERSTREAM_RISK_HOLD_TIMEOUT_S", "10")}
+    operator = None
+    if not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS") and not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS_FILE"):
+        operator = ("demo", secrets.token_urlsafe(18))  # the console's approve/reject/re-drive need one
+        env["ORDERSTREAM_OPERATOR_TOKENS"] = f"{operator[0]}:{operator[1]}"
     os.environ.update(env)
     s = load_settings()
-    console.print(f"[bold]1/4[/bold] stack up (namespace {namespace})")
+    # warnings only between the steps: librdkafka's own lines go through logging (kafka_io) and a
+    # broker's coordinator still loading after a start is INFO there
+    setup_logging(s.log_json, level=logging.WARNING, library_level=s.library_log_level)
+    console.print(f"[bold]1/5[/bold] stack up (namespace {namespace})")
     try:
         print_status(stack.up(s))
         ensure_topics(s, TopicNames(namespace))
     except (stack.StackError, TopicError) as exc:
         fail(str(exc))
-    console.print("[bold]2/4[/bold] starting verifiers, worker and sink")
+    console.print("[bold]2/5[/bold] starting verifiers, worker and sink")
     procs = [processes.start_verifiers(s, env), processes.start_worker(s, 0, env), processes.start_sink(s, env)]
+    keep = False
     try:
-        console.print(f"[bold]3/4[/bold] replaying {count} raw orders")
+        console.print(f"[bold]3/5[/bold] replaying {count} raw orders")
         from .devtools.fake_orders import ReplayMix
         from .devtools.replay import ReplayConfig, run_replay, write_report
         names = TopicNames(namespace)
@@ -195,14 +210,26 @@ def demo(count: int = 2000, seed: int = 11, keep_running: bool = False) -> None:
                                 lambda n: progress.advance(task, n), settle_holds_s=60)
         result["sunk"] = _sunk_rows(s)
         write_report(result, report_path)
-        console.print("[bold]4/4[/bold] summary")
+        console.print("[bold]4/5[/bold] summary")
         print_report(result, report_path)
         console.print(f"orders in: {result['produced']}  out (canonical): {result['canonical']}  "
                       f"dead-lettered: {result['dead_lettered']}  elapsed: {result['elapsed_s']} s")
+        keep = not stop
+        console.print("[bold]5/5[/bold] console")
+        host = "127.0.0.1" if s.bind_host in ("0.0.0.0", "::", "") else s.bind_host
+        if operator is not None:
+            console.print(f"operator token (approve, reject, re-drive): {operator[1]}  (operator {operator[0]})")
+        else:
+            console.print("operator tokens: ORDERSTREAM_OPERATOR_TOKENS / ORDERSTREAM_OPERATOR_TOKENS_FILE")
+        if keep:
+            console.print("worker, sink and verifiers keep running; stop everything with "
+                          "[bold].venv/bin/orderstream stack down[/bold]")
+        console.print(f"console: http://{host}:{s.sink_web_port}/console/" if keep else
+                      "console: stopped with the sink (--stop); run the demo without --stop to browse it")
         if not result["balanced"]:
             raise typer.Exit(2)
     finally:
-        if not keep_running:
+        if not keep:
             for p in procs:
                 p.stop()
 

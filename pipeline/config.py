@@ -66,8 +66,12 @@ class Settings:
     primary_platform: str = _setting("SHOPIFY", "The channel that keeps selling when stock runs low.")
     sink_batch_rows: int = _setting(10_000, "The sink flushes when a batch has this many rows ...")
     sink_batch_seconds: float = _setting(1.0, "... or when the oldest row has waited this long.")
+    operator_tokens: str = _setting("", "Who may act in the console (approve, reject, re-drive): name:token pairs, comma-separated; empty: nobody.")
+    operator_tokens_file: str = _setting("", "A file of name:token lines, read as well (keeps tokens out of the environment).")
+    console_timezone: str = _setting("Asia/Shanghai", "Time zone the console shows times in, unless the viewer picks another.")
+    console_refresh_s: float = _setting(5.0, "How often a console page refreshes its figures by itself.")
     log_json: bool = _setting(False, "Structured JSON logs.")
-    library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka and mode (INFO shows rebalances).")
+    library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka, mode and librdkafka (INFO shows rebalances and the client retries librdkafka heals itself).")
 
     @property
     def bootstrap(self) -> str:

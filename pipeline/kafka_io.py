@@ -1,7 +1,13 @@
 """confluent-kafka clients for everything outside the Faust worker: replay, sink, tests, benchmarks;
-and the topic provisioning (`ensure_topics`) a worker runs before Faust starts."""
+and the topic provisioning (`ensure_topics`) a worker runs before Faust starts.
+
+Every client made here hands librdkafka's own log lines (`%4|...|GETPID|...`) to Python logging
+(logger `librdkafka`, at ORDERSTREAM_LIBRARY_LOG_LEVEL) instead of letting librdkafka print them
+to stderr between a command's output. confluent-kafka delivers them when the client is polled.
+"""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
@@ -13,9 +19,45 @@ from .config import Settings
 from .topics import TopicNames, names as default_names
 
 
+LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+# what librdkafka says while a broker's group or transaction coordinator is still loading after a
+# start ("Coordinator load in progress: retrying"), and the background queue purged when a client
+# closes: it retries or cleans up by itself, so these are INFO, not warnings for the operator
+SELF_HEALING = ("load in progress",)
+QUIET_FACILITIES = frozenset({"BGQUEUE"})
+
+
+class LibrdkafkaLog:
+    """confluent-kafka's `logger`: it calls `log(level, "%s [%s] %s", facility, client, message)`
+    with librdkafka's syslog level already mapped to Python's."""
+
+    def __init__(self, logger: logging.Logger = LIBRDKAFKA_LOGGER) -> None:
+        self.logger = logger
+
+    def log(self, level: int, msg: str, *args) -> None:
+        facility = str(args[0]) if args else ""
+        text = str(args[-1]) if args else msg
+        if level > logging.INFO and (facility in QUIET_FACILITIES or any(s in text for s in SELF_HEALING)):
+            level = logging.INFO
+        self.logger.log(level, msg, *args)
+
+
+LIBRDKAFKA_LOG = LibrdkafkaLog()
+
+
+def client_conf(s: Settings) -> dict:
+    """What every confluent client shares: the bootstrap servers and the log routing."""
+    return {"bootstrap.servers": s.bootstrap, "logger": LIBRDKAFKA_LOG}
+
+
+def admin(s: Settings) -> AdminClient:
+    """An AdminClient; call its poll(0) after a request to hand its log lines over."""
+    return AdminClient(client_conf(s))
+
+
 def producer(s: Settings, **overrides) -> Producer:
     conf = {
-        "bootstrap.servers": s.bootstrap,
+        **client_conf(s),
         "enable.idempotence": True,   # broker-side dedupe of our own retries
         "acks": "all",
         "linger.ms": 5,
@@ -31,7 +73,7 @@ def producer(s: Settings, **overrides) -> Producer:
 
 def consumer(s: Settings, group: str, **overrides) -> Consumer:
     conf = {
-        "bootstrap.servers": s.bootstrap,
+        **client_conf(s),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -144,28 +186,33 @@ class TopicError(RuntimeError):
 def ensure_topics(s: Settings, names: TopicNames = default_names, partitions: int | None = None) -> None:
     """Create any missing pipeline topic with the configured partition count (never shrinks one)."""
     topics, compacted = names.ALL_TOPICS, names.COMPACTED
-    admin = AdminClient({"bootstrap.servers": s.bootstrap})
-    existing = set(admin.list_topics(timeout=10).topics)
+    client = admin(s)
+    existing = set(client.list_topics(timeout=10).topics)
     missing = [t for t in topics if t not in existing]
     if not missing:
+        client.poll(0)
         return
     new = [NewTopic(t, num_partitions=1 if t in compacted else (partitions or s.partitions), replication_factor=1,
                     config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing]
-    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise TopicError(f"could not create topic {topic}: {exc}") from exc
+    try:
+        for topic, fut in client.create_topics(new, operation_timeout=30).items():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise TopicError(f"could not create topic {topic}: {exc}") from exc
+    finally:
+        client.poll(0)
 
 
 def delete_topics(s: Settings, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": s.bootstrap})
-    existing = set(admin.list_topics(timeout=10).topics)
+    client = admin(s)
+    existing = set(client.list_topics(timeout=10).topics)
     doomed = [t for t in topics if t in existing]
     if doomed:
-        for fut in admin.delete_topics(doomed, operation_timeout=30).values():
+        for fut in client.delete_topics(doomed, operation_timeout=30).values():
             try:
                 fut.result()
             except KafkaException:
                 pass
+    client.poll(0)

@@ -42,5 +42,5 @@ def setup_logging(json_lines: bool = False, level: int = logging.INFO, library_l
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "faust", "mode"):
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "librdkafka"):
         logging.getLogger(noisy).setLevel(library_level.upper())

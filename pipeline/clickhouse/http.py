@@ -34,7 +34,7 @@ from .tiers import TIERS
 
 log = logging.getLogger(__name__)
 MAX_SQL_BYTES = 64 * 1024
-ENDPOINTS = ["/health", "/metrics", "/views/<tier>", "/sql?q="]
+ENDPOINTS = ["/health", "/metrics", "/views/<tier>", "/sql?q="]  # and /console/<tier> where the sink adds it
 
 BACKEND = web.AppKey("backend", Backend)
 STATUS = web.AppKey("status", Callable[[], dict])  # merged into /health
@@ -103,6 +103,8 @@ def _tier_args(tier: str, request: web.Request) -> dict:
         args["now"] = datetime.fromisoformat(now.replace("Z", "+00:00"))
     if tier == "strategic" and (days := param(request, "days")) is not None:
         args["days"] = int(days)
+    if tier == "strategic" and (tz := param(request, "tz")) is not None:
+        args["tz"] = tz  # days are this zone's calendar days; tiers.check_tz refuses an unknown zone
     if tier == "tactical" and (hours := param(request, "hours")) is not None:
         args["hours"] = int(hours)
     return args

@@ -180,11 +180,15 @@ TOPIC_RECHECK_S = 5.0
 def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
     """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
-    run in the main thread without a stop event). Serves /health, /views, /sql and /metrics."""
+    run in the main thread without a stop event). Serves /health, /views, /sql, /metrics and the
+    console (/console/<tier>), whose approve/reject/re-drive publish through their own producer."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+    from pipeline import kafka_io
+    from pipeline.console import setup_console
+
     from .backends import open_backend
-    from .http import serve_http
+    from .http import WebServer, make_app
     from .migrate import migrate
 
     if stop is None:
@@ -198,7 +202,9 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         migrate(backend)
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
         sink.resume_positions()
-        server = serve_http(backend, settings.sink_web_port, host=settings.bind_host, status=sink.status)
+        app = make_app(backend, sink.status)
+        setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
+        server = WebServer(app, settings.bind_host, settings.sink_web_port).start()
         # manual assignment: positions come from ClickHouse, the group id only names the client
         consumer = kafka_io.consumer(settings, group=f"{names.ns}orderstream-sink")
         assigned: set[tuple[str, int]] = set()

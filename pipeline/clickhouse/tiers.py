@@ -5,11 +5,16 @@ tactical (15 min, warehouse lead): outbound progress per warehouse, exception ty
 execution (real time, operator): to-do list per approver, processing time, SLA countdown.
 
 Each tier takes `now` so a test (or a replay) can ask about any moment; all times are UTC and
-come back as ISO-8601 text. Values reach SQL only as `{name:Type}` parameters.
+come back as ISO-8601 text. Values reach SQL only as `{name:Type}` parameters. The strategic tier
+also takes a time zone (`tz`): its days are that zone's calendar days (UTC by default).
+
+These functions are the one implementation of every figure: `/views/<tier>` serves them as JSON
+and the console (pipeline.console) renders the same dicts; it formats, it never recomputes.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .backends import Backend
 
@@ -46,6 +51,15 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_tz(tz: str) -> str:
+    """An IANA zone name (ValueError otherwise): it reaches SQL as a parameter, never as text."""
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"unknown time zone {tz!r} (an IANA name such as Asia/Shanghai or UTC)") from None
+    return tz
+
+
 def sla_level(hours_left: float) -> str:
     """The countdown colour: breached at 0, red from 2 h left, orange from 8 h, else green."""
     if hours_left <= 0:
@@ -59,17 +73,19 @@ def sla_level(hours_left: float) -> str:
 
 # -- strategic -------------------------------------------------------------------------------
 
-def strategic(backend: Backend, days: int = 7, now: datetime | None = None) -> dict:
+def strategic(backend: Backend, days: int = 7, now: datetime | None = None, tz: str = "UTC") -> dict:
     now = _now(now)
-    p = {"now_ms": _ms(now), "days": int(days)}
+    p = {"now_ms": _ms(now), "days": int(days), "tz": check_tz(tz)}
     start = f"toStartOfHour({_NOW} - toIntervalDay({{days:UInt32}}))"
+    day = "toString(toDate(hour, {tz:String}))"  # the calendar day of the hour in the asked zone
     per_hour = backend.query(f"""
-        SELECT formatDateTime(hour, {_ISO}) AS hour_iso, toString(toDate(hour)) AS day, toHour(hour) AS hour_of_day,
+        SELECT formatDateTime(hour, {_ISO}) AS hour_iso, {day} AS day, toHour(hour) AS hour_of_day,
                sum(orders) AS orders
         FROM orders_hourly WHERE hour >= {start}
         GROUP BY hour ORDER BY hour""", p)
     aov = backend.query(f"""
-        SELECT formatDateTime(hour, {_ISO}) AS hour_iso, currency, sum(orders) AS n, sum(revenue_minor) AS revenue
+        SELECT formatDateTime(hour, {_ISO}) AS hour_iso, {day} AS day, currency, sum(orders) AS n,
+               sum(revenue_minor) AS revenue
         FROM orders_hourly WHERE hour >= {start}
         GROUP BY hour, currency ORDER BY hour, currency""", p)
     channels = backend.query(f"""
@@ -81,22 +97,36 @@ def strategic(backend: Backend, days: int = 7, now: datetime | None = None) -> d
     per_day: dict[str, int] = {}
     for r in per_hour:
         per_day[r["day"]] = per_day.get(r["day"], 0) + int(r["orders"])
+    gmv_per_day: dict[tuple[str, str], list[int]] = {}
+    for r in aov:
+        entry = gmv_per_day.setdefault((r["day"], r["currency"]), [0, 0])
+        entry[0] += int(r["n"])
+        entry[1] += int(r["revenue"])
     orders_by_platform: dict[str, int] = {}
     revenue_by_currency: dict[str, int] = {}
+    orders_by_currency: dict[str, int] = {}
     for r in channels:
         orders_by_platform[r["platform"]] = orders_by_platform.get(r["platform"], 0) + int(r["n"])
         revenue_by_currency[r["currency"]] = revenue_by_currency.get(r["currency"], 0) + int(r["revenue"])
+        orders_by_currency[r["currency"]] = orders_by_currency.get(r["currency"], 0) + int(r["n"])
     total_orders = sum(orders_by_platform.values())
     return {
         "tier": "strategic", "refresh": "hourly", "now": _iso(now), "from": window_start, "days": int(days),
+        "tz": tz,
         "total_orders": total_orders,
         "orders_per_day": [{"day": d, "orders": n} for d, n in sorted(per_day.items())],
+        # GMV: the new orders' totals, integer minor units of their own currency (never summed across)
+        "gmv_per_day": [{"day": d, "currency": c, "orders": n, "revenue_minor": rev}
+                        for (d, c), (n, rev) in sorted(gmv_per_day.items())],
         "orders_per_hour": [{"hour": r["hour_iso"], "day": r["day"], "hour_of_day": int(r["hour_of_day"]),
                              "orders": int(r["orders"])} for r in per_hour],
         # revenue is only comparable within one currency, so AOV and revenue share are per currency
         "aov_per_hour": [{"hour": r["hour_iso"], "currency": r["currency"], "orders": int(r["n"]),
                           "revenue_minor": int(r["revenue"]),
                           "aov_minor": int(r["revenue"]) / int(r["n"]) if int(r["n"]) else None} for r in aov],
+        "revenue_per_currency": [{"currency": c, "orders": orders_by_currency[c], "revenue_minor": rev,
+                                  "aov_minor": rev / orders_by_currency[c] if orders_by_currency[c] else None}
+                                 for c, rev in sorted(revenue_by_currency.items(), key=lambda kv: (-kv[1], kv[0]))],
         "channel_share": [{"platform": plat, "orders": n, "share": n / total_orders if total_orders else 0.0}
                           for plat, n in sorted(orders_by_platform.items(), key=lambda kv: (-kv[1], kv[0]))],
         "revenue_share": [{"platform": r["platform"], "currency": r["currency"], "revenue_minor": int(r["revenue"]),
@@ -140,6 +170,14 @@ def tactical(backend: Backend, hours: int = 24, now: datetime | None = None) -> 
         WHERE deadline IS NOT NULL AND deadline >= {start} AND deadline <= {_NOW}
           AND (shipped_at IS NULL OR shipped_at > deadline) AND latest_status != 'CANCELLED'
         GROUP BY b""", p)
+    # the latest pause/resume per channel (sku, platform): those whose latest is a pause are paused now
+    paused = backend.query(f"""
+        SELECT sku, platform, formatDateTime(max(at), {_ISO}) AS since,
+               argMax(available, (at, src_offset)) AS available, argMax(threshold, (at, src_offset)) AS threshold
+        FROM channel_events WHERE at <= {_NOW}
+        GROUP BY sku, platform
+        HAVING argMax(event, (at, src_offset)) = 'pause'
+        ORDER BY sku, platform""", p)
     window_start = backend.query(f"SELECT formatDateTime({start}, {_ISO}) AS s", p)[0]["s"]
 
     shipped_by_wh = {r["wh"]: int(r["n"]) for r in shipped}
@@ -159,19 +197,25 @@ def tactical(backend: Backend, hours: int = 24, now: datetime | None = None) -> 
         "warehouses": warehouses,
         "exceptions": [buckets[b] for b in sorted(buckets)],
         "exception_totals": totals,
+        "paused_channels": [{"sku": r["sku"], "platform": r["platform"], "since": r["since"],
+                             "available": int(r["available"]), "threshold": int(r["threshold"])} for r in paused],
     }
 
 
 # -- execution -------------------------------------------------------------------------------
 
-def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 200) -> dict:
+def open_holds(backend: Backend, now: datetime | None = None, order_id: str | None = None) -> list[dict]:
+    """Holds with no resolution since they were made, oldest first (one order's with `order_id`):
+    the execution tier's risk queue, and what the console checks before it publishes a decision."""
     now = _now(now)
-    p = {"now_ms": _ms(now), "window_s": PROCESSING_WINDOW_S, "limit": int(sla_limit),
-         "orange": ORANGE_HOURS, "red": RED_HOURS}
-    held = backend.query(f"""
-        SELECT assignee, order_id, platform, formatDateTime(held_at, {_ISO}) AS held_iso,
+    p = {"now_ms": _ms(now), "order_id": order_id or ""}
+    one = "AND order_id = {order_id:String}" if order_id is not None else ""
+    rows = backend.query(f"""
+        SELECT order_id, platform, formatDateTime(held_at, {_ISO}) AS held_iso,
+               toUnixTimestamp64Milli(held_at) AS held_ms,
                dateDiff('millisecond', held_at, {_NOW}) / 1000 AS age_s,
-               amount_minor, currency, rule_ids, severity
+               amount_minor, currency, rule_ids, severity, reason,
+               if(empty(held_approvers), [ifNull(held_operator, 'unassigned')], held_approvers) AS assignees
         FROM (
             SELECT order_id, any(platform) AS platform,
                    maxIf(at, event = 'held') AS held_at,
@@ -182,12 +226,66 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
                    argMaxIf(amount_minor, at, event = 'held') AS amount_minor,
                    argMaxIf(currency, at, event = 'held') AS currency,
                    argMaxIf(rule_ids, at, event = 'held') AS rule_ids,
-                   argMaxIf(severity, at, event = 'held') AS severity
-            FROM risk_events WHERE at <= {_NOW}
+                   argMaxIf(severity, at, event = 'held') AS severity,
+                   argMaxIf(reason, at, event = 'held') AS reason
+            FROM risk_events WHERE at <= {_NOW} {one}
             GROUP BY order_id
             HAVING countIf(event = 'held') > 0 AND (resolutions = 0 OR held_at > resolved_at))
-        ARRAY JOIN if(empty(held_approvers), [ifNull(held_operator, 'unassigned')], held_approvers) AS assignee
-        ORDER BY held_at, order_id, assignee""", p)
+        ORDER BY held_at, order_id""", p)
+    return [{"order_id": r["order_id"], "platform": r["platform"], "held_at": r["held_iso"],
+             "held_at_ms": int(r["held_ms"]), "age_s": float(r["age_s"]), "amount_minor": int(r["amount_minor"]),
+             "currency": r["currency"], "rule_ids": r["rule_ids"], "severity": r["severity"], "reason": r["reason"],
+             "assignees": sorted(r["assignees"])} for r in rows]
+
+
+def last_resolution(backend: Backend, order_id: str) -> dict | None:
+    """The latest approved / rejected / auto_released event of an order (who, when), or None."""
+    rows = backend.query(f"""
+        SELECT event, operator, reason, formatDateTime(at, {_ISO}) AS at_iso FROM risk_events
+        WHERE order_id = {{order_id:String}} AND event IN {_in(RESOLUTIONS)}
+        ORDER BY at DESC, src_offset DESC LIMIT 1""", {"order_id": order_id})
+    return {"event": rows[0]["event"], "operator": rows[0]["operator"], "reason": rows[0]["reason"],
+            "at": rows[0]["at_iso"]} if rows else None
+
+
+def dead_letter_id(src_topic: str, src_partition: int, src_offset: int) -> str:
+    """A dead letter's identity: its own coordinates on the dead-letter topic."""
+    return f"{src_topic}:{int(src_partition)}:{int(src_offset)}"
+
+
+def open_dead_letters(backend: Backend, now: datetime | None = None, limit: int = 100,
+                      letter_id: str | None = None) -> dict:
+    """Dead letters nobody has re-driven from the console yet (console_actions), newest first."""
+    now = _now(now)
+    p = {"now_ms": _ms(now), "limit": int(limit), "letter": letter_id or ""}
+    one = "AND letter_id = {letter:String}" if letter_id is not None else ""
+    waiting = f"""
+        SELECT *, concat(src_topic, ':', toString(src_partition), ':', toString(src_offset)) AS letter_id
+        FROM dead_letters
+        WHERE failed_at <= {_NOW}
+          AND letter_id NOT IN (SELECT target FROM console_actions WHERE action = 'redrive')"""
+    letters = backend.query(f"""
+        SELECT letter_id, platform, reason_code, reason, source_topic, source_partition, source_offset,
+               payload_bytes, formatDateTime(failed_at, {_ISO}) AS failed_iso
+        FROM ({waiting}) WHERE 1 {one}
+        ORDER BY failed_at DESC, letter_id LIMIT {{limit:UInt32}}""", p)
+    by_reason = backend.query(f"""
+        SELECT reason_code, count() AS n FROM ({waiting}) GROUP BY reason_code ORDER BY n DESC, reason_code""", p)
+    return {
+        "waiting": sum(int(r["n"]) for r in by_reason),
+        "by_reason": [{"reason_code": r["reason_code"], "letters": int(r["n"])} for r in by_reason],
+        "letters": [{"id": r["letter_id"], "platform": r["platform"], "reason_code": r["reason_code"],
+                     "reason": r["reason"], "source": f"{r['source_topic']}:{r['source_partition']}:{r['source_offset']}",
+                     "payload_bytes": int(r["payload_bytes"]), "failed_at": r["failed_iso"]} for r in letters],
+    }
+
+
+def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 200,
+              dead_letter_limit: int = 100) -> dict:
+    now = _now(now)
+    p = {"now_ms": _ms(now), "window_s": PROCESSING_WINDOW_S, "limit": int(sla_limit),
+         "orange": ORANGE_HOURS, "red": RED_HOURS}
+    held = open_holds(backend, now)
     processing = backend.query(f"""
         SELECT count() AS n, quantileExactInclusive(0.5)(latency_ms) AS p50,
                quantileExactInclusive(0.95)(latency_ms) AS p95
@@ -207,18 +305,24 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
         SELECT multiIf(hours_left <= 0, 'breached', hours_left <= {{red:Float64}}, 'red',
                        hours_left <= {{orange:Float64}}, 'orange', 'green') AS level, count() AS n
         FROM ({open_orders}) GROUP BY level""", p)
+    # each worker's breaker as its latest transition left it (a worker that never switched is closed)
+    breakers = backend.query(f"""
+        SELECT worker, argMax(to_state, (at, src_offset)) AS state, formatDateTime(max(at), {_ISO}) AS since,
+               argMax(rate_per_min, (at, src_offset)) AS rate, count() AS transitions
+        FROM breaker_events WHERE at <= {_NOW} GROUP BY worker ORDER BY worker""", p)
 
     todo: dict[str, list[dict]] = {}
-    for r in held:
-        todo.setdefault(r["assignee"], []).append({
-            "order_id": r["order_id"], "platform": r["platform"], "held_at": r["held_iso"],
-            "age_s": float(r["age_s"]), "amount_minor": int(r["amount_minor"]), "currency": r["currency"],
-            "rule_ids": r["rule_ids"], "severity": r["severity"]})
+    for h in held:
+        for assignee in h["assignees"]:
+            todo.setdefault(assignee, []).append({k: h[k] for k in (
+                "order_id", "platform", "held_at", "age_s", "amount_minor", "currency", "rule_ids", "severity",
+                "reason")})
     n = int(processing["n"])
     return {
         "tier": "execution", "refresh": "real time", "now": _iso(now),
         "todo": todo,
-        "held_orders": len({r["order_id"] for r in held}),
+        "held_orders": len(held),
+        "risk_queue": held,
         "processing": {"window_s": PROCESSING_WINDOW_S, "decisions": n,
                        "p50_ms": processing["p50"] if n else None, "p95_ms": processing["p95"] if n else None},
         "sla": {
@@ -228,6 +332,9 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
                         "ship_by": r["ship_by"], "hours_left": round(float(r["hours_left"]), 3),
                         "level": sla_level(float(r["hours_left"]))} for r in countdown],
         },
+        "dead_letters": open_dead_letters(backend, now, dead_letter_limit),
+        "breakers": [{"worker": r["worker"], "state": r["state"], "since": r["since"],
+                      "rate_per_min": float(r["rate"]), "transitions": int(r["transitions"])} for r in breakers],
     }
 
 

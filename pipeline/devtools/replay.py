@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from .. import kafka_io
 from ..codecs import dead_letter_codec, order_codec
@@ -108,12 +107,15 @@ def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=N
 
 def group_lag_by_partition(s: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int] | None:
     """(topic, partition) -> end offset - committed offset of `group`; None when unknown yet."""
-    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    admin = kafka_io.admin(s)
     ends = kafka_io.end_offsets(s, topics)
     if not ends:
         return None
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in ends])]
-    result = admin.list_consumer_group_offsets(request)[group].result()
+    try:
+        result = admin.list_consumer_group_offsets(request)[group].result()
+    finally:
+        admin.poll(0)  # its log lines (a coordinator still loading) go through logging
     committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
     return {tp: end - max(committed.get(tp, -1), 0) for tp, end in ends.items()}
 

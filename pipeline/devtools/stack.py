@@ -266,18 +266,50 @@ def kafka_status(s: Settings) -> ComponentStatus:
 
 # ---------------------------------------------------------------- Redis
 
-def ensure_redis_installed() -> str:
-    path = shutil.which("redis-server")
-    if path:
-        return path
+def _locate(what: str) -> str | None:
+    """A command on PATH, or an absolute path (a file no command names: a font)."""
+    if what.startswith("/"):
+        return what if Path(what).exists() else None
+    return shutil.which(what)
+
+
+def ensure_debian_packages(required: list[str], packages: list[str], why: str) -> dict[str, str]:
+    """{what: path} for each command (or absolute path) in `required`; when one is missing, install
+    Debian's `packages` with apt-get (root only), or raise StackError saying what to install."""
+    found = {what: _locate(what) for what in required}
+    if all(found.values()):
+        return found  # type: ignore[return-value]
+    missing = ", ".join(what for what, path in found.items() if not path)
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise StackError("redis-server is missing; install Debian's package: apt-get install redis-server")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        raise StackError(f"{missing} missing ({why}); install Debian's packages as root: "
+                         f"apt-get install {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise StackError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    path = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return path
+    found = {what: _locate(what) for what in required}
+    still = [what for what, path in found.items() if not path]
+    if still:
+        raise StackError(f"apt-get installed {' '.join(packages)}, but {', '.join(still)} is still missing")
+    return found  # type: ignore[return-value]
+
+
+def ensure_redis_installed() -> str:
+    return ensure_debian_packages(["redis-server"], ["redis-server"], "the project's own Redis")["redis-server"]
+
+
+# Debian's Chromium and its driver for the console's browser tests, and a CJK font, so the Chinese
+# labels render (in the screenshots too) instead of empty boxes
+BROWSER_PACKAGES = ["chromium", "chromium-driver", "fonts-wqy-microhei"]
+CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+
+
+def ensure_browser_installed() -> dict[str, str]:
+    """{"chromium": path, "chromedriver": path, CJK_FONT: path}, installing Debian's packages when
+    missing (as `ensure_redis_installed` does): root only, a clear error otherwise."""
+    return ensure_debian_packages(["chromium", "chromedriver", CJK_FONT], BROWSER_PACKAGES,
+                                  "the console's browser tests drive Debian's Chromium")
 
 
 def redis_up(s: Settings, timeout: float = 20.0) -> ComponentStatus:
@@ -343,9 +375,22 @@ def _clickhouse_server_healthy(s: Settings) -> bool:
         return False
 
 
-def up(s: Settings | None = None) -> list[ComponentStatus]:
+def browser_status() -> ComponentStatus:
+    paths = {what: _locate(what) for what in ("chromium", "chromedriver", CJK_FONT)}
+    ok = all(paths.values())
+    return ComponentStatus("browser", paths["chromium"] or "-", None, ok,
+                           "chromium + chromedriver (console tests)" if ok else
+                           f"missing: {', '.join(w for w, p in paths.items() if not p)}")
+
+
+def up(s: Settings | None = None, browser: bool = False) -> list[ComponentStatus]:
+    """Kafka, Redis (and with `browser`, Debian's Chromium for the console's browser tests)."""
     s = s or load_settings()
-    return [redis_up(s), kafka_up(s), clickhouse_status(s)]
+    rows = [redis_up(s), kafka_up(s), clickhouse_status(s)]
+    if browser:
+        ensure_browser_installed()
+        rows.append(browser_status())
+    return rows
 
 
 def status(s: Settings | None = None) -> list[ComponentStatus]:

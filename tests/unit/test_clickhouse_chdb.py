@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 import tenacity
@@ -27,7 +28,7 @@ from pipeline.clickhouse.backends import BackendError, ChdbBackend, ReadOnlyQuer
 from pipeline.clickhouse.http import make_app, serve_http
 from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.sink import ClickHouseSink
-from pipeline.clickhouse.tiers import execution, strategic, tactical
+from pipeline.clickhouse.tiers import execution, open_dead_letters, open_holds, strategic, tactical
 from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, RiskEvent
 from pipeline.kafka_io import Record
@@ -385,6 +386,78 @@ class SinkSuite:
         assert [r["order_id"] for r in got["sla"]["orders"]] == [oid for _, oid in want["open"][:200]]
         assert all(r["level"] in ("green", "orange", "red", "breached") for r in got["sla"]["orders"])
 
+    def test_strategic_days_are_the_asked_zones_calendar_days(self, backend, loaded):
+        _, exp, _ = loaded
+        shanghai = ZoneInfo("Asia/Shanghai")
+        got = strategic(backend, days=7, now=NOW, tz="Asia/Shanghai")
+        utc = strategic(backend, days=7, now=NOW)
+        assert got["tz"] == "Asia/Shanghai" and utc["tz"] == "UTC"
+        # the same hours, regrouped: an hour belongs to the day it falls on in Shanghai (UTC+8)
+        assert got["orders_per_hour"] == [{**h, "day": datetime.fromisoformat(h["hour"].replace("Z", "+00:00"))
+                                           .astimezone(shanghai).date().isoformat()} for h in utc["orders_per_hour"]]
+        per_day, gmv, revenue, orders = Counter(), Counter(), Counter(), Counter()
+        start = datetime.fromisoformat(exp.strategic(7)["start"].replace("Z", "+00:00"))
+        for change, o in exp.orders:
+            if change != b"new" or o["created_at"] < start:
+                continue
+            day = o["created_at"].astimezone(shanghai).date().isoformat()
+            per_day[day] += 1
+            gmv[(day, o["currency"])] += o["amounts"]["total_minor"]
+            revenue[o["currency"]] += o["amounts"]["total_minor"]
+            orders[o["currency"]] += 1
+        assert {r["day"]: r["orders"] for r in got["orders_per_day"]} == per_day
+        assert {r["day"]: r["orders"] for r in got["orders_per_day"]} != {r["day"]: r["orders"]
+                                                                          for r in utc["orders_per_day"]}
+        assert {(r["day"], r["currency"]): r["revenue_minor"] for r in got["gmv_per_day"]} == gmv
+        assert all(isinstance(r["revenue_minor"], int) for r in got["gmv_per_day"])
+        assert {r["currency"]: (r["orders"], r["revenue_minor"]) for r in got["revenue_per_currency"]} == \
+            {c: (orders[c], revenue[c]) for c in revenue}
+        for r in got["revenue_per_currency"]:
+            assert r["aov_minor"] == pytest.approx(r["revenue_minor"] / r["orders"])
+        with pytest.raises(ValueError, match="unknown time zone"):
+            strategic(backend, now=NOW, tz="Mars/Olympus_Mons")
+        with pytest.raises(ValueError, match="unknown time zone"):
+            strategic(backend, now=NOW, tz="'); DROP TABLE orders_hourly; --")
+
+    def test_tactical_lists_channels_whose_latest_event_is_a_pause(self, backend, loaded):
+        # the dataset's channel (INJECTION, JD): pause at NOW, resume 1 ms before, pause 2 ms before ...
+        paused = [c for c in tactical(backend, now=NOW)["paused_channels"] if c["sku"] == INJECTION]
+        assert paused == [{"sku": INJECTION, "platform": "JD", "since": iso(NOW_MS), "available": 3, "threshold": 10}]
+        earlier = datetime.fromtimestamp((NOW_MS - 1) / 1000, timezone.utc)
+        assert [c for c in tactical(backend, now=earlier)["paused_channels"] if c["sku"] == INJECTION] == []
+
+    def test_execution_lists_breakers_risk_queue_and_dead_letters(self, backend, loaded):
+        _, exp, _ = loaded
+        got = execution(backend, NOW)
+        assert [b for b in got["breakers"] if b["worker"] == INJECTION] == [
+            {"worker": INJECTION, "state": "open", "since": iso(NOW_MS - 5000), "rate_per_min": 612.5,
+             "transitions": 1}]
+        queue = got["risk_queue"]
+        assert len(queue) == got["held_orders"] == len({oid for rows in got["todo"].values() for oid in
+                                                        (r["order_id"] for r in rows)})
+        assert [h["held_at"] for h in queue] == sorted(h["held_at"] for h in queue)
+        for h in queue:
+            assert h["reason"] == INJECTION and h["held_at"] == iso(h["held_at_ms"])
+            for who in h["assignees"]:
+                assert h["order_id"] in {r["order_id"] for r in got["todo"][who]}
+        assert open_holds(backend, NOW, order_id=queue[0]["order_id"]) == [queue[0]]
+        assert open_holds(backend, NOW, order_id="no-such-order") == []
+        letters = got["dead_letters"]
+        failed = sorted((exp.ms(d["failed_at"]) for d in exp.dlq), reverse=True)
+        assert letters["waiting"] == len(exp.dlq) == 25
+        assert letters["by_reason"] == [{"reason_code": "malformed_json", "letters": 25}]
+        assert [row["failed_at"] for row in letters["letters"]] == [iso(ms) for ms in failed]
+        first = letters["letters"][0]
+        assert first["reason"] == INJECTION and first["source"].startswith("chdbtest.orders.raw.jd:0:")
+        assert open_dead_letters(backend, NOW, letter_id=first["id"])["letters"] == [first]
+        # a letter re-driven from the console leaves the list
+        backend.insert("console_actions", [{"key": "t", "action": "redrive", "target": first["id"], "operator": "o",
+                                            "reason": "", "detail": "", "at": f"{NOW_MS // 1000}.000"}],
+                       ["key", "action", "target", "operator", "reason", "detail", "at"], None)
+        after = execution(backend, NOW)["dead_letters"]
+        assert after["waiting"] == 24 and first["id"] not in {row["id"] for row in after["letters"]}
+        assert open_dead_letters(backend, NOW, letter_id=first["id"])["letters"] == []
+
     def test_injection_text_is_stored_verbatim(self, backend, loaded):
         assert backend.query("SELECT count() AS n FROM order_events WHERE province = {p:String}",
                              {"p": INJECTION})[0]["n"] > 0
@@ -582,6 +655,8 @@ class SinkSuite:
                 assert (await call("GET", "/views/", 404))["error"] == "unknown tier ''"
                 assert "invalid literal" in (await call("GET", "/views/strategic?days=many", 400))["error"]
                 await call("GET", "/views/tactical?now=yesterday", 400)
+                assert "unknown time zone" in (await call("GET", "/views/strategic?tz=Nowhere/City", 400))["error"]
+                assert (await call("GET", "/views/strategic?tz=Asia/Shanghai", 200))["tz"] == "Asia/Shanghai"
                 assert (await call("GET", "/views/strategic?days=&now=" + urllib.parse.quote(NOW.isoformat()),
                                    200))["tier"] == "strategic"  # a blank parameter counts as absent
                 for path, kw in (("/sql", {}), ("/sql?q=", {}), ("/sql", {"data": b""})):
@@ -638,7 +713,7 @@ class SinkSuite:
     def test_migrations_are_idempotent(self, backend):
         assert migrate(backend) == []
         versions = [r["version"] for r in backend.query("SELECT version FROM schema_migrations ORDER BY version")]
-        assert versions == sorted(set(versions)) and versions[:2] == [1, 2]
+        assert versions == sorted(set(versions)) and versions[:3] == [1, 2, 3]
 
 
 # -- chDB ------------------------------------------------------------------------------------------
@@ -672,7 +747,7 @@ def test_chdb_reopen_resumes_from_stored_offsets(tmp_path):
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     b = ChdbBackend(tmp_path_factory.mktemp("chdb") / "data")
-    assert migrate(b) == [1, 2]
+    assert migrate(b) == [1, 2, 3]
     yield b
     b.close()
 

@@ -8,3 +8,77 @@ def test_a_kraft_cluster_id_never_starts_with_a_dash():
     cluster_id = new_cluster_id(lambda: next(draws))
     assert cluster_id == "AAAAAAAAAAAAAAAAAAAAAA"
     assert all(not new_cluster_id().startswith("-") for _ in range(500))
+
+
+# -- Debian packages the project installs itself (redis-server, chromium for the console tests) ------
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipeline.devtools import stack  # noqa: E402
+
+
+class FakeMachine:
+    """PATH and apt-get as a test sees them: installing a package puts its commands on PATH."""
+
+    def __init__(self, monkeypatch, *, root: bool, present=(), provides=None, apt_fails: bool = False):
+        self.present = set(present)
+        self.provides = provides or {}
+        self.ran: list[list[str]] = []
+        self.apt_fails = apt_fails
+        monkeypatch.setattr(stack.os, "geteuid", lambda: 0 if root else 1000)
+        monkeypatch.setattr(stack.shutil, "which",
+                            lambda name: f"/usr/bin/{name}" if name in self.present or name == "apt-get" else None)
+        monkeypatch.setattr(stack, "_locate", lambda what: (what if what in self.present else None)
+                            if what.startswith("/") else stack.shutil.which(what))
+        monkeypatch.setattr(stack.subprocess, "run", self.run)
+
+    def run(self, cmd, **kwargs):
+        self.ran.append(cmd)
+        if self.apt_fails and "install" in cmd:
+            return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package chromium")
+        if "install" in cmd:
+            for package in cmd[cmd.index("-qq") + 1:]:
+                self.present.update(self.provides.get(package, ()))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+BROWSER = {"chromium": ["chromium"], "chromium-driver": ["chromedriver"], "fonts-wqy-microhei": [stack.CJK_FONT]}
+
+
+def test_present_browser_installs_nothing(monkeypatch):
+    machine = FakeMachine(monkeypatch, root=True, present={"chromium", "chromedriver", stack.CJK_FONT})
+    assert stack.ensure_browser_installed() == {"chromium": "/usr/bin/chromium", "chromedriver": "/usr/bin/chromedriver",
+                                                stack.CJK_FONT: stack.CJK_FONT}
+    assert machine.ran == []
+
+
+def test_missing_browser_is_installed_from_debian_as_root(monkeypatch):
+    machine = FakeMachine(monkeypatch, root=True, provides=BROWSER)
+    paths = stack.ensure_browser_installed()
+    assert paths["chromedriver"] == "/usr/bin/chromedriver"
+    assert machine.ran == [["apt-get", "update", "-qq"],
+                           ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", "fonts-wqy-microhei"]]
+
+
+def test_missing_browser_without_root_says_what_to_install(monkeypatch):
+    machine = FakeMachine(monkeypatch, root=False, present={"chromium"})
+    with pytest.raises(stack.StackError, match="chromedriver.*apt-get install chromium chromium-driver"):
+        stack.ensure_browser_installed()
+    assert machine.ran == []
+
+
+def test_a_failed_install_or_a_package_without_the_command_is_an_error(monkeypatch):
+    FakeMachine(monkeypatch, root=True, apt_fails=True)
+    with pytest.raises(stack.StackError, match="Unable to locate package"):
+        stack.ensure_browser_installed()
+    FakeMachine(monkeypatch, root=True, provides={"chromium": ["chromium"]})
+    with pytest.raises(stack.StackError, match="still missing"):
+        stack.ensure_browser_installed()
+
+
+def test_redis_server_is_installed_the_same_way(monkeypatch):
+    machine = FakeMachine(monkeypatch, root=True, provides={"redis-server": ["redis-server"]})
+    assert stack.ensure_redis_installed() == "/usr/bin/redis-server"
+    assert machine.ran[-1] == ["apt-get", "install", "-y", "-qq", "redis-server"]

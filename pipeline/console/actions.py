@@ -1,0 +1,285 @@
+"""The console's write actions: decide on a held order, re-drive a dead letter.
+
+Each action is checked against ClickHouse before anything is published:
+- a decision needs an open hold for the order (tiers.open_holds, the execution tier's own risk
+  queue); an unknown order id is 404, an order no longer held 409 with who resolved it;
+- a re-drive needs a dead letter that exists and has not been re-driven (tiers.open_dead_letters).
+Each action has a key: one decision per hold (`decide:<order>:<held at ms>`, approve and reject
+alike), one re-drive per dead letter. The key is looked up in `console_actions` and written there
+after the broker acknowledged the message, under a per-key lock, so a double click, a retried
+request or two operators at once publish once; the second request is told who already did it
+(200 `already_sent` while the worker has not applied it yet, 200 `already_done` once the order was
+resolved the way it asks, 409 when it was resolved otherwise).
+(The holds agent also ignores a second decision on a hold; this keeps it off the topic.)
+
+A decision is published exactly as `orderstream decide` publishes it: a RiskDecision validated by
+pipeline.domain.holds.parse_decision, keyed by order id, on risk.decisions. A re-drive sends the
+dead letter's original key and bytes to its source raw topic, as `orderstream dlq replay` does
+(pipeline.redrive.redrive_record), with the operator in a `redriven_by` header.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from pipeline import kafka_io
+from pipeline.clickhouse.backends import Backend
+from pipeline.clickhouse.rows import ch_time
+from pipeline.clickhouse.tiers import last_resolution, open_dead_letters, open_holds
+from pipeline.contracts import RiskDecision
+from pipeline.domain.holds import DECISION_ACTIONS, DecisionError, parse_decision
+from pipeline.redrive import redrive_record
+from pipeline.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+ACTIONS_COLUMNS = ["key", "action", "target", "operator", "reason", "detail", "at"]
+MAX_ORDER_ID = 128
+RESOLVED_AS = {"approve": "approved", "reject": "rejected"}
+MAX_REASON = 500
+_LETTER_ID = re.compile(r"^(?P<topic>[A-Za-z0-9._-]{1,249}):(?P<partition>\d{1,9}):(?P<offset>\d{1,19})$")
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge the message: nothing is recorded, the operator may retry."""
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+class KafkaPublisher:
+    """The sink's producer for console actions, made on first use: a sink nobody acts through
+    never opens one. `publish` returns once the broker acknowledged the message (flushed); a
+    message not delivered within `timeout_s` fails for good (message.timeout.ms), so an error
+    answer means it was not published and a retry cannot double it."""
+
+    def __init__(self, settings, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._producer = None
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+        with self._lock:  # one action at a time on the one producer: each answer waits for its own ack
+            if self._producer is None:
+                self._producer = kafka_io.producer(self.settings, **{"message.timeout.ms": int(self.timeout_s * 1000),
+                                                                     "linger.ms": 0})
+            tracker = kafka_io.DeliveryTracker()
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker)
+            except Exception as exc:  # BufferError, KafkaException: not queued at all
+                raise PublishError(f"could not queue the message: {exc}") from exc
+            left = self._producer.flush(self.timeout_s + 5)
+            if tracker.failed or left or tracker.delivered != 1:
+                raise PublishError("the broker did not acknowledge the message: "
+                                   + (tracker.failed[0] if tracker.failed else f"{left} still queued"))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(5)
+                self._producer = None
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict = field(default_factory=dict)
+
+
+class ActionLog:
+    """console_actions: who did what. `find` by key, `record` after a publish."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def find(self, key: str) -> dict | None:
+        rows = self.backend.query(
+            "SELECT action, target, operator, reason, formatDateTime(at, '%FT%TZ') AS at_iso FROM console_actions "
+            "WHERE key = {key:String} ORDER BY at LIMIT 1", {"key": key})
+        return rows[0] if rows else None
+
+    def record(self, key: str, action: str, target: str, operator: str, reason: str, detail: str,
+               at_ms: int) -> None:
+        self.backend.insert("console_actions", [{"key": key, "action": action, "target": target,
+                                                 "operator": operator, "reason": reason, "detail": detail,
+                                                 "at": ch_time(at_ms)}], ACTIONS_COLUMNS, None)
+
+
+def _text(payload: dict, name: str, limit: int) -> str:
+    value = payload.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise ValueError(f"'{name}' must be text")
+    value = value.strip()
+    if len(value) > limit:
+        raise ValueError(f"'{name}' is longer than {limit} characters")
+    return value
+
+
+class ConsoleActions:
+    def __init__(self, backend: Backend, names: TopicNames, publisher: Publisher, *,
+                 outcome_wait_s: float = 6.0, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.names = names
+        self.publisher = publisher
+        self.log = ActionLog(backend)
+        self.outcome_wait_s = outcome_wait_s
+        self.clock = clock
+        self._locks: dict[str, list] = {}  # key -> [lock, requests holding or waiting for it]
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, key: str):
+        """One request per key at a time (handlers share the server's one event loop); the lock
+        is forgotten when no request holds or awaits it."""
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._locks.pop(key, None)
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    async def decide(self, operator: str, payload: dict) -> Answer:
+        try:
+            order_id = _text(payload, "order_id", MAX_ORDER_ID)
+            action = _text(payload, "action", 16)
+            reason = _text(payload, "reason", MAX_REASON)
+        except ValueError as exc:
+            return Answer(400, {"error": str(exc)})
+        if not order_id:
+            return Answer(400, {"error": "give the held order's id (order_id)"})
+        if action not in DECISION_ACTIONS:
+            return Answer(400, {"error": f"action must be one of {list(DECISION_ACTIONS)}, not {action!r}"})
+        now_ms = int(self.clock() * 1000)
+        try:  # the checks `orderstream decide` makes, so the holds agent never sees an invalid decision
+            decision = parse_decision(RiskDecision(order_id=order_id, action=action, operator=operator,
+                                                   reason=reason, decided_at_ms=now_ms))
+        except DecisionError as exc:
+            return Answer(400, {"error": str(exc)})
+        async with self._exclusive(f"decide:{order_id}"):
+            return await self._decide_locked(decision, order_id, action, operator, reason)
+
+    async def _decide_locked(self, decision: RiskDecision, order_id: str, action: str, operator: str,
+                             reason: str) -> Answer:
+        holds = await self._run(open_holds, self.backend, None, order_id)
+        if not holds:
+            return await self._not_held(order_id, action)
+        hold = holds[0]
+        key = f"decide:{order_id}:{hold['held_at_ms']}"
+        prior = await self._run(self.log.find, key)
+        if prior is not None:
+            same = prior["action"] == action
+            return Answer(200 if same else 409, {
+                "status": "already_sent", "order_id": order_id, "action": prior["action"],
+                "operator": prior["operator"], "at": prior["at_iso"],
+                "message": f"{prior['action']} of {order_id} was already sent by {prior['operator']} at "
+                           f"{prior['at_iso']}; nothing was sent again"})
+        try:
+            await self._run(self.publisher.publish, self.names.RISK_DECISIONS, order_id.encode(), decision.encode())
+        except PublishError as exc:
+            log.warning("console: %s of %s by %s not published: %s", action, order_id, operator, exc)
+            return Answer(503, {"error": f"not published, try again: {exc}"})
+        await self._run(self.log.record, key, action, order_id, operator, reason, "", decision.decided_at_ms)
+        log.info("console: %s by %s published", action, operator, extra={"order_id": order_id})
+        outcome = await self._outcome(order_id, hold["held_at"])
+        body = {"status": "sent", "order_id": order_id, "action": action, "operator": operator,
+                "outcome": outcome}
+        if outcome is None:
+            body["message"] = f"{action} of {order_id} sent by {operator}; the worker has not applied it yet"
+        elif outcome["operator"] == operator and outcome["event"] == ("approved" if action == "approve" else "rejected"):
+            body["message"] = f"{order_id} {outcome['event']} by {operator}"
+        else:
+            body["message"] = (f"{order_id} was {outcome['event']} by {outcome['operator']} first; "
+                               f"this {action} changed nothing")
+        return Answer(200, body)
+
+    async def _not_held(self, order_id: str, action: str) -> Answer:
+        resolution = await self._run(last_resolution, self.backend, order_id)
+        if resolution is not None and resolution["event"] == RESOLVED_AS[action]:
+            # what was asked has happened (a repeated click after the worker applied the first)
+            return Answer(200, {"status": "already_done", "order_id": order_id, "resolution": resolution,
+                                "message": f"{order_id} was already {resolution['event']} by {resolution['operator']} "
+                                           f"at {resolution['at']}; nothing was sent again"})
+        if resolution is not None:
+            return Answer(409, {"error": f"{order_id} is no longer held: {resolution['event']} by "
+                                         f"{resolution['operator']} at {resolution['at']}",
+                                "order_id": order_id, "resolution": resolution})
+        known = await self._run(self.backend.query,
+                                "SELECT (SELECT count() FROM order_events WHERE order_id = {o:String}) + "
+                                "(SELECT count() FROM risk_events WHERE order_id = {o:String}) AS n", {"o": order_id})
+        if int(known[0]["n"]) == 0:
+            return Answer(404, {"error": f"unknown order id {order_id!r}", "order_id": order_id})
+        return Answer(409, {"error": f"{order_id} is not held: there is nothing to decide", "order_id": order_id})
+
+    async def _outcome(self, order_id: str, held_at: str) -> dict | None:
+        """The resolution the worker made, once the sink has it (at most outcome_wait_s)."""
+        deadline = time.monotonic() + self.outcome_wait_s
+        while True:
+            resolution = await self._run(last_resolution, self.backend, order_id)
+            if resolution is not None and resolution["at"] >= held_at:
+                return resolution
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.25)
+
+    # -- re-drive -----------------------------------------------------------------------------
+
+    async def redrive(self, operator: str, payload: dict) -> Answer:
+        try:
+            letter_id = _text(payload, "letter_id", 300)
+        except ValueError as exc:
+            return Answer(400, {"error": str(exc)})
+        m = _LETTER_ID.match(letter_id)
+        if not m:
+            return Answer(400, {"error": "letter_id is the dead letter's topic:partition:offset"})
+        if m["topic"] != self.names.DLQ:
+            return Answer(404, {"error": f"unknown dead letter {letter_id!r} (not on {self.names.DLQ})"})
+        key = f"redrive:{letter_id}"
+        async with self._exclusive(key):
+            prior = await self._run(self.log.find, key)
+            if prior is not None:
+                return Answer(200, {"status": "already_sent", "letter_id": letter_id, "operator": prior["operator"],
+                                    "at": prior["at_iso"],
+                                    "message": f"{letter_id} was already re-driven by {prior['operator']} at "
+                                               f"{prior['at_iso']}; nothing was sent again"})
+            rows = await self._run(self.backend.query, """
+                SELECT source_topic, reason_code, key_b64, payload_b64 FROM dead_letters
+                WHERE src_topic = {t:String} AND src_partition = {p:UInt32} AND src_offset = {o:UInt64} LIMIT 1""",
+                                   {"t": m["topic"], "p": int(m["partition"]), "o": int(m["offset"])})
+            if not rows:
+                return Answer(404, {"error": f"unknown dead letter {letter_id!r}"})
+            row = rows[0]
+            letter = {"reason_code": row["reason_code"], "source_topic": row["source_topic"],
+                      "key": None if row["key_b64"] is None else base64.b64decode(row["key_b64"]),
+                      "payload": base64.b64decode(row["payload_b64"])}
+            topic, msg_key, value, headers = redrive_record(letter, "", letter_id)
+            if topic not in self.names.RAW_TOPICS:
+                return Answer(409, {"error": f"{letter_id} came from {topic}, not a raw topic of this pipeline"})
+            headers = [*headers, ("redriven_by", operator.encode())]
+            try:
+                await self._run(self.publisher.publish, topic, msg_key, value, headers)
+            except PublishError as exc:
+                log.warning("console: re-drive of %s by %s not published: %s", letter_id, operator, exc)
+                return Answer(503, {"error": f"not published, try again: {exc}"})
+            await self._run(self.log.record, key, "redrive", letter_id, operator, "", topic, int(self.clock() * 1000))
+            log.info("console: %s re-driven to %s by %s", letter_id, topic, operator)
+            return Answer(200, {"status": "sent", "letter_id": letter_id, "topic": topic, "operator": operator,
+                                "message": f"{letter_id} re-driven to {topic} by {operator}"})

@@ -1,0 +1,126 @@
+// orderstream console: refreshes the page's panel by itself, signs an operator in with a token,
+// sends approve / reject / re-drive. Plain browser JavaScript, no library, nothing loaded from outside.
+(function () {
+  "use strict";
+  var root = document.getElementById("console");
+  var panel = document.getElementById("panel");
+  if (!root || !panel) { return; }
+  var TOKEN_KEY = "orderstream-operator-token";
+  var refreshMs = parseInt(root.getAttribute("data-refresh-ms"), 10) || 5000;
+  var panelUrl = root.getAttribute("data-panel-url");
+  var refreshing = false;
+
+  function token() { return window.sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+  function say(text, ok) {
+    var box = document.getElementById("action-message");
+    if (!box) { return; }
+    box.textContent = text;
+    box.className = "action-message " + (ok ? "ok" : "error");
+  }
+
+  function typing() {
+    var el = document.activeElement;
+    return el && el.tagName === "INPUT" && panel.contains(el);
+  }
+
+  // refresh: fetch the panel again and swap it in, keeping what the operator typed
+  function refresh(force) {
+    if (refreshing || (!force && typing())) { return Promise.resolve(); }
+    refreshing = true;
+    return fetch(panelUrl, { headers: { "Accept": "text/html" }, cache: "no-store" })
+      .then(function (resp) {
+        if (!resp.ok) { throw new Error("refresh: HTTP " + resp.status); }
+        return resp.text();
+      })
+      .then(function (html) {
+        var kept = {};
+        panel.querySelectorAll("input[data-keep]").forEach(function (i) { if (i.value) { kept[i.getAttribute("data-keep")] = i.value; } });
+        panel.innerHTML = html;
+        panel.querySelectorAll("input[data-keep]").forEach(function (i) {
+          var k = i.getAttribute("data-keep"); if (kept[k]) { i.value = kept[k]; }
+        });
+        root.setAttribute("data-refreshes", String(parseInt(root.getAttribute("data-refreshes"), 10) + 1));
+        root.removeAttribute("data-refresh-error");
+      })
+      .catch(function (err) { root.setAttribute("data-refresh-error", String(err)); })
+      .then(function () { refreshing = false; });
+  }
+  window.setInterval(refresh, refreshMs);
+
+  // time zone picker: the page again, in the chosen zone
+  var tzSelect = document.getElementById("tz-select");
+  if (tzSelect) {
+    tzSelect.addEventListener("change", function () {
+      var url = new URL(window.location.href);
+      url.searchParams.set("tz", tzSelect.value);
+      window.location.href = url.toString();
+    });
+  }
+
+  // operator sign-in: the token stays in this tab (sessionStorage); the server names the operator
+  var nameBox = document.getElementById("operator-name");
+  function showOperator(name) {
+    if (!nameBox) { return; }
+    nameBox.textContent = name ? nameBox.getAttribute("data-signed-in") + ": " + name : nameBox.getAttribute("data-anonymous");
+    nameBox.setAttribute("data-operator", name || "");
+    var out = document.getElementById("sign-out");
+    if (out) { out.hidden = !name; }
+  }
+  function whoami() {
+    if (!token()) { showOperator(""); return Promise.resolve(); }
+    return fetch("/console/api/whoami", { headers: { "Authorization": "Bearer " + token() } })
+      .then(function (resp) { return resp.json().then(function (body) { return [resp, body]; }); })
+      .then(function (r) {
+        if (r[0].ok) { showOperator(r[1].operator); } else { showOperator(""); say(r[1].error || "not signed in", false); }
+      });
+  }
+  var signIn = document.getElementById("sign-in");
+  var form = document.getElementById("operator-form");
+  if (form) { form.addEventListener("submit", function (event) { event.preventDefault(); signIn.click(); }); }
+  if (signIn) {
+    signIn.addEventListener("click", function () {
+      var input = document.getElementById("operator-token");
+      window.sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      input.value = "";
+      whoami();
+    });
+    document.getElementById("sign-out").addEventListener("click", function () {
+      window.sessionStorage.removeItem(TOKEN_KEY); showOperator("");
+    });
+    whoami();
+  }
+
+  // approve / reject / re-drive
+  function send(button) {
+    var action = button.getAttribute("data-action");
+    var url, body;
+    if (action === "redrive") {
+      url = "/console/api/redrive";
+      body = { letter_id: button.getAttribute("data-letter-id") };
+    } else {
+      var row = button.closest("tr");
+      var reason = row ? row.querySelector("input.reason") : null;
+      url = "/console/api/decisions";
+      body = { order_id: button.getAttribute("data-order-id"), action: action, reason: reason ? reason.value : "" };
+    }
+    var headers = { "Content-Type": "application/json" };
+    if (token()) { headers["Authorization"] = "Bearer " + token(); }
+    button.disabled = true;
+    say("…", true);
+    return fetch(url, { method: "POST", headers: headers, body: JSON.stringify(body) })
+      .then(function (resp) { return resp.json().then(function (data) { return [resp, data]; }); })
+      .then(function (r) {
+        var resp = r[0], data = r[1];
+        root.setAttribute("data-last-status", String(resp.status));
+        say((resp.ok ? "" : resp.status + ": ") + (data.message || data.error || resp.statusText), resp.ok);
+        if (resp.ok) { return refresh(true); }
+        button.disabled = false;
+      })
+      .catch(function (err) { button.disabled = false; say(String(err), false); });
+  }
+  panel.addEventListener("click", function (event) {
+    var button = event.target.closest("button[data-action]");
+    if (button && !button.disabled) { send(button); }
+  });
+})();
