@@ -189,11 +189,13 @@ TOPIC_RECHECK_S = 5.0
 def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
     """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
-    run in the main thread without a stop event). Serves /health, /views, /sql and /metrics."""
+    run in the main thread without a stop event). Serves /health, /views, /sql and /metrics, and
+    the ClickHouse HTTP interface for analysts on its own port (analyst.service)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from pipeline import kafka_io
 
+    from .analyst.service import start_analyst_service
     from .backends import open_backend
     from .http import serve_http
     from .migrate import migrate
@@ -204,12 +206,14 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
     backend = open_backend(settings)
-    consumer = server = None
+    consumer = server = analyst = None
     try:
         migrate(backend)
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
         sink.resume_positions()
-        server = serve_http(backend, settings.sink_web_port, host=settings.bind_host, status=sink.status)
+        analyst = start_analyst_service(settings, backend)
+        server = serve_http(backend, settings.sink_web_port, host=settings.bind_host,
+                            status=lambda: {**sink.status(), **analyst.status()})
         # manual assignment: positions come from ClickHouse, the group id only names the client
         consumer = kafka_io.consumer(settings, group=f"{names.ns}orderstream-sink")
         assigned: set[tuple[str, int]] = set()
@@ -260,4 +264,6 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             consumer.close()
         if server is not None:
             server.stop()
+        if analyst is not None:
+            analyst.stop()
         backend.close()
