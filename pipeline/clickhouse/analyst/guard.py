@@ -101,9 +101,8 @@ def walk(node: Node):
 
 def check_statement(canonical: str, tree_text: str, table_functions: frozenset[str], user: str) -> Statement:
     """Refuse what an analyst may not run; `canonical` is the engine's one-line print of it."""
-    if "\n" in canonical or "\r" in canonical:
-        # only a back-quoted identifier keeps a line break in the one-line print, and it would
-        # also break the syntax tree's lines apart
+    if identifier_breaks_lines(canonical):
+        # EXPLAIN AST prints identifiers unescaped: a line break in one would split the tree's lines
         raise ClickHouseError("BAD_ARGUMENTS", "Identifiers with line breaks are not supported here")
     root = parse_tree(tree_text)
     if root.kind not in READ_STATEMENTS | SESSION_STATEMENTS:
@@ -130,6 +129,28 @@ def check_statement(canonical: str, tree_text: str, table_functions: frozenset[s
         formats = [c.name for c in root.children if c.kind == "Identifier"]
         fmt = formats[-1] if formats else None
     return Statement(root.kind, fmt, root.kind not in SESSION_STATEMENTS)
+
+
+def identifier_breaks_lines(canonical: str) -> bool:
+    """True when a quoted identifier of the engine's one-line print holds a line break (raw or as
+    an escape). That print quotes strings '...' and identifiers `...` or "...", with backslash
+    escapes, and has no comments, so a scan of its quotes is exact."""
+    if "\n" in canonical or "\r" in canonical:  # raw, which a one-line print keeps only in identifiers
+        return True
+    quote, i = None, 0
+    while i < len(canonical):
+        ch = canonical[i]
+        if quote is None:
+            if ch in "'`\"":
+                quote = ch
+        elif ch == "\\":
+            if quote != "'" and canonical[i + 1:i + 2] in ("n", "r"):
+                return True
+            i += 1
+        elif ch == quote:
+            quote = None
+        i += 1
+    return False
 
 
 def escape_parameter(value: str) -> str:

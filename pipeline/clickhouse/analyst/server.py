@@ -2,8 +2,8 @@
 
 What a client may send, as to a ClickHouse server (https://clickhouse.com/docs/interfaces/http):
 - the statement in the `query` URL parameter, the POST body, or both (the body is appended), or as
-  the `query` field of a multipart/form-data or urlencoded form (clickhouse-connect sends one when
-  it binds parameters);
+  the `query` field of a multipart/form-data body (clickhouse-connect sends one when it binds
+  parameters);
 - `database`, `default_format`, `query_id`; `param_<name>` values for `{name:Type}` placeholders;
   any other URL parameter is a setting (see policy.analyst_settings for what an analyst may set);
 - credentials as HTTP basic auth, `X-ClickHouse-User`/`X-ClickHouse-Key` or `user`/`password`
@@ -11,7 +11,8 @@ What a client may send, as to a ClickHouse server (https://clickhouse.com/docs/i
 What comes back: the result in the requested format with `X-ClickHouse-Query-Id`,
 `X-ClickHouse-Format`, `X-ClickHouse-Timezone` and `X-ClickHouse-Summary`; or ClickHouse's exception
 text with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status for that code.
-Not served: `compress=1`/`decompress=1` (ClickHouse's own block compression), sessions
+Request bodies may be gzip or deflate (Content-Encoding). Not served: `compress=1`/`decompress=1`
+(ClickHouse's own block compression), other request encodings, sessions
 (`session_id` is accepted and every request runs in a session of its own), external data, and HTTP
 compression (responses are sent plain, which every client accepts). GET / and /ping answer "Ok.".
 
@@ -30,6 +31,7 @@ import uuid
 from typing import Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from ..http import WebServer
 from .engine import ChdbEngine, Request
@@ -43,6 +45,7 @@ ACCOUNTS = web.AppKey("accounts", dict)
 SLOTS = web.AppKey("slots", asyncio.Semaphore)
 MAX_QUERIES = web.AppKey("max_queries", int)
 MAX_WRITE_BODY = 256 * 1024 * 1024  # a read-write account's INSERT data
+REQUEST_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})  # what aiohttp decodes for us
 
 CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8", "JSONCompact": "application/json; charset=UTF-8",
@@ -108,13 +111,17 @@ def authenticate(request: web.Request) -> Account:
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes:
+    """The body (aiohttp has undone a gzip/deflate Content-Encoding), refused past `cap` bytes."""
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > cap:
-            raise ClickHouseError("SYNTAX_ERROR", f"Max query size exceeded: the request body is over {cap} bytes "
-                                                  f"(max_query_size)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise ClickHouseError("SYNTAX_ERROR", f"Max query size exceeded: the request body is over {cap} "
+                                                      f"bytes (max_query_size)")
+            chunks.append(chunk)
+    except (ContentEncodingError, web.RequestPayloadError) as exc:
+        raise ClickHouseError("CANNOT_DECOMPRESS", f"Cannot decompress the request body: {exc}") from None
     return b"".join(chunks)
 
 
@@ -131,14 +138,17 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
         if q.get(flag, "0") not in ("", "0"):
             raise ClickHouseError("NOT_IMPLEMENTED", f"{flag}=1 (ClickHouse's compressed blocks) is not served here; "
                                                      "send and read plain bodies")
-    if request.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
-        raise ClickHouseError("NOT_IMPLEMENTED", f"Content-Encoding {request.headers['Content-Encoding']} is not "
-                                                 "served here; send the query uncompressed")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in REQUEST_ENCODINGS:
+        raise ClickHouseError("NOT_IMPLEMENTED", f"Content-Encoding {encoding} is not served here; send the "
+                                                 f"body as {', '.join(sorted(REQUEST_ENCODINGS - {''}))}")
     form: dict[str, str] = {}
     body = ""
     if request.method == "POST":
         cap = max_query_size if account.readonly else MAX_WRITE_BODY
-        if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        # a multipart form carries the query and param_<name> fields; any other body is the query
+        # itself (curl -d sends application/x-www-form-urlencoded, and ClickHouse reads it as SQL)
+        if request.content_type == "multipart/form-data":
             form = await read_form(request, cap)
         else:
             body = decode(await read_capped(request, cap), "request body")
@@ -161,10 +171,6 @@ async def read_form(request: web.Request, cap: int) -> dict[str, str]:
     if (request.content_length or 0) > cap:
         raise ClickHouseError("SYNTAX_ERROR", f"Max query size exceeded: the form is over {cap} bytes")
     out: dict[str, str] = {}
-    if request.content_type == "application/x-www-form-urlencoded":
-        raw = decode(await read_capped(request, cap), "form")
-        from urllib.parse import parse_qsl
-        return dict(parse_qsl(raw, keep_blank_values=True))
     reader = await request.multipart()
     size = 0
     async for part in reader:
@@ -213,8 +219,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
         finally:
             slots.release()
     except ClickHouseError as err:
-        if err.status >= 500 and err.name not in ("READONLY", "TOO_MANY_SIMULTANEOUS_QUERIES", "TIMEOUT_EXCEEDED",
-                                                  "MEMORY_LIMIT_EXCEEDED", "TOO_MANY_ROWS_OR_BYTES"):
+        if err.name == "UNKNOWN_EXCEPTION":
             log.warning("analyst query failed: %s", err.message[:500])
         return error_response(err, headers, engine.version)
     except Exception as exc:  # noqa: BLE001 - a request must be answered, in ClickHouse's terms
