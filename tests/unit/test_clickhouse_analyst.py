@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import re
 import json
 import threading
 import time
@@ -628,3 +629,36 @@ def test_the_sink_starts_the_interface_only_when_it_can_serve_it_safely(monkeypa
         assert f"cannot listen on 127.0.0.1:{port}" in taken.status()["analyst_http"]["reason"]
     finally:
         service.stop()
+
+
+# -- the Grafana analyst dashboard, run as the analyst ----------------------------------------------------
+
+def test_the_grafana_analyst_dashboard_runs_as_the_analyst(client, data):
+    """Each panel's SQL, with the plugin's $__timeFilter macro expanded as it expands it, runs through
+    the interface as the read-only analyst and returns the rollups' rows."""
+    from pipeline.config import PROJECT_ROOT
+    dash = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "analyst.json").read_text())
+    start, end = NOW_MS // 1000 - 10 * 86400, NOW_MS // 1000 + 86400
+
+    def expand(sql: str) -> str:
+        return re.sub(r"\$__timeFilter\((\w+)\)",
+                      lambda m: f"{m.group(1)} >= toDateTime({start}) AND {m.group(1)} <= toDateTime({end})", sql)
+    results = {}
+    for panel in dash["panels"]:
+        sql = expand(panel["targets"][0]["rawSql"])
+        assert "$" not in sql, sql
+        results[panel["title"]] = client.query(sql, settings={"max_execution_time": 2}).named_results()
+        assert results[panel["title"]], f"{panel['title']} returned no rows"
+    # the main dashboard's ClickHouse panel too (written for the compose server's database `orderstream`)
+    main = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "orderstream.json").read_text())
+    for panel in main["panels"]:
+        for target in panel.get("targets", []):
+            if "rawSql" in target:
+                sql = target["rawSql"].replace("orderstream.", "").replace("now()", f"toDateTime({end})")
+                sql = sql.replace("INTERVAL 1 DAY", "INTERVAL 11 DAY")
+                assert client.query(sql).result_rows, panel["title"]
+    total_new = int(data.query("SELECT countIf(change = 'new') AS n FROM order_events")[0]["n"])
+    assert sum(r["orders"] for r in results["Orders per hour by platform"]) == total_new
+    assert sum(r["orders"] for r in results["Channel share (new orders)"]) == total_new
+    states = data.query("SELECT argMaxMerge(last_status) AS s, count() AS n FROM order_state GROUP BY order_id")
+    assert sum(r["orders"] for r in results["Orders by latest status"]) == len(states)
