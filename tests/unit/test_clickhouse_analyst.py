@@ -30,9 +30,9 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.clickhouse.analyst import Account, ChdbEngine, Limits, make_app, serve_analyst
 from pipeline.clickhouse.analyst.errors import CODES, ClickHouseError, http_status
-from pipeline.clickhouse.analyst.guard import escape_parameter, parse_tree
+from pipeline.clickhouse.analyst.guard import parse_tree
 from pipeline.clickhouse.analyst.service import start_analyst_service
-from pipeline.clickhouse.backends import ChdbBackend
+from pipeline.clickhouse.backends import ChdbBackend, escape_parameter
 from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.config import load_settings

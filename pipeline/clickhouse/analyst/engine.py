@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from ..backends import escape_parameter
 from .errors import ClickHouseError
-from .guard import Statement, check_statement, escape_parameter, strip_wrapper
+from .guard import check_statement, strip_wrapper
 from .policy import Account, Limits, analyst_settings, set_statement
 
 log = logging.getLogger(__name__)

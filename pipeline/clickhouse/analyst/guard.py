@@ -153,29 +153,6 @@ def identifier_breaks_lines(canonical: str) -> bool:
     return False
 
 
-def escape_parameter(value: str) -> str:
-    """A String query parameter's value in the escaped form ClickHouse parses parameters from."""
-    out = []
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\0":
-            out.append("\\0")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def strip_wrapper(err: ClickHouseError) -> ClickHouseError:
     """A syntax error found by formatQuerySingleLine names our wrapper (`In scope SELECT
     formatQuerySingleLine('...')`); the analyst's own text is already quoted before it."""
