@@ -189,6 +189,19 @@ def test_pandas_and_arrow_through_clickhouse_connect(client, data):
         {r["event"]: int(r["n"]) for r in data.query("SELECT event, count() AS n FROM risk_events GROUP BY event")}
 
 
+def test_pandas_alone_reads_over_http_as_the_readme_shows(server, data):
+    """README: pd.read_csv on the interface's URL, credentials as user/password parameters; and the
+    `limit` setting the README's Parquet example uses."""
+    url = (f"http://127.0.0.1:{server.port}/?user={USER}&password={PASSWORD}&query="
+           + urllib.parse.quote_plus("SELECT platform, sum(orders) AS orders FROM orders_hourly GROUP BY platform "
+                                     "ORDER BY platform FORMAT CSVWithNames"))
+    df = pd.read_csv(url)
+    want = data.query("SELECT platform, sum(orders) AS orders FROM orders_hourly GROUP BY platform ORDER BY platform")
+    assert df.to_dict("records") == [{"platform": r["platform"], "orders": int(r["orders"])} for r in want]
+    answer = call(server, body=b"SELECT * FROM order_events FORMAT Parquet", params={"limit": "100"})
+    assert pq.read_table(io.BytesIO(answer.body)).num_rows == 100 < counts(data)["order_events"]
+
+
 def test_reads_see_the_sinks_inserts_at_once(client, data):
     names = TopicNames("visible.")
     feed = Feed(names)
