@@ -2,7 +2,8 @@
 
 The sink's `ChdbBackend` keeps one chDB session under a lock: its inserts and its own queries take
 turns. Analyst queries do not join that queue. Each request opens its own chDB session on the
-same data directory (about 2 ms), runs there and closes it. Measured on chDB 4.4 / engine 26.9:
+same data directory (benchmarks/bench_analyst.py measures the cost), runs there and closes it.
+Measured on chDB 4.4 / engine 26.9:
 two sessions on one data directory run at the same time (a 3 s query in one session does not
 hold up streaming inserts in the other), a session sees what another inserted as soon as the
 insert has finished, and settings, the current database and readonly are per session. So an
@@ -19,7 +20,6 @@ A read-only request runs as:
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,6 @@ from ..backends import escape_parameter
 from .errors import ClickHouseError
 from .guard import check_statement, strip_wrapper
 from .policy import Account, Limits, analyst_settings, set_statement
-
-log = logging.getLogger(__name__)
 
 RESULT_KINDS = ("SELECT", "WITH", "SHOW", "DESC", "DESCRIBE", "EXISTS", "EXPLAIN", "(")
 
