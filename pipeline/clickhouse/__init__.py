@@ -9,6 +9,8 @@ Public API (what the CLI and agents call):
     readonly_query(backend, sql) -> list[dict]
     http.make_app(backend, status=None) -> aiohttp Application (/health /metrics /views/<tier> /sql)
     http.serve_http(backend, port, host, status=None) -> WebServer (its own loop in a thread; .stop())
+    analyst.serve_analyst(engine, accounts, port) -> WebServer: the ClickHouse HTTP interface for
+        analysts' own tools over the embedded engine (analyst.service starts it for the sink)
 """
 from .backends import (Backend, BackendError, ChdbBackend, ReadOnlyQueryError, ServerBackend, open_backend,
                        readonly_query)

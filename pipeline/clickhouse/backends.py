@@ -42,6 +42,29 @@ def json_each_row(rows: list[dict], columns: list[str]) -> bytes:
                    for r in rows).encode()
 
 
+def escape_parameter(value: str) -> str:
+    """A String query parameter's value in the escaped form ClickHouse parses parameters from."""
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\0":
+            out.append("\\0")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def parse_json_each_row(text: str | bytes) -> list[dict]:
     if isinstance(text, bytes):
         text = text.decode()
@@ -94,6 +117,9 @@ class ChdbBackend:
                 raise BackendError(str(exc)) from exc
 
     def query(self, sql: str, params: dict | None = None) -> list[dict]:
+        # chDB parses parameter values in ClickHouse's escaped text form (as a server does
+        # param_<name> values): escape strings, so a backslash, tab or line break arrives as sent
+        params = {k: escape_parameter(v) if isinstance(v, str) else v for k, v in (params or {}).items()}
         with self.lock:
             try:
                 res = self._session.query(sql, "JSONEachRow", params=params or None)
@@ -246,11 +272,35 @@ def single_statement(sql: str) -> str:
     return stmt
 
 
-def readonly_query(backend: Backend, sql: str, max_rows: int = 10_000) -> list[dict]:
-    """Run an analyst's SELECT under ClickHouse's readonly=1. The statement becomes a subquery, so
-    anything but a SELECT/WITH is a syntax error, and readonly=1 (which also forbids changing
-    settings, table functions like file()/url(), and writes) holds for the whole query."""
-    stmt = single_statement(sql)
-    # newlines keep a trailing `--` comment in the analyst's text from swallowing our clause
-    wrapped = f"SELECT * FROM (\n{stmt}\n) LIMIT {int(max_rows)}\nSETTINGS readonly = 1"
+def readonly_query(backend: Backend, sql: str, max_rows: int = 10_000, max_execution_s: float = 10.0) -> list[dict]:
+    """Run an analyst's SELECT under ClickHouse's readonly=1 and a time limit. The statement is first
+    checked as the analyst interface checks one (analyst.guard, on the engine's own parse): readonly=1
+    alone lets file() read any file. What runs is the engine's print of the checked statement, as a
+    subquery, so anything but a SELECT/WITH is a syntax error, and readonly=1 (no settings changes,
+    no writes) and max_execution_time hold for the whole query. It runs on the backend's own
+    session, so the sink's inserts may wait for it, at most max_execution_s."""
+    stmt = checked_statement(backend, single_statement(sql))
+    wrapped = (f"SELECT * FROM (\n{stmt}\n) LIMIT {int(max_rows)}\n"
+               f"SETTINGS readonly = 1, max_execution_time = {float(max_execution_s)}")
     return backend.query(wrapped)
+
+
+def checked_statement(backend: Backend, stmt: str) -> str:
+    """The engine's one-line print of `stmt` once analyst.guard has accepted its syntax tree."""
+    from .analyst.errors import ClickHouseError  # the analyst package builds on this module
+    from .analyst.guard import check_statement
+
+    canonical = backend.query("SELECT formatQuerySingleLine({q:String}) AS q", {"q": stmt})[0]["q"]
+    # as a subquery, so the backend's own FORMAT (clickhouse-connect appends one) is the outer query's;
+    # the engine explains only a SELECT there, and only a SELECT can run here anyway
+    try:
+        rows = backend.query(f"SELECT explain FROM (EXPLAIN AST {canonical})")
+    except BackendError as exc:
+        raise ReadOnlyQueryError(f"only a SELECT can run here ({str(exc)[:300]})") from None
+    tree = "\n".join(r["explain"] for r in rows)
+    table_functions = frozenset(r["name"].casefold() for r in backend.query("SELECT name FROM system.table_functions"))
+    try:
+        check_statement(canonical, tree, table_functions, "sql")
+    except ClickHouseError as exc:
+        raise ReadOnlyQueryError(exc.message) from None
+    return canonical

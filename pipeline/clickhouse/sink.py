@@ -181,12 +181,14 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
     """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
     run in the main thread without a stop event). Serves /health, /views, /sql, /metrics and the
-    console (/console/<tier>), whose approve/reject/re-drive publish through their own producer."""
+    console (/console/<tier>), whose approve/reject/re-drive publish through their own producer, and
+    the ClickHouse HTTP interface for analysts on its own port (analyst.service)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from pipeline import kafka_io
     from pipeline.console import setup_console
 
+    from .analyst.service import start_analyst_service
     from .backends import open_backend
     from .http import WebServer, make_app
     from .migrate import migrate
@@ -197,12 +199,13 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
     backend = open_backend(settings)
-    consumer = server = None
+    consumer = server = analyst = None
     try:
         migrate(backend)
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
         sink.resume_positions()
-        app = make_app(backend, sink.status)
+        analyst = start_analyst_service(settings, backend)
+        app = make_app(backend, lambda: {**sink.status(), **analyst.status()})
         setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
         server = WebServer(app, settings.bind_host, settings.sink_web_port).start()
         # manual assignment: positions come from ClickHouse, the group id only names the client
@@ -255,4 +258,6 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             consumer.close()
         if server is not None:
             server.stop()
+        if analyst is not None:
+            analyst.stop()
         backend.close()

@@ -26,7 +26,8 @@ def _free_offset() -> int:
     """The next offset whose worker, sink and verifier ports are all free (other pytest processes)."""
     base = load_settings()
     for offset in _port_offsets:
-        ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 18100 + offset]
+        ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 7001 + offset,
+                                                                         18100 + offset]
         if not any(stack.port_open("127.0.0.1", port, timeout=0.05) for port in ports):
             return offset
     raise RuntimeError("no free port offset")
@@ -70,9 +71,15 @@ class Pipeline:
     def sink_port(self) -> int:
         return 7000 + self.port_offset
 
+    @property
+    def analyst_port(self) -> int:
+        """The sink's ClickHouse HTTP interface (offsets step by 4, so 7001 + offset is no other sink's)."""
+        return 7001 + self.port_offset
+
     def start_sink(self, **overrides: str) -> processes.Proc:
-        """The ClickHouse sink on its own chDB data dir and port."""
+        """The ClickHouse sink on its own chDB data dir and ports."""
         env = {**self.env, "ORDERSTREAM_SINK_WEB_PORT": str(self.sink_port),
+               "ORDERSTREAM_ANALYST_PORT": str(self.analyst_port),
                "ORDERSTREAM_CHDB_PATH": str(self.s.var / f"chdb-{self.ns.rstrip('.')}"), **overrides}
         proc = processes.start(self.s, f"{self.ns}sink", ["sink"], env)
         self.procs["sink"] = proc

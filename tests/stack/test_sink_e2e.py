@@ -185,3 +185,103 @@ def test_views_cli_prints_the_strategic_tier_as_json(sunk):
     assert data["total_orders"] == report["unique_new_orders"]
     # the CLI read the running sink (no second process may open its chDB data dir)
     assert datetime.fromisoformat(data["now"].replace("Z", "+00:00")) <= datetime.now(timezone.utc)
+
+
+# -- issue 16: analysts on the running sink ---------------------------------------------------------
+
+def test_analysts_query_the_running_sink_with_clickhouse_connect(sunk):
+    """The sink process serves the ClickHouse HTTP interface on its analyst port: clickhouse-connect
+    and pandas read what the replay landed; writes and a wrong password are refused."""
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    p, _, report = sunk
+    code, health = http_json(f"http://127.0.0.1:{p.sink_port}/health")
+    assert code == 200 and health["analyst_http"] == {"running": True, "port": p.analyst_port}
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=p.analyst_port, username="analyst", password="")
+    try:
+        assert client.command("SELECT countIf(change = 'new') FROM order_events") == report["unique_new_orders"]
+        df = client.query_df("SELECT platform, sum(orders) AS n FROM orders_hourly GROUP BY platform")
+        assert int(df["n"].sum()) == report["unique_new_orders"] > 0
+        with pytest.raises(DatabaseError) as err:
+            client.command("DROP TABLE order_events")
+        assert err.value.code == 164
+        assert client.command("SELECT count() FROM order_events") == \
+            report["unique_new_orders"] + report["unique_updates"]
+    finally:
+        client.close()
+    with pytest.raises(DatabaseError) as err:
+        clickhouse_connect.get_client(host="127.0.0.1", port=p.analyst_port, username="analyst", password="nope")
+    assert err.value.code == 516
+
+
+def test_ingestion_keeps_landing_while_a_heavy_analyst_query_runs(pipeline_factory):
+    """Messages keep arriving while an analyst's scan runs to its execution limit: the sink lands
+    them as it goes (bounded lag), it does not wait for the analyst."""
+    import threading
+    import time
+
+    import clickhouse_connect
+
+    from pipeline import kafka_io
+    from pipeline.contracts import BreakerTransition
+
+    limit_s = 6.0
+    p = pipeline_factory()
+    p.start_sink(ORDERSTREAM_ANALYST_MAX_EXECUTION_S=str(limit_s), ORDERSTREAM_SINK_BATCH_SECONDS="0.5")
+    produced_at: list[float] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            value = BreakerTransition.from_dict({"from_state": "closed", "to_state": "open", "rate_per_min": float(i),
+                                                 "at_ms": int(time.time() * 1000), "worker": f"w{i}"}).encode()
+            kafka_io.produce_all(p.producer, [(p.names.BREAKER_EVENTS, f"k{i}".encode(), value, None)])
+            p.producer.flush(5)
+            produced_at.append(time.monotonic())
+            i += 1
+            time.sleep(0.025)
+
+    heavy_answer: dict = {}
+
+    def heavy() -> None:
+        url = f"http://127.0.0.1:{p.analyst_port}/?" + urllib.parse.urlencode(
+            {"query": "SELECT count() FROM numbers(100000000000) WHERE number % 7 = 3", "user": "analyst"})
+        heavy_answer["start"] = time.monotonic()
+        try:
+            urllib.request.urlopen(url, timeout=60).read()
+            heavy_answer["code"] = 0
+        except urllib.error.HTTPError as exc:
+            heavy_answer["code"] = int(exc.headers.get("X-ClickHouse-Exception-Code", -1))
+        heavy_answer["end"] = time.monotonic()
+
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=p.analyst_port, username="analyst", password="")
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(1.5)
+    scan = threading.Thread(target=heavy, daemon=True)
+    scan.start()
+    samples = []  # (time, landed, lag in seconds of the oldest message not landed yet)
+    while scan.is_alive():
+        landed = client.command("SELECT count() FROM breaker_events")
+        now = time.monotonic()
+        waiting = produced_at[landed:] if landed < len(produced_at) else []
+        samples.append((now, landed, now - waiting[0] if waiting else 0.0))
+        time.sleep(0.25)
+    stop.set()
+    producer.join(10)
+    assert heavy_answer["code"] == 159, heavy_answer  # TIMEOUT_EXCEEDED: it ran to its limit
+    assert heavy_answer["end"] - heavy_answer["start"] >= limit_s - 0.5
+    during = [s for s in samples if heavy_answer["start"] + 0.5 <= s[0] <= heavy_answer["end"] - 0.2]
+    assert len(during) >= 8, samples
+    assert during[-1][1] - during[0][1] >= 50, "the sink landed little while the scan ran"
+    max_lag = max(lag for _, _, lag in during)
+    print(f"scan {heavy_answer['end'] - heavy_answer['start']:.1f} s; during it the sink landed "
+          f"{during[-1][1] - during[0][1]} rows, oldest waiting message at most {max_lag:.2f} s old")
+    assert max_lag < 3.0, during
+    deadline = time.monotonic() + 30
+    while client.command("SELECT count() FROM breaker_events") < len(produced_at) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.command("SELECT count() FROM breaker_events") == len(produced_at)
+    client.close()

@@ -60,3 +60,10 @@ def test_command_line_names_the_results_file_only_when_it_moved():
     assert command_line("x", args, default) == "python -m benchmarks.x --orders 20000 --skip-scale"
     args.results = Path("/tmp/x.json")
     assert command_line("x", args, default).endswith("--skip-scale --results /tmp/x.json")
+
+
+def test_bench_analyst_summarizes_insert_latencies_in_ms():
+    from benchmarks.bench_analyst import percentile, summarize
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.95) == 5.0 and percentile([1.0, 2.0, 3.0], 0.5) == 2.0
+    assert summarize([0.010, 0.020, 0.030, 2.5]) == {"inserts": 4, "median_ms": 25.0, "p95_ms": 2500.0,
+                                                     "max_ms": 2500.0}

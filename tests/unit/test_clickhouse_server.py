@@ -1,6 +1,13 @@
-"""The same sink and tier suite as test_clickhouse_chdb.py, against a ClickHouse server through
-clickhouse-connect. Server: ORDERSTREAM_CLICKHOUSE_TEST_URL (e.g. http://default:@127.0.0.1:8123),
-else a testcontainers ClickHouse when Docker answers; otherwise every test skips with the reason.
+"""The same sink and tier suite as test_clickhouse_chdb.py, through the server backend
+(`ServerBackend`, clickhouse-connect over HTTP), twice:
+
+- `TestServerOverEmbeddedHttp`, in every run: against the sink's ClickHouse HTTP interface
+  (pipeline.clickhouse.analyst) over an embedded chDB engine, with a read-write account, so the
+  clickhouse-connect code path (handshake, settings, bound parameters as form fields, raw inserts
+  with dedup tokens, errors) runs wherever the unit tests run.
+- `TestServer`: against a real ClickHouse server, ORDERSTREAM_CLICKHOUSE_TEST_URL (e.g.
+  http://default:@127.0.0.1:8123), else a testcontainers ClickHouse when Docker answers;
+  otherwise its tests skip with the reason (the docker-compose hosts' path).
 Each run uses its own database and drops it afterwards.
 """
 from __future__ import annotations
@@ -11,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pipeline.clickhouse.backends import ServerBackend
+from pipeline.clickhouse.analyst import Account, ChdbEngine, serve_analyst
+from pipeline.clickhouse.backends import ChdbBackend, ServerBackend
 from pipeline.clickhouse.migrate import migrate
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import SinkSuite
@@ -49,8 +57,7 @@ def server_url():
         yield f"http://{ch.username}:{ch.password}@{ch.get_container_host_ip()}:{ch.get_exposed_port(8123)}"
 
 
-@pytest.fixture(scope="module")
-def backend(server_url):
+def server_backend(server_url: str):
     database = f"orderstream_test_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(server_url)
     b = ServerBackend(urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, "")))
@@ -65,5 +72,34 @@ def names():
     return TopicNames("servertest.")
 
 
+@pytest.fixture(scope="module")
+def embedded_http(tmp_path_factory):
+    """The analyst interface over a fresh chDB data dir, with a read-write account for the suite."""
+    data = ChdbBackend(tmp_path_factory.mktemp("chdb-http") / "data")  # owns the data dir, as the sink does
+    server = serve_analyst(ChdbEngine(data.path), [Account("suite", "suite-pw", readonly=False)], 0)
+    yield f"http://suite:suite-pw@127.0.0.1:{server.port}"
+    server.stop()
+    data.close()
+
+
+class TestServerOverEmbeddedHttp(SinkSuite):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls, embedded_http):
+        yield from server_backend(embedded_http)
+
+    def test_the_backend_really_is_clickhouse_connect_over_http(self, backend, embedded_http):
+        """Not a shortcut into chDB: the suite's backend is a clickhouse-connect HTTP client of the
+        interface, and the interface answers as a ClickHouse server."""
+        import clickhouse_connect.driver.httpclient as httpclient
+
+        assert isinstance(backend._client, httpclient.HttpClient)
+        assert backend._client.url == "http://127.0.0.1:" + embedded_http.rsplit(":", 1)[1]
+        assert backend._client.server_version == backend.query("SELECT version() AS v")[0]["v"]
+
+
 class TestServer(SinkSuite):
-    pass
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls, server_url):
+        yield from server_backend(server_url)

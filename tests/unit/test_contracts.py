@@ -120,6 +120,7 @@ JSON_ALLOWED = {
     "pipeline/logs.py": "structured log lines",
     "pipeline/cli.py": "printing results for a person",
     "pipeline/clickhouse/http.py": "HTTP responses",
+    "pipeline/clickhouse/analyst/server.py": "the X-ClickHouse-Summary header",
     "pipeline/clickhouse/backends.py": "JSONEachRow inserts",
     "pipeline/domain/normalize.py": "the order fingerprint",
     "pipeline/inventory_store.py": "the Lua script's one JSON argument",

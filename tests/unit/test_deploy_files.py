@@ -29,6 +29,8 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yml"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "orderstream.json"
+ANALYST_DASHBOARD = DEPLOY / "grafana" / "dashboards" / "analyst.json"
+ROLLUP_TABLES = {"orders_hourly", "exceptions_15m", "warehouse_15m", "order_state"}
 
 INFRA_SERVICES = {"kafka", "redis", "clickhouse", "prometheus", "grafana"}
 ROLE_SERVICES = {"worker": "worker", "sink": "sink", "verifiers": "verifiers"}  # service -> CLI command
@@ -515,14 +517,38 @@ def test_dashboard_queries_use_only_exported_metrics_on_the_provisioned_datasour
     assert not problems, "\n".join(problems)
 
 
+def compose_value(value: str) -> str:
+    """A compose environment value as compose sees it with nothing set: `${X:-d}` / `${X-d}` -> d."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
+def grafana_value(value, env: dict[str, str]):
+    """A provisioning value after Grafana's `$VAR` / `${VAR}` lookup in its environment; a name
+    the environment lacks is an error here (Grafana would silently use an empty string)."""
+    if not isinstance(value, str):
+        return value
+
+    def look_up(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in env, f"provisioning uses ${name}, which grafana's environment in docker-compose.yml lacks"
+        return compose_value(env[name])
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", look_up, value)
+
+
 def test_grafana_provisioning_points_at_compose_services_and_the_mounted_dashboards(services):
-    datasources = {ds["type"]: ds for ds in load_yaml(DATASOURCES)["datasources"]}
-    prom = urlparse(datasources["prometheus"]["url"])
+    datasources = load_yaml(DATASOURCES)["datasources"]
+    prom = urlparse(next(ds for ds in datasources if ds["type"] == "prometheus")["url"])
     assert prom.hostname in services and prom.port == 9090
-    ch = datasources.get("grafana-clickhouse-datasource")
-    if ch:
-        assert ch["jsonData"]["host"] in services
-        assert ch["jsonData"]["defaultDatabase"] == env_of(services["clickhouse"])["CLICKHOUSE_DB"]
+    grafana_env = env_of(services["grafana"])
+    clickhouses = [ds for ds in datasources if ds["type"] == "grafana-clickhouse-datasource"]
+    assert {ds["uid"] for ds in clickhouses} == {"orderstream-clickhouse", "orderstream-analyst"}
+    for ds in clickhouses:
+        data = {k: grafana_value(v, grafana_env) for k, v in ds["jsonData"].items()}
+        assert data["host"] in services, ds["name"]
+        assert data["port"] == 8123 and data["protocol"] == "http", ds["name"]
+        if data["host"] == "clickhouse":
+            assert data["defaultDatabase"] == env_of(services["clickhouse"])["CLICKHOUSE_DB"], ds["name"]
+        grafana_value(ds.get("secureJsonData", {}).get("password", ""), grafana_env)
     mounts = {}
     for v in services["grafana"]["volumes"]:
         source, _, rest = v.partition(":")
@@ -532,3 +558,48 @@ def test_grafana_provisioning_points_at_compose_services_and_the_mounted_dashboa
     for provider in load_yaml(DASHBOARD_PROVIDERS)["providers"]:
         assert mounts.get(provider["options"]["path"]) == DASHBOARD.parent.resolve()
 
+
+
+# ---------------------------------------------------------------------------------- analyst dashboard
+
+@pytest.fixture(scope="module")
+def analyst_dashboard() -> dict:
+    return json.loads(ANALYST_DASHBOARD.read_text(encoding="utf-8"))
+
+
+def test_analyst_dashboard_reads_real_rollup_columns_on_the_analyst_datasource(analyst_dashboard):
+    provisioned = {ds["uid"]: ds for ds in load_yaml(DATASOURCES)["datasources"]}
+    panels = list(walk_panels(analyst_dashboard["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)) and analyst_dashboard["uid"] != load_dashboard()["uid"]
+    assert len(panels) >= 5
+    problems = []
+    for p in panels:
+        assert p.get("targets"), f"{p['title']} has no query"
+        for t in p["targets"]:
+            ds = t.get("datasource") or p.get("datasource")
+            assert ds == {"type": "grafana-clickhouse-datasource", "uid": "orderstream-analyst"}, p["title"]
+            assert provisioned[ds["uid"]]["type"] == ds["type"]
+            problems += sql_problems(t["rawSql"], f"{p['title']}/{t['refId']}")
+            tables = set(re.findall(r"\bFROM\s+(\w+)", t["rawSql"], re.I))
+            assert tables and tables <= ROLLUP_TABLES, f"{p['title']} reads {tables}, not only the rollups"
+    assert not problems, "\n".join(problems)
+    assert {t for p in panels for t in re.findall(r"\bFROM\s+(\w+)", p["targets"][0]["rawSql"])} == ROLLUP_TABLES
+
+
+def test_analyst_dashboard_panels_do_not_overlap(analyst_dashboard):
+    boxes = []
+    for p in analyst_dashboard["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{p['title']} is wider than the grid"
+        for other_title, o in boxes:
+            overlap = (g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"]
+                       and g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"])
+            assert not overlap, f"{p['title']} overlaps {other_title}"
+        boxes.append((p["title"], g))
+
+
+def test_analyst_datasource_timeout_fits_the_analyst_limit():
+    """The plugin sends its query timeout as max_execution_time; the sink's analyst may only lower it."""
+    ds = next(d for d in load_yaml(DATASOURCES)["datasources"] if d["uid"] == "orderstream-analyst")
+    assert 0 < float(ds["jsonData"]["queryTimeout"]) <= Settings().analyst_max_execution_s

@@ -1,0 +1,15 @@
+"""The ClickHouse HTTP interface of the embedded engine, for analysts' own tools (clickhouse-connect,
+pandas, curl, Grafana's ClickHouse data source, DBeaver), served by the sink on its own port.
+
+    engine.py   chDB sessions of their own per request, beside the sink's insert session
+    guard.py    which statements an analyst may run, on the engine's own parse of them
+    policy.py   accounts, limits, which per-request settings an analyst may change
+    errors.py   ClickHouse's error codes, exception text and HTTP statuses
+    server.py   the HTTP protocol on aiohttp (make_app / serve_analyst, on http.WebServer)
+"""
+from .engine import ChdbEngine, Request, Result
+from .errors import ClickHouseError
+from .policy import Account, Limits
+from .server import make_app, serve_analyst
+
+__all__ = ["Account", "ChdbEngine", "ClickHouseError", "Limits", "Request", "Result", "make_app", "serve_analyst"]
