@@ -123,9 +123,17 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
            rate_per_min: float = typer.Option(0.0, help="Constant rate instead of the curve (0 = use --speed)."),
            redelivery: float = 0.05, update: float = 0.05, malformed: float = 0.01,
            high_value: float = 0.02, remote: float = 0.03, ip_burst: float = 0.01,
+           ship: float = typer.Option(0.05, help="Share of messages that ship a paid order."),
+           suspect: float = typer.Option(0.01, help="Share of updates the transition rules must flag "
+                                                    "(backwards, skipping, too fast)."),
+           out_of_order: float = typer.Option(0.01, help="Share of older versions sent after newer ones."),
+           late_payment: float = typer.Option(0.0, help="Share of unpaid orders paid only after their reservation "
+                                                        "timed out (the replay waits --late-after seconds for it)."),
+           late_after: float = typer.Option(-1.0, help="Seconds between the drained main phase and the late payments "
+                                                       "(default: ORDERSTREAM_RESERVATION_TIMEOUT_S + 5)."),
            report: Path = typer.Option(PROJECT_ROOT / "var" / "replay-report.json", help="JSON report path."),
            drain_timeout: float = 300.0) -> None:
-    """Produce a Black Friday replay into the running pipeline and reconcile every message."""
+    """Produce a Black Friday replay into the running pipeline and reconcile every message and every unit of stock."""
     from rich.progress import Progress
 
     from .devtools.fake_orders import ReplayMix
@@ -133,9 +141,11 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
     from .topics import names
     s = load_settings()
     mix = ReplayMix(redelivery=redelivery, update=update, malformed=malformed, high_value=high_value,
-                    remote=remote, ip_burst=ip_burst)
+                    remote=remote, ip_burst=ip_burst, ship=ship, suspect=suspect, out_of_order=out_of_order,
+                    late_payment=late_payment)
     cfg = ReplayConfig(count=count, seed=seed, speed=speed, rate_per_min=rate_per_min or None, mix=mix,
-                       drain_timeout_s=drain_timeout)
+                       drain_timeout_s=drain_timeout,
+                       late_after_s=late_after if late_after >= 0 else s.reservation_timeout_s + 5.0)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=count)
         result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n))
@@ -149,12 +159,17 @@ def print_report(result: dict, path: Path | None) -> None:
     table = Table("measure", "value", title="replay reconciliation")
     for key in ("produced", "canonical", "dead_lettered", "deduplicated_dropped", "unique_new_orders",
                 "unique_updates", "flagged", "held", "approved", "auto_released", "rejected", "awaiting_decision",
-                "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "raw_lost",
+                "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "expired", "shipped",
+                "units_shipped", "ship_skipped", "unique_suspects", "stale_dropped", "raw_lost",
                 "raw_doubled", "new_orders_emitted_twice", "unaccounted_new_orders", "elapsed_s",
-                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "balanced"):
+                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
+                "late_payments", "balanced"):
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)
+    stock = result.get("stock")
+    if stock:
+        console.print("stock: " + json.dumps({k: v for k, v in stock.items() if not k.endswith("_sample")}))
     if path:
         console.print(f"report: {path}")
 
