@@ -54,7 +54,7 @@ def backend(server_url):
     database = f"orderstream_test_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(server_url)
     b = ServerBackend(urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, "")))
-    assert migrate(b) == [1, 2]
+    assert migrate(b) == [1, 2, 3]
     yield b
     b.command(f"DROP DATABASE IF EXISTS {database}")
     b.close()
