@@ -18,7 +18,9 @@ cli = typer.Typer(help="orderstream: multi-platform order stream processing.", n
 stack_cli = typer.Typer(help="The local stack: Kafka (KRaft) and Redis, no Docker needed.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="Dead letters.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Risk rules as data (compacted topic risk.rules).", no_args_is_help=True)
+reconcile_cli = typer.Typer(help="Consistency checks between the platforms, ClickHouse and Redis.", no_args_is_help=True)
 cli.add_typer(stack_cli, name="stack")
+cli.add_typer(reconcile_cli, name="reconcile")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(rules_cli, name="rules")
 console = Console()
@@ -296,6 +298,82 @@ def decide(order_id: str, action: str = typer.Argument(..., help="approve or rej
     kafka_io.produce_all(kafka_io.producer(load_settings()),
                          [(names.RISK_DECISIONS, order_id.encode(), decision.encode(), None)])
     console.print(f"{action} {order_id} by {operator} published")
+
+
+# ------------------------------------------------------------------------------- consistency
+
+@reconcile_cli.command("states")
+def reconcile_states(day: str = typer.Option(..., "--day", help="The business day to check, YYYY-MM-DD."),
+                     utc_offset: float = typer.Option(8.0, help="The day's time zone as hours from UTC (China: 8)."),
+                     out: Path = typer.Option(None, help="Report path (default var/consistency/states-<day>.json)."),
+                     sink_url: str = typer.Option("", help="The sink's HTTP address (default: the local sink's port); "
+                                                           "without a running sink the chDB data dir is read directly."),
+                     target: float = typer.Option(99.997, help="Consistency target in percent (seed 003).")) -> None:
+    """Seed 003's daily robot: per platform, the orders and latest states the platforms sent on DAY
+    against what ClickHouse and Redis hold; prints the differences, writes them as JSON, and exits 3
+    when the consistency ratio is below the target."""
+    from datetime import date as date_type
+
+    from .consistency import CheckError, backend_query, check_states, sink_query, write_report
+    from .topics import names
+    s = load_settings()
+    try:
+        the_day = date_type.fromisoformat(day)
+    except ValueError:
+        fail(f"--day must be YYYY-MM-DD, got {day!r}")
+    url = sink_url or f"http://127.0.0.1:{s.sink_web_port}"
+    backend = None
+    try:
+        try:
+            sink_running = _sink_alive(url)
+        except OSError:
+            sink_running = False
+        if sink_running:
+            query = sink_query(url)
+        else:
+            from .clickhouse.backends import BackendError, open_backend
+            try:
+                backend = open_backend(s)
+            except BackendError as exc:
+                fail(f"no sink answers at {url} and ClickHouse cannot be opened directly: {exc}")
+            query = backend_query(backend)
+        report = check_states(s, names, the_day, query, utc_offset, target / 100, group=names.ns + s.app_id)
+    except CheckError as exc:
+        fail(str(exc))
+    finally:
+        if backend is not None:
+            backend.close()
+    path = write_report(report, out or s.var / "consistency" / f"states-{the_day.isoformat()}.json")
+    print_consistency(report, path)
+    if not report["total"]["meets_target"]:
+        raise typer.Exit(3)
+
+
+def _sink_alive(url: str) -> bool:
+    import urllib.request
+    with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=3) as resp:
+        return resp.status == 200
+
+
+def print_consistency(report: dict, path: Path | None) -> None:
+    table = Table("platform", "orders", "consistent", "ratio %", "target met", "differences", "dead letters",
+                  title=f"state consistency {report['day']} (target {report['target_pct']} %)")
+    rows = list(report["platforms"].items()) + [("TOTAL", report["total"])]
+    for plat, r in rows:
+        table.add_row(plat, str(r["orders"]), str(r["consistent"]), f"{r['ratio_pct']:.4f}",
+                      "yes" if r["meets_target"] else "[red]no[/red]",
+                      json.dumps(r["differences"]) if r["differences"] else "-", str(r["dead_letters"]))
+    console.print(table)
+    diffs = report["differences"]
+    for d in diffs[:20]:
+        console.print(json.dumps(d, ensure_ascii=False))
+    if len(diffs) > 20:
+        console.print(f"... {len(diffs) - 20} more differences in the report")
+    if report.get("worker_lag_at_check"):
+        console.print(f"[yellow]note:[/yellow] the worker had {report['worker_lag_at_check']} raw messages "
+                      "still to process when the check ran")
+    if path:
+        console.print(f"report: {path}")
 
 
 # ------------------------------------------------------------------------------- views

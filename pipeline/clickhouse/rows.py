@@ -108,7 +108,9 @@ def suspect_row(msg) -> dict:
         "order_id": e.order_id, "platform": e.platform, "rule": e.rule, "from_status": e.from_status,
         "to_status": e.to_status, "from_at": ch_time(e.from_at_ms), "to_at": ch_time(e.to_at_ms),
         "elapsed_ms": e.elapsed_ms, "limit_ms": e.limit_ms, "window_id": e.window, "reason": e.reason,
-        "rules_version": e.rules_version, "detected_by": e.detected_by, "detected_at": ch_time(e.detected_at_ms),
+        # a writer that did not stamp its check time: the broker's time of the message stands in
+        "rules_version": e.rules_version, "detected_by": e.detected_by,
+        "detected_at": ch_time(e.detected_at_ms or msg.timestamp_ms or 0),
         **_source(msg),
     }
 

@@ -137,6 +137,7 @@ JSON_ALLOWED = {
     "pipeline/domain/normalize.py": "the order fingerprint",
     "pipeline/inventory_store.py": "the Lua script's one JSON argument",
     "pipeline/contracts/stock.py": "the warehouse system's JSON",
+    "pipeline/consistency.py": "the consistency check's report file",
 }
 
 
