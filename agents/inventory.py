@@ -43,6 +43,7 @@ UNPAID = "PENDING_PAYMENT"
 ACTOR = "order_flow"
 TIMER_ACTOR = "reservation_timer"
 LATE_REASON = "late payment: paid after its unpaid reservation expired"
+UNRESERVED_REASON = "shipped without a reservation here (out of stock, or while held): nothing deducted"
 _store: AsyncInventoryStore | None = None
 
 
@@ -214,6 +215,11 @@ def publish_reservation(request: StockRequest, _version: int, result: Reservatio
     order = request.order
     latency = ms_since_raw(request.headers)
     outcome = result.outcome
+    if result.record.get("unreserved"):
+        # the platform shipped it before it could be reserved (e.g. while held): nothing to take
+        metrics.RESERVATIONS.labels(outcome="shipped_unreserved").inc()
+        _send(order, "shipped_unreserved", result, out, actor, reason=UNRESERVED_REASON, allocations=())
+        return False
     if outcome == "released":
         outcome = "cancelled"  # cancelled (tombstone) before this reservation attempt came
     elif outcome == "duplicate" and (result.original_outcome in ("reserved", "expired", "shipped") or result.late):
@@ -256,6 +262,11 @@ def publish_shipment(request: StockRequest, version: int, result: Reservation, o
     """A shipped-state update: the units left once (`shipped`), or why not (`ship_skipped`)."""
     order, outcome = request.order, result.outcome
     shipped_before = outcome == "duplicate" and result.original_outcome == "shipped"
+    if outcome == "unreserved" or (shipped_before and result.record.get("unreserved")):
+        metrics.SHIPMENTS.labels(outcome="unreserved" if outcome == "unreserved" else "duplicate").inc()
+        if outcome == "unreserved" or result.done_by_version("shipped", version):
+            _send(order, "shipped_unreserved", result, out, actor, reason=UNRESERVED_REASON, allocations=())
+        return False
     if outcome == "shipped" or shipped_before:
         metrics.SHIPMENTS.labels(outcome="duplicate" if shipped_before else "shipped").inc()
         if result.late and result.done_by_version("late", version):  # this very update reserved it again
@@ -272,7 +283,6 @@ def publish_shipment(request: StockRequest, version: int, result: Reservation, o
         publish_late(order, result, out, actor)
     metrics.SHIPMENTS.labels(outcome="refused" if outcome == "refused" else "skipped").inc()
     why = {"refused": f"the warehouse reports less than the order takes: {result.record.get('refused_reason', '')}",
-           "absent": "no reservation (out of stock, held or rejected)",
            "out_of_stock": "paid after its reservation expired and out of stock"}.get(
         outcome, f"holds no stock ({result.original_outcome})")
     _send(order, "ship_skipped", result, out, actor, reason=why, allocations=())

@@ -31,7 +31,10 @@ idempotent: while it exists, reserving the same order again changes nothing and 
 redelivered reserve answers "released" without reserving again.
 
 Record states: reserved, backorder -> released (cancel, refund, rejection: a tombstone, never
-reserved again) | expired (an unpaid order's time-out gave its units back) | shipped. An
+reserved again) | expired (an unpaid order's time-out gave its units back) | shipped. Two
+markers hold nothing: `paid` (paid before it was reserved, e.g. while held for risk review: the
+reservation that comes later is a paid one, without a time-out) and `shipped` with no units
+(shipped before it was reserved: a later reservation takes nothing). An
 expired order that is then paid is reserved again exactly once, by the paid update itself
 (mode "pay" or "ship"): reserved (`late`), or out_of_stock, which is recorded for this case so the
 next paid update does not try again; a cancellation turns an expired record into a tombstone,
@@ -95,8 +98,8 @@ from pipeline.domain.warehouse import FallbackPolicy
 
 RESERVED, OUT_OF_STOCK, BACKORDER, DUPLICATE, RELEASED = (
     "reserved", "out_of_stock", "backorder", "duplicate", "released")
-EXPIRED, SHIPPED, SETTLED, RERESERVED, ABSENT, REFUSED = (
-    "expired", "shipped", "settled", "rereserved", "absent", "refused")
+EXPIRED, SHIPPED, SETTLED, RERESERVED, ABSENT, REFUSED, UNRESERVED = (
+    "expired", "shipped", "settled", "rereserved", "absent", "refused", "unreserved")
 MODES = ("reserve", "pay", "ship")
 RECORD_GRACE_S = 24 * 3600
 STOCK_FIELDS = ("total", "locked", "presale", "reserved")
@@ -122,10 +125,17 @@ local function key(c, l) return KEYS[2 + (c - 1) * nl + l] end
 local function stock_key(wh, sku) return prefix .. ':stock:' .. wh .. ':' .. sku end
 
 local existing = redis.call('GET', KEYS[1])
-local rec = nil
+local rec, paid_before = nil, false
+if existing then
+  rec = cjson.decode(existing)
+  if rec.state == 'paid' then
+    -- paid before it was ever reserved (held for risk review): as if absent, but paid, so the
+    -- reservation that comes later (the hold released) does not time out
+    paid_before, rec, existing, deadline = true, nil, nil, 0
+  end
+end
 if existing then
   if mode == 'reserve' then return {'existing', existing} end
-  rec = cjson.decode(existing)
   if mode == 'pay' and rec.state == 'reserved' then
     -- paid now: off the time-out schedule, and the record stays while it holds stock
     redis.call('ZREM', KEYS[2], order_id)
@@ -135,8 +145,22 @@ if existing then
   if rec.state ~= 'expired' and not (mode == 'ship' and rec.state == 'reserved') then
     return {'existing', existing}
   end
-elseif mode ~= 'reserve' then
-  return {'absent', ''}     -- never reserved here (out of stock, held, rejected): nothing to settle or ship
+elseif mode == 'pay' then
+  -- never reserved here (held, out of stock, rejected): nothing to settle, but remember the payment
+  if not paid_before then
+    local m = cjson.encode({order_id = order_id, state = 'paid', allocations = {}, paid_at_ms = now_ms,
+                            paid_version = version, paid_by = actor})
+    redis.call('SET', KEYS[1], m, 'EX', ttl)
+  end
+  return {'absent', ''}
+elseif mode == 'ship' then
+  -- it left without a reservation here (out of stock, or shipped while held for risk review):
+  -- nothing to deduct, but a marker, so a later reserve (the hold released) takes nothing
+  local r = {order_id = order_id, state = 'shipped', unreserved = true, allocations = {}, lines = lines,
+             shipped_units = 0, shipped_at_ms = now_ms, shipped_version = version, shipped_by = actor}
+  local enc = cjson.encode(r)
+  redis.call('SET', KEYS[1], enc, 'EX', ttl)
+  return {'unreserved', enc}
 end
 
 -- ship a reserved record: total and reserved down together (available unchanged), never below 0
@@ -353,8 +377,9 @@ if mode == 'expire' then
     return {'settled', raw}   -- paid (or released, or not due) since the sweeper looked
   end
 end
-if rec.state == 'expired' or rec.state == 'out_of_stock' then
-  -- holds nothing (its units went back at the time-out): a cancellation leaves the tombstone
+if rec.state == 'expired' or rec.state == 'out_of_stock' or rec.state == 'paid' then
+  -- holds nothing (its units went back at the time-out, or it was never reserved): a
+  -- cancellation leaves the tombstone
   if n ~= 0 then return {'mismatch', raw} end
   rec.previous_state = rec.state
   rec.state = 'released'

@@ -105,7 +105,8 @@ _BASE = {
     "INVENTORY_STOCK": Topic("inventory.stock", "warehouse:sku", WarehouseStock,
                              "stock snapshots and deltas from the warehouse system (its JSON)"),
     "INVENTORY_EVENTS": Topic("inventory.events", "order id", InventoryEvent,
-                              "reserved / out_of_stock / released / cancelled / expired / rereserved / shipped / ship_skipped"),
+                              "reserved / out_of_stock / released / cancelled / expired / rereserved / shipped / "
+                              "shipped_unreserved / ship_skipped"),
     "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
     "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
     "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),

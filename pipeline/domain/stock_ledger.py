@@ -21,7 +21,8 @@ from typing import Iterable, Mapping
 Cell = tuple[str, str]  # (warehouse, sku)
 # how each event kind moves the order's reserved units (+1 takes, -1 gives back)
 RESERVED_SIGN = {"reserved": 1, "rereserved": 1, "expired": -1, "released": -1, "shipped": -1}
-STOCK_EVENTS = frozenset(RESERVED_SIGN) | {"out_of_stock", "backorder", "cancelled", "duplicate", "ship_skipped"}
+STOCK_EVENTS = frozenset(RESERVED_SIGN) | {"out_of_stock", "backorder", "cancelled", "duplicate", "ship_skipped",
+                                           "shipped_unreserved"}
 SHIPPED_STATES = frozenset({"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"})
 
 
@@ -65,8 +66,8 @@ class OrderLedger:
         """The state the order's Redis record must be in (None: no record, or only a tombstone
         the events cannot tell about, e.g. a rejected hold or an out-of-stock new order)."""
         kinds = self.kinds
-        if "shipped" in kinds:
-            return "shipped"
+        if "shipped" in kinds or ("shipped_unreserved" in kinds and not kinds & {"reserved", "rereserved"}):
+            return "shipped"   # (a shipment with no reservation leaves a marker record holding nothing)
         if "released" in kinds or "cancelled" in kinds:
             return "released"
         if "rereserved" in kinds:
@@ -119,8 +120,9 @@ def record_agrees(ledger: OrderLedger | None, record: Mapping | None) -> bool:
     want = ledger.expected_record() if ledger is not None else None
     got = record.get("state") if record else None
     if want is None:
-        # no record, or a tombstone that gave nothing back (rejected before any reservation)
-        return got is None or (got == "released" and not int(record.get("released_units") or 0))
+        # no record, a tombstone that gave nothing back (rejected before any reservation), or the
+        # marker of a payment that came before any reservation
+        return got in (None, "paid") or (got == "released" and not int(record.get("released_units") or 0))
     if got != want:
         return False
     if want in ("reserved", "shipped"):

@@ -447,14 +447,22 @@ def test_shipment_never_takes_a_figure_below_zero(store):
     assert cell(store, "WH-SH", "A") == (1, 0, 4, 1)
 
 
-def test_shipping_an_order_that_holds_nothing_changes_nothing(store):
+def test_shipping_an_order_that_holds_nothing_deducts_nothing_and_blocks_a_later_reserve(store):
     store.apply_snapshot("WH-SH", "A", total=2)
-    assert store.ship("never", [("A", 1)], ["WH-SH"], version_ms=1).outcome == "absent"
+    # shipped while we still held it for risk review (or after it went out of stock): a marker
+    first = store.ship("held", [("A", 1)], ["WH-SH"], version_ms=1, actor="order_flow")
+    assert first.outcome == "unreserved" and first.allocations == []
+    assert store.reservation("held")["state"] == "shipped" and store.reservation("held")["shipped_units"] == 0
+    assert store.ship("held", [("A", 1)], ["WH-SH"], version_ms=1).original_outcome == "shipped"
+    # the hold is released afterwards: nothing is reserved for goods that already left
+    late = store.reserve("held", [("A", 1)], ["WH-SH"], paid=True)
+    assert late.outcome == "duplicate" and late.original_outcome == "shipped" and late.allocations == []
+    assert store.pay("held", [("A", 1)], ["WH-SH"], version_ms=2).outcome == "duplicate"
     store.reserve("gone", [("A", 1)], ["WH-SH"], paid=True)
     store.release("gone", "order cancelled")
     dup = store.ship("gone", [("A", 1)], ["WH-SH"], version_ms=1)
     assert dup.outcome == "duplicate" and dup.original_outcome == "released"
-    assert cell(store, "WH-SH", "A") == (2, 0, 0, 2) and store.reservation("never") is None
+    assert cell(store, "WH-SH", "A") == (2, 0, 0, 2)
 
 
 def test_concurrent_shipments_of_one_order_deduct_once(redis_url, redis_prefix, client):
@@ -571,10 +579,24 @@ def test_a_payment_between_the_sweepers_look_and_its_expire_keeps_the_stock(stor
     assert short.reservation("o1")["state"] == "reserved" and short.available("WH-SH", "A") == 3
 
 
-def test_pay_of_an_order_never_reserved_does_nothing(store):
-    store.apply_snapshot("WH-SH", "A", total=5)
-    assert store.pay("held", [("A", 1)], ["WH-SH"], version_ms=1).outcome == "absent"
-    assert store.reservation("held") is None and store.available("WH-SH", "A") == 5
+def test_paid_while_held_then_reserved_when_the_hold_is_released_never_times_out(client, store, make_store,
+                                                                                 redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    # the payment comes while the order waits for a risk decision: nothing to settle, remembered
+    assert short.pay("held", [("A", 1)], ["WH-SH"], version_ms=1, now_ms=NOW).outcome == "absent"
+    assert short.reservation("held")["state"] == "paid" and short.available("WH-SH", "A") == 5
+    assert short.pay("held", [("A", 1)], ["WH-SH"], version_ms=1, now_ms=NOW).outcome == "absent"   # idempotent
+    # the hold is released with the order as it was held (unpaid): reserved as paid all the same
+    res = short.reserve("held", [("A", 1)], ["WH-SH"], now_ms=NOW)
+    assert res.outcome == "reserved" and short.expired(now_ms=NOW * 10) == []
+    assert client.ttl(short.keys.order("held")) == -1
+    assert short.release_expired(now_ms=NOW + 120_000) == [] and short.available("WH-SH", "A") == 4
+    # and a paid-while-held order cancelled before its release never reserves
+    short.pay("other", [("A", 1)], ["WH-SH"], version_ms=1)
+    assert short.release("other", "order cancelled").outcome == "tombstoned"
+    assert short.reserve("other", [("A", 1)], ["WH-SH"]).outcome == "released"
+    assert short.available("WH-SH", "A") == 4
 
 
 def test_unknown_mode_is_a_value_error(store):

@@ -51,6 +51,8 @@ def test_a_re_published_copy_counts_once_and_a_disagreeing_one_is_caught():
     ([("cancelled",)], "released"),
     ([("out_of_stock",)], None),
     ([("reserved",), ("ship_skipped",)], "reserved"),
+    ([("shipped_unreserved",)], "shipped"),
+    ([("out_of_stock",), ("shipped_unreserved",)], "shipped"),
 ])
 def test_the_record_state_the_events_say(events, state):
     ledger = fold([ev(kind, "o", ("SH", "A", 1)) for (kind,) in events])["o"]
@@ -66,7 +68,10 @@ def test_record_agrees_checks_state_and_allocation():
     # no stock event: no record, or a tombstone that gave nothing back (a rejected hold)
     assert record_agrees(None, None)
     assert record_agrees(None, {"state": "released", "released_units": 0})
+    assert record_agrees(None, {"state": "paid"})        # paid before any reservation: holds nothing
     assert not record_agrees(None, {"state": "reserved", "allocations": [["SH", "A", 1]]})
+    marker = fold([InventoryEvent("shipped_unreserved", "m", "JD", T).as_dict()])["m"]
+    assert record_agrees(marker, {"state": "shipped", "allocations": {}, "unreserved": True})
     shipped = fold([ev("reserved", "s", ("SH", "A", 2)), ev("shipped", "s", ("SH", "A", 2))])["s"]
     assert record_agrees(shipped, {"state": "shipped", "allocations": [["SH", "A", 2]]})
 
