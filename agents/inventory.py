@@ -172,9 +172,14 @@ def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> 
 
 
 async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs, actor: str = ACTOR) -> set[str]:
-    """Reserve (order, headers) pairs (new orders, or held ones released) with one script call;
-    the SKUs whose stock moved."""
-    return await stock_batch([StockRequest(order, headers, "reserve") for order, headers in batch], out, actor)
+    """Reserve (order, headers) pairs (held orders released) with one script call; an order that
+    was already shipped when it was held is shipped right after. The SKUs whose stock moved."""
+    requests = []
+    for order, headers in batch:
+        requests.append(StockRequest(order, headers, "reserve"))
+        if order["status"] in SHIPPED_STATES:
+            requests.append(StockRequest(order, headers, "ship"))
+    return await stock_batch(requests, out, actor)
 
 
 async def stock_batch(requests: list[StockRequest], out: Outputs, actor: str = ACTOR) -> set[str]:

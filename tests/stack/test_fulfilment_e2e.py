@@ -141,6 +141,44 @@ def test_a_late_payment_reserves_once_and_a_cancelled_order_never(pipeline_facto
     assert scrape_counter(p.worker_url(), "orderstream_late_payments_total") == 2
 
 
+# -- 2b. paid or shipped while held for risk review --------------------------------------------------
+
+def test_paid_or_shipped_while_held_the_release_honours_it(pipeline_factory):
+    p = pipeline_factory(ORDERSTREAM_RESERVATION_TIMEOUT_S="3", ORDERSTREAM_RISK_HOLD_TIMEOUT_S="4", **QUIET)
+    p.start_worker()
+    sku = "SKU-0016"
+    stock(p, "WH-SH", sku, 10)
+    f = RawOrderFactory(seed=1706)
+    # above 5000 CNY: held by amount_over_5000 until the default policy releases it
+    unpaid = f.order("TMALL", external_id="H1", status="PENDING_PAYMENT", skus=[(sku, 1)], amount_minor=600_000,
+                     province="上海")
+    paid = f.order("TMALL", external_id="H2", status="PAID", skus=[(sku, 2)], amount_minor=700_000, province="上海")
+    p.produce([raw(p, "TMALL", "H1", f.to_bytes(unpaid)), raw(p, "TMALL", "H2", f.to_bytes(paid))])
+    p.drain()
+    ids = {k: global_order_id("TMALL", k) for k in ("H1", "H2")}
+    held = {e["order_id"] for e in Watch(p, p.names.RISK_EVENTS).until(
+        lambda w: [e for e in w.decoded(p.names.RISK_EVENTS) if e["event"] == "held"], 30, "the holds")}
+    assert held == set(ids.values())
+    # while they wait: H1 is paid, H2 is shipped by the platform
+    p.produce([raw(p, "TMALL", "H1", f.to_bytes(f.update(unpaid, "PAID", after_s=300))),
+               raw(p, "TMALL", "H2", f.to_bytes(f.update(paid, "SHIPPED", after_s=3600)))])
+    p.drain()
+    wait_for(p, lambda: {e["order_id"] for e in inventory(p)
+                         if e["event"] in ("reserved", "shipped_unreserved")} >= set(ids.values()),
+             "the holds to be released by the default policy")
+    time.sleep(6)   # twice the unpaid time-out: a paid order's reservation must still be there
+    p.drain()
+    events = inventory(p)
+    assert kinds_of(events, ids["H1"]) == Counter({"reserved": 1})
+    assert kinds_of(events, ids["H2"]) == Counter({"shipped_unreserved": 2})   # at the shipment and at the release
+    with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
+        h1, h2 = store.reservation(ids["H1"]), store.reservation(ids["H2"])
+        level = store.stock("WH-SH", sku)
+    assert h1["state"] == "reserved" and "deadline_ms" not in h1
+    assert h2["state"] == "shipped" and h2["shipped_units"] == 0
+    assert (level.total, level.reserved, level.shipped) == (10, 1, 0)
+
+
 # -- 3. untrusted state changes: flagged, counted, not applied, landed, shown -----------------------
 
 def test_suspect_transitions_are_flagged_counted_landed_and_shown(pipeline_factory):

@@ -535,6 +535,21 @@ def test_an_order_paid_after_it_expired_is_reserved_again_exactly_once(store, ma
     assert cell(short, "WH-GZ", "A") == (2, 0, 3, 2) and cell(short, "WH-SH", "A") == (5, 0, 0, 5)
 
 
+def test_an_expired_order_shipped_without_a_paid_update_is_reserved_again_and_shipped_at_once(
+        store, make_store, redis_prefix):
+    # (the default transition rules flag PENDING_PAYMENT -> SHIPPED; a rule file may allow it)
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    short.reserve("o1", [("A", 2)], ["WH-SH"], now_ms=NOW)
+    short.release_expired(now_ms=NOW + 61_000)
+    res = short.ship("o1", [("A", 2)], ["WH-SH"], version_ms=44, actor="order_flow")
+    assert res.outcome == "shipped" and res.late and res.done_by_version("late", 44)
+    assert res.done_by_version("shipped", 44) and res.allocations == [("WH-SH", "A", 2)]
+    assert cell(short, "WH-SH", "A") == (3, 0, 2, 3)
+    assert short.ship("o1", [("A", 2)], ["WH-SH"], version_ms=44).outcome == "duplicate"
+    assert cell(short, "WH-SH", "A") == (3, 0, 2, 3)
+
+
 def test_a_late_payment_without_stock_gets_out_of_stock_once(store, make_store, redis_prefix):
     short = make_store(redis_prefix, reservation_ttl_s=60)
     short.apply_snapshot("WH-SH", "A", total=3)
