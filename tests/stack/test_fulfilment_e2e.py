@@ -4,6 +4,8 @@ the daily consistency check, and a worker SIGKILLed in the middle of a shipment 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -13,6 +15,7 @@ import pytest
 import redis
 
 from pipeline.codecs import order_codec
+from pipeline.config import PROJECT_ROOT
 from pipeline.consistency import check_states, sink_query
 from pipeline.contracts import InventoryEvent, StockUpdate, SuspectTransition, WarehouseStock
 from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix
@@ -295,6 +298,16 @@ def test_a_fulfilment_replay_balances_and_the_daily_check_finds_exactly_the_susp
     assert total["orders"] == report["expected_new_orders"]
     assert total["consistent"] == total["orders"] - len(differing)
     assert total["dead_letters"] == report["dead_lettered"] and not check["total"]["meets_target"]
+
+    # the command itself: prints, writes the JSON, exits 3 (below 99.997 %)
+    out = tmp_path / "states.json"
+    run = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "orderstream"), "reconcile", "states",
+                          "--day", today.isoformat(), "--sink-url", f"http://127.0.0.1:{p.sink_port}", "--out", str(out)],
+                         env={**os.environ, **p.env}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stdout[-2000:] + run.stderr[-2000:]
+    written = json.loads(out.read_text())
+    assert written["total"] == total and {d["order_id"] for d in written["differences"]} == differing
+    assert "TOTAL" in run.stdout and "state_differs" in run.stdout
 
     # and a difference nobody flagged: Redis loses a shipped order's record
     shipped_one = next(e["order_id"] for e in inventory(p) if e["event"] == "shipped" and e["order_id"] not in differing)
