@@ -521,22 +521,24 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
             yield RawMessage(platform, f"bad-{seed}-{i}".encode(), factory.malformed(kind, platform), "malformed",
                              None, "dlq", MALFORMED_KINDS[kind])
             continue
+        # (r < 0 here when an earlier kind found no order to apply to and fell through: the kinds
+        # below only take their own share, so a rate of 0 never fires)
         r -= mix.malformed
-        if history and r < mix.ship:
+        if history and 0 <= r < mix.ship:
             entry = _pick(rng, history, lambda e: standard_status(e[0], e[1]) in ("PAID", "PACKED"))
             if entry is not None:
                 produced += 1
                 yield version(entry, "SHIPPED", "ship", after_s=rng.randint(200, 7200))
                 continue
         r -= mix.ship
-        if history and r < mix.suspect:
-            made = _suspect(rng, history, version)
+        if history and 0 <= r < mix.suspect:
+            made = _suspect(rng, history, version, room=count - produced - len(late))
             if made:
                 produced += len(made)
                 yield from made
                 continue
         r -= mix.suspect
-        if history and r < mix.out_of_order:
+        if history and 0 <= r < mix.out_of_order:
             entry = _pick(rng, history, lambda e: bool(e[4]), frozen_too=True)
             if entry is not None:
                 platform, _, oid, key = entry[:4]
@@ -546,7 +548,7 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
                                  status=standard_status(platform, older))
                 continue
         r -= mix.out_of_order
-        late_order = r < mix.late_payment
+        late_order = 0 <= r < mix.late_payment and count - produced - len(late) >= 3  # new, paid, shipped
 
         # a new order, with independent chances of each feature the later stages care about
         kw: dict = {}
@@ -612,7 +614,7 @@ def _pick(rng: random.Random, history: list[list], wanted, frozen_too: bool = Fa
     return None
 
 
-def _suspect(rng: random.Random, history: list[list], version) -> list[RawMessage]:
+def _suspect(rng: random.Random, history: list[list], version, room: int = 2) -> list[RawMessage]:
     """An update the default transition rules (pipeline/domain/transitions.yaml) must flag, chosen
     by what the order's platform can say; the order is frozen afterwards (a later update would be
     judged against the state it was left in, not the suspect one)."""
@@ -624,7 +626,7 @@ def _suspect(rng: random.Random, history: list[list], version) -> list[RawMessag
     made: list[RawMessage] = []
     if state in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"):
         made.append(version(entry, "PAID", "suspect", rule="backwards"))
-    elif state == "PAID" and "PACKED" in supported:
+    elif state == "PAID" and "PACKED" in supported and room >= 2:
         # packed, then "shipped" sooner than the 3-minute window
         made.append(version(entry, "PACKED", "update", after_s=rng.randint(300, 1800)))
         made.append(version(entry, "SHIPPED", "suspect", after_s=rng.randint(5, 170), rule="too_fast"))

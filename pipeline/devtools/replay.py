@@ -78,13 +78,18 @@ def stock_events(cfg: ReplayConfig) -> list[StockUpdate]:
 
 
 def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=None,
-                   before_late=None) -> tuple[list[RawMessage], dict]:
+                   before_late=None, stock_applied=None) -> tuple[list[RawMessage], dict]:
     """Produce stock, then the raw stream; returns the messages and their broker coordinates.
-    Messages of the generator's late phase are produced after `before_late()` (e.g. wait for the
-    pipeline to drain) and `cfg.late_after_s` seconds."""
+    With `stock_applied`, the orders wait until it returns (the snapshots are in Redis: a snapshot
+    applied after a shipment would count the shipped units again). Messages of the generator's
+    late phase are produced after `before_late()` (e.g. wait for the pipeline to drain) and
+    `cfg.late_after_s` seconds."""
     producer = kafka_io.producer(s)
     kafka_io.produce_all(producer, ((names.INVENTORY_STOCK, f"{e.warehouse}:{e.sku}".encode(),
                                      WarehouseStock.encode(e), None) for e in stock_events(cfg)))
+    if stock_applied is not None:
+        stock_applied()
+    stock_at_ms = int(time.time() * 1000)
     # event times start now, so SLA countdowns and time checks see a live sale
     messages = list(generate_stream(cfg.count, cfg.seed, cfg.mix, start=datetime.now(timezone.utc)))
     main = [i for i, m in enumerate(messages) if m.phase != "late"]
@@ -130,7 +135,7 @@ def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=N
         send(late, None)
     if failures:
         raise RuntimeError(f"{len(failures)} raw messages were not acknowledged by the broker: {failures[:3]}")
-    return messages, {"coordinates": coordinates, "produce_s": time.monotonic() - start}
+    return messages, {"coordinates": coordinates, "produce_s": time.monotonic() - start, "stock_at_ms": stock_at_ms}
 
 
 def group_lag_by_partition(s: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int] | None:
@@ -194,9 +199,10 @@ def read_all(s: Settings, topic: str):
 
 
 def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict,
-              initial_stock: list[StockUpdate] | None = None) -> dict:
+              initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
     """Read every stage's output and account for each produced message exactly once, and for every
-    unit of stock (`initial_stock`: what the replay put in; without it totals are not checked)."""
+    unit of stock (`initial_stock`: the snapshots the replay put in at `stock_at_ms`; without
+    them totals are not checked)."""
     codec = order_codec()
     dlq = read_all(s, names.DLQ)
     unique = read_all(s, names.UNIQUE)
@@ -238,7 +244,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     latencies = [ev.latency_ms for ev in inventory if ev.latency_ms is not None
                  and ev.event in ("reserved", "out_of_stock", "backorder")]
     units_reserved = sum(ev.units for ev in inventory if ev.event == "reserved")
-    stock = stock_audit(s, names, inventory, initial_stock)
+    stock = stock_audit(s, names, inventory, initial_stock, stock_at_ms)
     suspects = suspect_audit(messages, coordinates, suspect_records)
     late = late_payment_audit(messages, stock_ledger.fold(ev.as_dict() for ev in inventory))
     stale_expected = sum(1 for m in messages if m.kind == "out_of_order")
@@ -297,11 +303,19 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
 
 
 def stock_audit(s: Settings, names: TopicNames, inventory: list[InventoryEvent],
-                initial_stock: list[StockUpdate] | None = None) -> dict:
+                initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
     """Redis against the inventory events, cell by cell and order by order, and every unit put in
-    accounted for as available, locked, presale, reserved or shipped, none negative."""
+    accounted for as available, locked, presale, reserved or shipped, none negative.
+
+    A snapshot re-bases `total` (the `shipped` field keeps counting), so the units put in by the
+    replay's snapshots are balanced against what shipped after them (`stock_at_ms`): a replay
+    into a namespace that already had orders still balances."""
     ledgers = stock_ledger.fold(ev.as_dict() for ev in inventory)
     want_reserved, want_shipped = stock_ledger.expected_cells(ledgers.values())
+    shipped_since = stock_ledger.expected_cells(
+        ledger for ledger in stock_ledger.fold(ev.as_dict() for ev in inventory
+                                               if stock_at_ms is None or ev.event != "shipped"
+                                               or ev.at_ms >= stock_at_ms).values())[1]
     initial = {(u.warehouse, u.sku): u for u in initial_stock or ()}
     skus = sorted({sku for _, sku in initial} | {sku for _, sku in want_reserved} | {sku for _, sku in want_shipped}
                   | set(SKUS))
@@ -321,10 +335,11 @@ def stock_audit(s: Settings, names: TopicNames, inventory: list[InventoryEvent],
             negative.append(name)
         if cell in initial:
             put_in = initial[cell].total
-            accounted = (level.available + level.locked + level.presale + level.reserved + level.shipped) if level else 0
-            if accounted != put_in or (level and level.total != put_in - want_shipped[cell]):
+            left = shipped_since[cell]
+            accounted = (level.available + level.locked + level.presale + level.reserved + left) if level else 0
+            if accounted != put_in or (level and level.total != put_in - left):
                 unbalanced.append({"cell": name, "put_in": put_in, "accounted": accounted,
-                                   "total": level.total if level else None, "shipped_by_events": want_shipped[cell]})
+                                   "total": level.total if level else None, "shipped_since_put_in": left})
     order_mismatch = [oid for oid, ledger in ledgers.items() if not stock_ledger.record_agrees(ledger, records[oid])]
     inconsistent = sorted(oid for oid, ledger in ledgers.items() if ledger.inconsistent)
     units = {k: sum(getattr(l, k) for l in cells.values()) for k in ("total", "locked", "presale", "reserved", "shipped")}
@@ -350,9 +365,12 @@ def suspect_audit(messages: list[RawMessage], coordinates: dict, records) -> dic
     (matched by the raw message's coordinates, which ride on orders.suspect as `src`)."""
     expected = {"%s:%s:%s" % coordinates[i]: m.expect_rule for i, m in enumerate(messages)
                 if m.expect_rule and i in coordinates}
+    produced = {"%s:%s:%s" % c for c in coordinates.values()}
     flagged: dict[str, set] = defaultdict(set)
-    for r in records:  # a re-emitted copy (crash) lands on the same src
-        flagged[r.headers.get("src", b"").decode()].add(SuspectTransition.decode(r.value).rule)
+    for r in records:  # a re-emitted copy (crash) lands on the same src; earlier replays' are not ours
+        src = r.headers.get("src", b"").decode()
+        if src in produced:
+            flagged[src].add(SuspectTransition.decode(r.value).rule)
     by_rule = Counter(rule for rules in flagged.values() for rule in rules)
     missing = sorted(set(expected) - set(flagged))
     unexpected = sorted(set(flagged) - set(expected))
@@ -368,7 +386,8 @@ def late_payment_audit(messages: list[RawMessage], ledgers: dict[str, stock_ledg
     certainly late; an ordinary payment may be too, when it comes after the time-out."""
     late_ids = {m.order_id for m in messages if m.kind == "late_payment"}
     paid_ids = {m.order_id for m in messages if m.order_id and m.status not in ("", "PENDING_PAYMENT", "CANCELLED")}
-    expired = {oid for oid, ledger in ledgers.items() if "expired" in ledger.kinds}
+    ours = {m.order_id for m in messages if m.order_id}   # a namespace may hold earlier replays' orders
+    expired = {oid for oid, ledger in ledgers.items() if "expired" in ledger.kinds and oid in ours}
     rereserved = {oid for oid in expired if "rereserved" in ledgers[oid].kinds}
     out_of_stock = {oid for oid in expired if ledgers[oid].late_out_of_stock}
     both = sorted(rereserved & out_of_stock)
@@ -401,15 +420,24 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
     def drain_first() -> None:  # the late phase's payments must come after the time-outs
         wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
 
-    messages, produced = produce_replay(s, names, cfg, progress, before_late=drain_first)
+    def stock_in_redis() -> None:  # the worker committed the snapshots: they are applied
+        deadline = time.monotonic() + cfg.drain_timeout_s
+        while group_lag(s, app_group, [names.INVENTORY_STOCK]) != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the stock snapshots were not applied within {cfg.drain_timeout_s:.0f}s")
+            if check_alive:
+                check_alive()
+            time.sleep(0.2)
+
+    messages, produced = produce_replay(s, names, cfg, progress, before_late=drain_first, stock_applied=stock_in_redis)
     drain_s = wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
     elapsed = time.monotonic() - t0
-    report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg))
+    report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])
     deadline = time.monotonic() + settle_holds_s
     while report["awaiting_decision"] and time.monotonic() < deadline:
         time.sleep(2)
         wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0, check_alive=check_alive)
-        report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg))
+        report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},
         "namespace": names.ns,

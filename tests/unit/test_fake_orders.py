@@ -177,3 +177,12 @@ def test_the_rules_flag_exactly_the_messages_meant_to_be_suspect():
 
 def test_new_kinds_off_by_default():
     assert not {m.kind for m in generate_stream(3000, seed=5)} - {"new", "redelivery", "update", "malformed"}
+
+
+def test_a_kind_at_rate_zero_never_fires_when_another_finds_nothing_to_update():
+    # ship at a high rate often finds no paid order to ship and falls through: nothing else may
+    # take its place but a new order (a replay with --ship only made suspects before)
+    for seed in (1707, 1708, 3):
+        kinds = {m.kind for m in generate_stream(1500, seed, ReplayMix(ship=0.4))}
+        assert kinds <= {"new", "redelivery", "update", "malformed", "ship"}, kinds
+        assert all(m.phase == "main" for m in generate_stream(1500, seed, ReplayMix(ship=0.4, suspect=0.3)))
