@@ -23,7 +23,8 @@ class InFlight:
     platform: str
     headers: list[tuple[str, bytes]]   # provenance: src (topic:partition:offset), raw_ts
     order: dict | None = None          # canonical order once normalized
-    change: str = ""                   # dedupe: new | update (duplicates leave the batch)
+    change: str = ""                   # dedupe: new | update | suspect (duplicates leave the batch)
+    suspect: Any = None                # dedupe: why a suspect update is not trusted (SuspectHit)
     verdict: Any = None                # risk verdict (new orders only)
     light: bool = False                # checked without the expensive rules / verifiers
     encoded: bytes = b""               # the Avro order as it leaves the risk stage

@@ -1,8 +1,15 @@
-"""Stage 2: drop redeliveries and late older versions; pass new orders and real updates.
+"""Stage 2: drop redeliveries and late older versions; pass new orders and real updates, and
+flag the updates whose state change cannot be trusted (seed 003).
 
 The windowed table `dedupe-seen` is co-partitioned with the raw topics: the global order id is a
 function of the platform and its order id, and every raw topic is keyed by the platform's order
 id, so all versions of one order arrive on one partition and its state lives beside them.
+
+That state already holds the order's previous version, so this is where a status update is
+judged (pipeline.domain.transitions): backwards, skipping the legal order or sooner than its
+window after the previous step, it passes as `suspect` (announced on orders.unique with
+change=suspect, never on orders.accepted, no stock effect), with a SuspectTransition on
+orders.suspect naming the rule. No I/O per order beyond the table read this stage already does.
 """
 from __future__ import annotations
 
@@ -13,8 +20,9 @@ from datetime import timedelta
 
 from pipeline import metrics
 from pipeline.app import app, changelogged_table, settings
-from pipeline.contracts import DroppedDuplicate
-from pipeline.domain.dedupe import Change, SeenVersion, decide, version_of
+from pipeline.contracts import DroppedDuplicate, SuspectTransition
+from pipeline.domain.dedupe import PASSED, Change, SeenVersion, judge, version_of
+from pipeline.domain.transitions import SuspectHit, load_transition_file
 from pipeline.faust_internals import DirectWindowedTable, handling, active_dbs, window_end, without_key_index
 from pipeline.outputs import Outputs
 from pipeline.topics import names
@@ -28,6 +36,9 @@ EXPIRES = WINDOW * 2
 # key = global order id; RocksDB keeps the state on disk; `sweep_expired_windows` drops old windows
 seen_versions = changelogged_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=EXPIRES)
 without_key_index(seen_versions.table)
+# the legal moves and windows (YAML): a file that does not parse stops the worker at start, loudly
+TRANSITIONS = load_transition_file(settings.transitions_file)
+DETECTED_BY = "order_flow/dedupe"
 
 
 def remembered(msg, order_id: str, direct: DirectWindowedTable | None) -> SeenVersion | None:
@@ -70,13 +81,17 @@ def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     with stage("dedupe", len(batch)) as counts:
         for item in batch:
             with handling(item.event):  # table reads and writes use this message's partition
-                change = classify(item.event.message, item.order, direct)
+                change, hit = classify(item.event.message, item.order, direct)
             counts.count(metrics.DEDUPE, platform=item.platform, outcome=change.value)
             counts.came_in(item.platform)
             counts.went_out(item.platform, change.value)
-            if change in (Change.NEW, Change.UPDATE):
+            if change in PASSED:
                 item.change = change.value
                 passed.append(item)
+                if change is Change.SUSPECT:
+                    item.suspect = hit
+                    counts.count(metrics.SUSPECT_TRANSITIONS, platform=item.platform, rule=hit.rule if hit else "")
+                    out.send(names.SUSPECT, item.key, suspect_event(item.order, hit), item.headers)
             else:
                 out.send(names.DUPLICATES, item.key, DroppedDuplicate(
                     order_id=item.order_id, platform=item.platform, outcome=change.value,
@@ -84,21 +99,35 @@ def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
     return passed
 
 
-def classify(msg, order: dict, direct: DirectWindowedTable | None) -> Change:
+def classify(msg, order: dict, direct: DirectWindowedTable | None) -> tuple[Change, SuspectHit | None]:
     order_id = order["order_id"]
     source = f"{msg.partition}:{msg.offset}"
     incoming = version_of(order)
     previous = remembered(msg, order_id, direct)
-    change = decide(previous, incoming, source)
-    if change in (Change.NEW, Change.UPDATE) and not (previous is not None and previous.emitted_by(source)):
+    change, hit = judge(previous, incoming, source, TRANSITIONS)
+    if change in PASSED and not (previous is not None and previous.emitted_by(source)):
         # a crash may land this write without the batch's outputs: the source offset stored with
         # it makes re-processing re-emit (see decide); effects downstream are idempotent
-        value = incoming.remembered_as(source, change, previous).to_json()
+        value = incoming.remembered_as(source, change, previous, hit).to_json()
         if direct is not None:
             direct.set_windowed(order_id, value, msg.timestamp, msg.partition)
         else:
             seen_versions[order_id] = value
-    return change
+    return change, hit
+
+
+def suspect_event(order: dict, hit: SuspectHit | None) -> bytes:
+    """orders.suspect: what was not trusted and why. `hit` is None only if a re-processed suspect
+    message fell out of the remembered history (never within HISTORY versions): still flagged."""
+    updated = order["updated_at"]
+    to_ms = int(updated.timestamp() * 1000) if hasattr(updated, "timestamp") else int(updated)
+    if hit is None:
+        hit = SuspectHit("", "", order["status"], to_ms, to_ms, None, "", "re-processed; the rule is not remembered")
+    return SuspectTransition(
+        order_id=order["order_id"], platform=order["platform"], rule=hit.rule, from_status=hit.from_status,
+        to_status=hit.to_status, from_at_ms=hit.from_at_ms, to_at_ms=hit.to_at_ms, elapsed_ms=hit.elapsed_ms,
+        limit_ms=hit.limit_ms, window=hit.window, reason=hit.reason, rules_version=TRANSITIONS.version,
+        detected_by=DETECTED_BY, detected_at_ms=now_ms()).encode()
 
 
 SWEEP_EVERY_S = min(600.0, WINDOW.total_seconds() / 2)

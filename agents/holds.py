@@ -125,10 +125,10 @@ async def publish_resolution(record: Hold, event: RiskEvent, out: Outputs) -> No
         headers = [(k, v) for k, v in record.headers.items() if k != "risk"]
         headers.append(("risk", event.event.encode()))
         out.send(names.ACCEPTED, key, order_bytes, headers)
-        touched = await reserve_batch([(order, dict(headers))], out)
+        touched = await reserve_batch([(order, dict(headers))], out, actor="holds")
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
-        touched = await release_order(order, "risk_rejected", out) or set()
+        touched = await release_order(order, "risk_rejected", out, actor="holds") or set()
     await publish_channel_states(touched, out)
     out.send(names.RISK_EVENTS, key, event.encode())
 

@@ -1,14 +1,23 @@
-"""Stage 4: reserve stock in Redis for accepted orders; release on cancel/refund/rejection.
+"""Stage 4: stock in Redis. Accepted new orders are reserved, paid updates settle (or, paid after
+their unpaid reservation expired, reserve again once), shipped-state updates take the units out
+of the warehouse once, cancellations release.
 
-The reservation itself is one Lua script (all lines or none, idempotent by order id), so
-several workers can never oversell. This stage only ranks warehouses, calls the store, retries
-while Redis is unreachable (the stream pauses, nothing is skipped) and publishes what happened.
+Every one of those is a Lua script (all lines or none, idempotent by order id), so several
+workers can never oversell or ship twice; the batch's reservations, payments and shipments go in
+ONE script call, in batch order (an order's own reservation comes before its payment or its
+shipment), then the cancellations. Suspect updates (dedupe did not trust the state change) have
+no stock effect. This stage only ranks warehouses, calls the store, retries while Redis is
+unreachable (the stream pauses, nothing is skipped) and publishes what happened on
+inventory.events, each event naming who did it (`actor`). Re-processing an order version
+after a crash re-publishes what that version did (the store records the version), so nothing
+is lost and nothing is doubled.
 Warehouse stock updates and unpaid time-outs are low-volume paths with their own agent and timer.
 """
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -20,7 +29,7 @@ from pipeline.app import app, inventory_stock, settings
 from pipeline.contracts import InventoryEvent, InventoryLine, StockEventError, WarehouseStock
 from pipeline.domain.channels import channel_events
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Ranker, Weights
-from pipeline.inventory_store import AsyncInventoryStore, depth_over
+from pipeline.inventory_store import AsyncInventoryStore, Reservation, ReserveRequest, depth_over
 from pipeline.outputs import Outputs, outputs
 from pipeline.retrying import Backoff, retry_async
 from pipeline.topics import PLATFORMS, names
@@ -29,6 +38,12 @@ from .common import InFlight, finish_before_ack, ms_since_raw, now_ms, stage
 
 log = logging.getLogger(__name__)
 RELEASING_STATES = {"CANCELLED"}
+SHIPPED_STATES = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}  # the goods have left the warehouse
+UNPAID = "PENDING_PAYMENT"
+ACTOR = "order_flow"
+TIMER_ACTOR = "reservation_timer"
+LATE_REASON = "late payment: paid after its unpaid reservation expired"
+UNRESERVED_REASON = "shipped without a reservation here (out of stock, or while held): nothing deducted"
 _store: AsyncInventoryStore | None = None
 
 
@@ -66,52 +81,74 @@ def order_lines(order: dict) -> list[tuple[str, int]]:
     return sorted(units.items())
 
 
-def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), reason="", latency_ms=None) -> bytes:
+def version_ms(order: dict) -> int:
+    """The order version's own time (updated_at, epoch ms): what the store records a payment or
+    shipment by, so re-processing that version is told apart from a later one."""
+    updated = order["updated_at"]
+    return int(updated.timestamp() * 1000) if hasattr(updated, "timestamp") else int(updated)
+
+
+def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), reason="", latency_ms=None,
+                    actor: str = ACTOR) -> bytes:
     lines = tuple(InventoryLine(sku, qty, wh) for wh, sku, qty in allocations)
     return InventoryEvent(event=kind, order_id=order["order_id"], platform=order["platform"], at_ms=now_ms(),
                           warehouse=warehouse, lines=lines, units=sum(line.quantity for line in lines),
-                          reason=reason, latency_ms=latency_ms).encode()
+                          reason=reason, latency_ms=latency_ms, actor=actor).encode()
 
 
-async def release_order(order: dict, reason: str, out: Outputs) -> set[str] | None:
+async def release_order(order: dict, reason: str, out: Outputs, actor: str = ACTOR) -> set[str] | None:
     """Give back what the order holds: the SKUs given back, None when it held nothing (a
-    tombstone still blocks a late reserve). The caller publishes channel state for the SKUs."""
-    released = await with_redis_retry(store().release, order["order_id"], reason)
+    tombstone still blocks a late reserve; a shipped order keeps its shipment). The caller
+    publishes channel state for the SKUs."""
+    released = await with_redis_retry(store().release, order["order_id"], reason, actor=actor)
     if not released.released:
         return None
-    return announce_release(order, released, reason, out)
+    return announce_release(order, released, reason, out, actor=actor)
 
 
-def announce_release(order: dict, released, reason: str, out: Outputs) -> set[str]:
-    """What every release publishes: the metric and the `released` event. Returns its SKUs."""
-    metrics.RESERVATIONS.labels(outcome="released").inc()
+def announce_release(order: dict, released, reason: str, out: Outputs, event: str = "released",
+                     actor: str = ACTOR) -> set[str]:
+    """What every release publishes: the metric and the event (`released`, or `expired` for an
+    unpaid time-out). Returns its SKUs."""
+    metrics.RESERVATIONS.labels(outcome=event).inc()
     out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
-        "released", order, allocations=released.allocations, reason=reason))
+        event, order, allocations=released.allocations, reason=reason, actor=actor))
     return {sku for _, sku, _ in released.allocations}
 
 
+class StockRequest(NamedTuple):
+    order: dict
+    headers: dict
+    mode: str          # reserve | pay | ship (pipeline.inventory_store.ReserveRequest)
+
+
 async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
-    """Reserve stock for the batch's accepted new orders, release it for cancellations, take paid
-    orders off the unpaid time-out schedule: a few pipelined Redis round trips per batch."""
-    reserve: list[tuple[dict, dict]] = []
+    """Reserve the batch's accepted new orders, settle paid updates (re-reserving late payments),
+    ship shipped-state updates, release cancellations: two or three Redis round trips per batch."""
+    requests: list[StockRequest] = []
     cancelled: list[InFlight] = []
-    paid: list[str] = []
     with stage("inventory", len(batch)) as counts:
         for item in batch:
             if item.change == "new" and item.verdict.action != "accept":
                 continue  # held orders are reserved when released, rejected ones never
             counts.came_in(item.platform)
             counts.went_out(item.platform, item.change)
+            if item.change == "suspect":
+                continue  # not trusted: no stock effect until a believable update comes
             status = item.order["status"]
+            headers = dict(item.headers)
             if status in RELEASING_STATES:
                 cancelled.append(item)
-            elif item.change == "new":
-                reserve.append((item.order, dict(item.headers)))
-            elif status != "PENDING_PAYMENT":
-                paid.append(item.order_id)
-            # other updates: status progress of a reserved order; the sink records it from orders.unique
-        # in this order, so an order's own reservation comes before its cancellation or payment
-        touched = await reserve_batch(reserve, out)
+                continue
+            if item.change == "new":
+                requests.append(StockRequest(item.order, headers, "reserve"))
+            if status in SHIPPED_STATES:
+                requests.append(StockRequest(item.order, headers, "ship"))
+            elif status != UNPAID and item.change != "new":
+                requests.append(StockRequest(item.order, headers, "pay"))
+            # an unpaid update: the reservation keeps its deadline
+        # in this order, so an order's own reservation comes before its cancellation
+        touched = await stock_batch(requests, out)
         for item in cancelled:
             skus = await release_order(item.order, f"order {item.order['status'].lower()}", out)
             if skus is None and item.change == "new":
@@ -119,7 +156,6 @@ async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
                 out.send(names.INVENTORY_EVENTS, item.key, inventory_event(
                     "cancelled", item.order, reason="cancelled before reservation"))
             touched |= skus or set()
-        await with_redis_retry(store().settle, paid)  # paid now: keep the stock
         await publish_channel_states(touched, out)
 
 
@@ -135,36 +171,127 @@ def rank_warehouses(order: dict, lines: list[tuple[str, int]], levels: dict) -> 
     return RANKER.order(known, order["address"]["province"], depth) + extra
 
 
-async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs) -> set[str]:
-    """Reserve (order, headers) pairs with one script call; the SKUs whose stock moved."""
-    if not batch:
+async def reserve_batch(batch: list[tuple[dict, dict]], out: Outputs, actor: str = ACTOR) -> set[str]:
+    """Reserve (order, headers) pairs (held orders released) with one script call; an order that
+    was already shipped when it was held is shipped right after. The SKUs whose stock moved."""
+    requests = []
+    for order, headers in batch:
+        requests.append(StockRequest(order, headers, "reserve"))
+        if order["status"] in SHIPPED_STATES:
+            requests.append(StockRequest(order, headers, "ship"))
+    return await stock_batch(requests, out, actor)
+
+
+async def stock_batch(requests: list[StockRequest], out: Outputs, actor: str = ACTOR) -> set[str]:
+    """Reservations, payments and shipments in one script call, in order; publishes each
+    outcome and returns the SKUs whose availability may have moved."""
+    if not requests:
         return set()
-    lines_of = [order_lines(order) for order, _ in batch]
+    lines_of = [order_lines(r.order) for r in requests]
     skus = {sku for lines in lines_of for sku, _ in lines}
     levels = await with_redis_retry(store().stock_levels, skus)
-    requests = [(order["order_id"], lines, rank_warehouses(order, lines, levels), "next")
-                for (order, _), lines in zip(batch, lines_of)]
-    results = await with_redis_retry(store().reserve_many, requests)
-    for (order, headers), result in zip(batch, results):
-        latency = ms_since_raw(headers)
-        outcome = result.outcome
-        if outcome == "released":
-            outcome = "cancelled"  # cancelled (tombstone) before this reservation attempt came
-        elif outcome == "duplicate" and result.original_outcome == "reserved":
-            # re-processing (crash, replay, approval of a light-path order): Redis kept one
-            # reservation; the event is re-published under its natural key (order id, event)
-            outcome = "reserved"
-        metrics.RESERVATIONS.labels(outcome="cancelled" if result.outcome == "released" else result.outcome).inc()
-        fresh = result.outcome != "duplicate"
-        if latency is not None and fresh:
-            metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)
-        reason = ", ".join(f"{s} short {n}" for s, n in result.short.items()) if outcome == "out_of_stock" else ""
-        out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
-            outcome, order, warehouse=result.warehouse, allocations=result.allocations,
-            reason=reason, latency_ms=latency if fresh else None))
-    await with_redis_retry(store().settle, [order["order_id"] for (order, _), res in zip(batch, results)
-                                            if res.outcome == "reserved" and order["status"] != "PENDING_PAYMENT"])
-    return {sku for res in results if res.outcome == "reserved" for _, sku, _ in res.allocations}
+    calls = [ReserveRequest(r.order["order_id"], lines, rank_warehouses(r.order, lines, levels), "next", r.mode,
+                            paid=r.order["status"] != UNPAID, version_ms=version_ms(r.order), actor=actor)
+             for r, lines in zip(requests, lines_of)]
+    results = await with_redis_retry(store().reserve_many, calls)
+    touched: set[str] = set()
+    for request, call, result in zip(requests, calls, results):
+        publish = {"reserve": publish_reservation, "pay": publish_payment, "ship": publish_shipment}[request.mode]
+        if publish(request, call.version_ms, result, out, actor):
+            touched |= {sku for _, sku, _ in result.allocations}
+    return touched
+
+
+def _send(order: dict, kind: str, result: Reservation, out: Outputs, actor: str, reason: str = "",
+          latency_ms=None, allocations=None) -> None:
+    out.send(names.INVENTORY_EVENTS, order["order_id"].encode(), inventory_event(
+        kind, order, warehouse=result.warehouse,
+        allocations=result.allocations if allocations is None else allocations,
+        reason=reason, latency_ms=latency_ms, actor=actor))
+
+
+def _short(result: Reservation) -> str:
+    return ", ".join(f"{s} short {n}" for s, n in result.short.items())
+
+
+def publish_reservation(request: StockRequest, _version: int, result: Reservation, out: Outputs, actor: str) -> bool:
+    """A new order's reservation: reserved, out_of_stock, backorder, or (re-processing) the
+    original outcome again. True when stock moved now."""
+    order = request.order
+    latency = ms_since_raw(request.headers)
+    outcome = result.outcome
+    if result.record.get("unreserved"):
+        # the platform shipped it before it could be reserved (e.g. while held): nothing to take
+        metrics.RESERVATIONS.labels(outcome="shipped_unreserved").inc()
+        _send(order, "shipped_unreserved", result, out, actor, reason=UNRESERVED_REASON, allocations=())
+        return False
+    if outcome == "released":
+        outcome = "cancelled"  # cancelled (tombstone) before this reservation attempt came
+    elif outcome == "duplicate" and (result.original_outcome in ("reserved", "expired", "shipped") or result.late):
+        # re-processing (crash, replay, approval of a light-path order): Redis kept one
+        # reservation; the event is re-published under its natural key (order id, event)
+        outcome = "reserved"
+    metrics.RESERVATIONS.labels(outcome="cancelled" if result.outcome == "released" else result.outcome).inc()
+    fresh = result.outcome != "duplicate"
+    if latency is not None and fresh:
+        metrics.END_TO_END_LATENCY.labels(platform=order["platform"]).observe(latency / 1000)
+    _send(order, outcome, result, out, actor, reason=_short(result) if outcome == "out_of_stock" else "",
+          latency_ms=latency if fresh else None)
+    return result.outcome == "reserved"
+
+
+def publish_payment(request: StockRequest, version: int, result: Reservation, out: Outputs, actor: str) -> bool:
+    """A paid update: nothing to say when it only settled; a late payment reserved again or out of
+    stock (once: re-processing the same version re-publishes, a later version does not)."""
+    order, outcome = request.order, result.outcome
+    if outcome in ("rereserved", "out_of_stock"):
+        late = "reserved" if outcome == "rereserved" else "out_of_stock"
+        metrics.LATE_PAYMENTS.labels(outcome=late).inc()
+        metrics.RESERVATIONS.labels(outcome=outcome).inc()
+        publish_late(order, result, out, actor)
+        return outcome == "rereserved"
+    if result.late and result.done_by_version("late", version):
+        publish_late(order, result, out, actor)  # re-processing the paid update that did it
+    return False
+
+
+def publish_late(order: dict, result: Reservation, out: Outputs, actor: str) -> None:
+    """The late payment's one outcome: reserved again (`rereserved`) or `out_of_stock`."""
+    if result.record.get("state") == "out_of_stock":
+        _send(order, "out_of_stock", result, out, actor, reason=f"{LATE_REASON}; {_short(result)}", allocations=())
+    else:
+        _send(order, "rereserved", result, out, actor, reason=LATE_REASON)
+
+
+def publish_shipment(request: StockRequest, version: int, result: Reservation, out: Outputs, actor: str) -> bool:
+    """A shipped-state update: the units left once (`shipped`), or why not (`ship_skipped`)."""
+    order, outcome = request.order, result.outcome
+    shipped_before = outcome == "duplicate" and result.original_outcome == "shipped"
+    if outcome == "unreserved" or (shipped_before and result.record.get("unreserved")):
+        metrics.SHIPMENTS.labels(outcome="unreserved" if outcome == "unreserved" else "duplicate").inc()
+        if outcome == "unreserved" or result.done_by_version("shipped", version):
+            _send(order, "shipped_unreserved", result, out, actor, reason=UNRESERVED_REASON, allocations=())
+        return False
+    if outcome == "shipped" or shipped_before:
+        metrics.SHIPMENTS.labels(outcome="duplicate" if shipped_before else "shipped").inc()
+        if result.late and result.done_by_version("late", version):  # this very update reserved it again
+            if not shipped_before:
+                metrics.LATE_PAYMENTS.labels(outcome="reserved").inc()
+            publish_late(order, result, out, actor)
+        if not shipped_before or result.done_by_version("shipped", version):
+            _send(order, "shipped", result, out, actor, reason=f"order {order['status'].lower()}")
+        return not shipped_before
+    late_now = outcome == "out_of_stock"  # expired, and the stock is gone meanwhile: nothing to ship
+    if late_now:
+        metrics.LATE_PAYMENTS.labels(outcome="out_of_stock").inc()
+    if late_now or (outcome == "duplicate" and result.late and result.done_by_version("late", version)):
+        publish_late(order, result, out, actor)
+    metrics.SHIPMENTS.labels(outcome="refused" if outcome == "refused" else "skipped").inc()
+    why = {"refused": f"the warehouse reports less than the order takes: {result.record.get('refused_reason', '')}",
+           "out_of_stock": "paid after its reservation expired and out of stock"}.get(
+        outcome, f"holds no stock ({result.original_outcome})")
+    _send(order, "ship_skipped", result, out, actor, reason=why, allocations=())
+    return False
 
 
 async def publish_channel_states(skus, out: Outputs) -> None:
@@ -188,12 +315,14 @@ async def publish_channel_states(skus, out: Outputs) -> None:
 
 @app.timer(interval=2.0)
 async def release_timed_out_reservations():
-    """Unpaid orders do not hold stock forever: release what passed its deadline (reason timeout)."""
+    """Unpaid orders do not hold stock forever: what passed its deadline gives its units back and
+    becomes `expired` (a late payment may reserve it again once)."""
     out = outputs(settings)
     touched: set[str] = set()
-    for order_id, released in await with_redis_retry(store().release_expired):
+    for order_id, released in await with_redis_retry(store().release_expired, actor=TIMER_ACTOR):
         if released.released:
-            touched |= announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out)
+            touched |= announce_release({"order_id": order_id, "platform": ""}, released, "timeout: unpaid", out,
+                                        event="expired", actor=TIMER_ACTOR)
     await publish_channel_states(touched, out)
     await out.flush()
 

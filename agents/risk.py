@@ -251,7 +251,7 @@ async def recheck(order: dict, headers: dict[str, bytes], out: Outputs) -> bool:
         out.send(names.RISK_QUEUE, key, ORDER_CODEC.encode(order), verdict_headers(headers, order, verdict))
         out.send(names.RISK_EVENTS, key, risk_event("held", order, verdict))
     elif verdict.action == "reject":
-        await publish_channel_states(await release_order(order, "risk_recheck_rejected", out) or set(), out)
+        await publish_channel_states(await release_order(order, "risk_recheck_rejected", out, actor="recheck") or set(), out)
         out.send(names.RISK_EVENTS, key, risk_event("rejected", order, verdict))
         if headers.get("risk") == b"hold":
             # it is waiting in the risk queue: close that hold too

@@ -18,7 +18,9 @@ cli = typer.Typer(help="orderstream: multi-platform order stream processing.", n
 stack_cli = typer.Typer(help="The local stack: Kafka (KRaft) and Redis, no Docker needed.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="Dead letters.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Risk rules as data (compacted topic risk.rules).", no_args_is_help=True)
+reconcile_cli = typer.Typer(help="Consistency checks between the platforms, ClickHouse and Redis.", no_args_is_help=True)
 cli.add_typer(stack_cli, name="stack")
+cli.add_typer(reconcile_cli, name="reconcile")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(rules_cli, name="rules")
 console = Console()
@@ -124,9 +126,17 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
            rate_per_min: float = typer.Option(0.0, help="Constant rate instead of the curve (0 = use --speed)."),
            redelivery: float = 0.05, update: float = 0.05, malformed: float = 0.01,
            high_value: float = 0.02, remote: float = 0.03, ip_burst: float = 0.01,
+           ship: float = typer.Option(0.05, help="Share of messages that ship a paid order."),
+           suspect: float = typer.Option(0.01, help="Share of updates the transition rules must flag "
+                                                    "(backwards, skipping, too fast)."),
+           out_of_order: float = typer.Option(0.01, help="Share of older versions sent after newer ones."),
+           late_payment: float = typer.Option(0.0, help="Share of unpaid orders paid only after their reservation "
+                                                        "timed out (the replay waits --late-after seconds for it)."),
+           late_after: float = typer.Option(-1.0, help="Seconds between the drained main phase and the late payments "
+                                                       "(default: ORDERSTREAM_RESERVATION_TIMEOUT_S + 5)."),
            report: Path = typer.Option(PROJECT_ROOT / "var" / "replay-report.json", help="JSON report path."),
            drain_timeout: float = 300.0) -> None:
-    """Produce a Black Friday replay into the running pipeline and reconcile every message."""
+    """Produce a Black Friday replay into the running pipeline and reconcile every message and every unit of stock."""
     from rich.progress import Progress
 
     from .devtools.fake_orders import ReplayMix
@@ -134,9 +144,11 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
     from .topics import names
     s = load_settings()
     mix = ReplayMix(redelivery=redelivery, update=update, malformed=malformed, high_value=high_value,
-                    remote=remote, ip_burst=ip_burst)
+                    remote=remote, ip_burst=ip_burst, ship=ship, suspect=suspect, out_of_order=out_of_order,
+                    late_payment=late_payment)
     cfg = ReplayConfig(count=count, seed=seed, speed=speed, rate_per_min=rate_per_min or None, mix=mix,
-                       drain_timeout_s=drain_timeout)
+                       drain_timeout_s=drain_timeout,
+                       late_after_s=late_after if late_after >= 0 else s.reservation_timeout_s + 5.0)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=count)
         result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n))
@@ -150,12 +162,17 @@ def print_report(result: dict, path: Path | None) -> None:
     table = Table("measure", "value", title="replay reconciliation")
     for key in ("produced", "canonical", "dead_lettered", "deduplicated_dropped", "unique_new_orders",
                 "unique_updates", "flagged", "held", "approved", "auto_released", "rejected", "awaiting_decision",
-                "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "raw_lost",
+                "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "expired", "shipped",
+                "units_shipped", "ship_skipped", "unique_suspects", "stale_dropped", "raw_lost",
                 "raw_doubled", "new_orders_emitted_twice", "unaccounted_new_orders", "elapsed_s",
-                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "balanced"):
+                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
+                "late_payments", "balanced"):
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)
+    stock = result.get("stock")
+    if stock:
+        console.print("stock: " + json.dumps({k: v for k, v in stock.items() if not k.endswith("_sample")}))
     if path:
         console.print(f"report: {path}")
 
@@ -308,6 +325,82 @@ def decide(order_id: str, action: str = typer.Argument(..., help="approve or rej
     kafka_io.produce_all(kafka_io.producer(load_settings()),
                          [(names.RISK_DECISIONS, order_id.encode(), decision.encode(), None)])
     console.print(f"{action} {order_id} by {operator} published")
+
+
+# ------------------------------------------------------------------------------- consistency
+
+@reconcile_cli.command("states")
+def reconcile_states(day: str = typer.Option(..., "--day", help="The business day to check, YYYY-MM-DD."),
+                     utc_offset: float = typer.Option(8.0, help="The day's time zone as hours from UTC (China: 8)."),
+                     out: Path = typer.Option(None, help="Report path (default var/consistency/states-<day>.json)."),
+                     sink_url: str = typer.Option("", help="The sink's HTTP address (default: the local sink's port); "
+                                                           "without a running sink the chDB data dir is read directly."),
+                     target: float = typer.Option(99.997, help="Consistency target in percent (seed 003).")) -> None:
+    """Seed 003's daily robot: per platform, the orders and latest states the platforms sent on DAY
+    against what ClickHouse and Redis hold; prints the differences, writes them as JSON, and exits 3
+    when the consistency ratio is below the target."""
+    from datetime import date as date_type
+
+    from .consistency import CheckError, backend_query, check_states, sink_query, write_report
+    from .topics import names
+    s = load_settings()
+    try:
+        the_day = date_type.fromisoformat(day)
+    except ValueError:
+        fail(f"--day must be YYYY-MM-DD, got {day!r}")
+    url = sink_url or f"http://127.0.0.1:{s.sink_web_port}"
+    backend = None
+    try:
+        try:
+            sink_running = _sink_alive(url)
+        except OSError:
+            sink_running = False
+        if sink_running:
+            query = sink_query(url)
+        else:
+            from .clickhouse.backends import BackendError, open_backend
+            try:
+                backend = open_backend(s)
+            except BackendError as exc:
+                fail(f"no sink answers at {url} and ClickHouse cannot be opened directly: {exc}")
+            query = backend_query(backend)
+        report = check_states(s, names, the_day, query, utc_offset, target / 100, group=names.ns + s.app_id)
+    except CheckError as exc:
+        fail(str(exc))
+    finally:
+        if backend is not None:
+            backend.close()
+    path = write_report(report, out or s.var / "consistency" / f"states-{the_day.isoformat()}.json")
+    print_consistency(report, path)
+    if not report["total"]["meets_target"]:
+        raise typer.Exit(3)
+
+
+def _sink_alive(url: str) -> bool:
+    import urllib.request
+    with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=3) as resp:
+        return resp.status == 200
+
+
+def print_consistency(report: dict, path: Path | None) -> None:
+    table = Table("platform", "orders", "consistent", "ratio %", "target met", "differences", "dead letters",
+                  title=f"state consistency {report['day']} (target {report['target_pct']} %)")
+    rows = list(report["platforms"].items()) + [("TOTAL", report["total"])]
+    for plat, r in rows:
+        table.add_row(plat, str(r["orders"]), str(r["consistent"]), f"{r['ratio_pct']:.4f}",
+                      "yes" if r["meets_target"] else "[red]no[/red]",
+                      json.dumps(r["differences"]) if r["differences"] else "-", str(r["dead_letters"]))
+    console.print(table)
+    diffs = report["differences"]
+    for d in diffs[:20]:
+        console.print(json.dumps(d, ensure_ascii=False))
+    if len(diffs) > 20:
+        console.print(f"... {len(diffs) - 20} more differences in the report")
+    if report.get("worker_lag_at_check"):
+        console.print(f"[yellow]note:[/yellow] the worker had {report['worker_lag_at_check']} raw messages "
+                      "still to process when the check ran")
+    if path:
+        console.print(f"report: {path}")
 
 
 # ------------------------------------------------------------------------------- views

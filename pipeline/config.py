@@ -61,6 +61,8 @@ class Settings:
     idempotency_ttl_s: int = _setting(48 * 3600, "TTL of processed-order idempotency keys in Redis.")
     max_payload_bytes: int = _setting(256 * 1024, "Raw payloads above this size are dead-lettered as oversized.")
     risk_rules_file: str = _setting(str(PROJECT_ROOT / "pipeline" / "domain" / "risk_rules.yaml"), "Initial risk rule set (YAML).")
+    transitions_file: str = _setting(str(PROJECT_ROOT / "pipeline" / "domain" / "transitions.yaml"),
+                                     "Legal order-state moves and their time windows (YAML, seed 003).")
     risk_hold_timeout_s: int = _setting(30 * 60, "A held order with no decision is released after this long.")
     ip_window_s: int = _setting(3600, "Window of the same-IP order counter.")
     breaker_open_per_min: int = _setting(500, "Intake rate (orders/minute) that opens the circuit breaker.")

@@ -1,4 +1,5 @@
-"""Inventory in Redis: stock per (warehouse, SKU) and atomic, idempotent order reservations.
+"""Inventory in Redis: stock per (warehouse, SKU) and atomic, idempotent order reservations,
+their time-outs, late payments and shipments.
 
 Seed 002's model, one hash per (warehouse, SKU):
 
@@ -9,27 +10,61 @@ deltas); `reserved` belongs to this pipeline (reserve / release) and a snapshot 
 touches it. `available` can go below 0 when the warehouse reports less stock than is already
 reserved: that is reported as is (an oversell the warehouse caused), never hidden.
 
+Shipments. A shipped order's units leave the building: `total` and `reserved` go down by the
+same amounts in one script, so `available` does not move (it was already not available), and
+the hash's own `shipped` field counts the units this pipeline shipped out of it. Shipped units
+are recorded that way, rather than kept inside `reserved` or `locked`, because (1) `locked` is
+the warehouse system's figure and a snapshot overwrites it, (2) units still counted in
+`reserved` would have to be released by hand or kept forever, and (3) with `total` reduced the
+hash says what is physically left until the warehouse's next snapshot replaces `total` with its
+own count (which no longer has those units either). `shipped` is never touched by snapshots, so
+every unit is accounted for: units put in = available + locked + presale + reserved + shipped as
+long as no snapshot has re-based `total`. A shipment is idempotent by order id (the record
+becomes `shipped`; a redelivered or later shipped-state update changes nothing) and never takes
+any figure below 0: if the warehouse reports less `total` (or we hold less `reserved`) than the
+order takes, nothing changes and the answer is "refused".
+
 Reserving an order is ONE Lua script, so all lines are reserved or none, and two workers
 can never both take the last unit. The order record (`<prefix>:order:<order_id>`) makes it
 idempotent: while it exists, reserving the same order again changes nothing and answers
 "duplicate" with the original allocation; after a release it stays as a tombstone and a late
 redelivered reserve answers "released" without reserving again.
 
-Outcomes of `reserve`:
+Record states: reserved, backorder -> released (cancel, refund, rejection: a tombstone, never
+reserved again) | expired (an unpaid order's time-out gave its units back) | shipped. Two
+markers hold nothing: `paid` (paid before it was reserved, e.g. while held for risk review: the
+reservation that comes later is a paid one, without a time-out) and `shipped` with no units
+(shipped before it was reserved: a later reservation takes nothing). An
+expired order that is then paid is reserved again exactly once, by the paid update itself
+(mode "pay" or "ship"): reserved (`late`), or out_of_stock, which is recorded for this case so the
+next paid update does not try again; a cancellation turns an expired record into a tombstone,
+so a cancelled order never reserves again. A paid order's record has no TTL while it holds
+stock (it would otherwise vanish with its units still reserved); tombstones, expired and
+shipped records keep the TTL below.
+
+Outcomes of `reserve` (mode "reserve", a new order):
 - "reserved"      units reserved now; `allocations` says where.
 - "out_of_stock"  nothing reserved and NOTHING RECORDED: a retry after a restock may succeed
                   (the agent must still emit an explicit exception event for it).
 - "backorder"     policy "backorder" only: nothing reserved, the backorder is recorded (so a
                   replay answers "duplicate"); `short` says what is missing.
-- "duplicate"     the order already has a record; `allocations` are the recorded ones and
-                  `original_outcome` is "reserved" or "backorder".
-- "released"      the order was released (cancel, refund, risk reject, time-out) or released
-                  before it was ever reserved; nothing is reserved, `allocations` is empty.
+- "duplicate"     the order already has a record; `allocations` are the ones first reserved and
+                  `original_outcome` is the record's state.
+- "released"      the order was released (cancel, refund, risk reject) or released before it was
+                  ever reserved; nothing is reserved, `allocations` is empty.
+Mode "pay" (a paid update): "settled" (reserved, now off the time-out schedule), "rereserved" /
+"out_of_stock" (expired: reserved again, or could not be), "absent" (never reserved: out of
+stock, held or rejected), else "duplicate" with the record's state. Mode "ship" (a shipped-state
+update): "shipped" (`late` when it was expired and reserved again first), "out_of_stock",
+"refused", "absent", else "duplicate" (e.g. already shipped). `record` is the stored record, whose
+`late_version` / `shipped_version` say which order version did it (re-processing that version
+re-publishes the event).
 
-Time-outs: a reservation holds its units for `reservation_ttl_s`; `release_expired()` (called
-periodically by the agent) releases the overdue ones with reason "timeout". The record key
-itself lives RECORD_GRACE_S longer so the sweeper always finds what to give back, and the
-tombstone lives as long, which covers the pipeline's 48 h replay/idempotency window.
+Time-outs: an unpaid reservation holds its units for `reservation_ttl_s`; `release_expired()`
+(called periodically by the agent) expires the overdue ones, unless they were paid meanwhile
+(checked inside the script). The record key itself lives RECORD_GRACE_S longer so the sweeper
+always finds what to give back, and an expired record or tombstone lives as long, which covers
+the pipeline's 48 h replay/idempotency window.
 
 Redis errors (ConnectionError, TimeoutError, ResponseError ...) are raised as is: every write
 here is a single atomic script or MULTI, so retrying a failed call is safe (a reserve that did
@@ -63,26 +98,104 @@ from pipeline.domain.warehouse import FallbackPolicy
 
 RESERVED, OUT_OF_STOCK, BACKORDER, DUPLICATE, RELEASED = (
     "reserved", "out_of_stock", "backorder", "duplicate", "released")
+EXPIRED, SHIPPED, SETTLED, RERESERVED, ABSENT, REFUSED, UNRESERVED = (
+    "expired", "shipped", "settled", "rereserved", "absent", "refused", "unreserved")
+MODES = ("reserve", "pay", "ship")
 RECORD_GRACE_S = 24 * 3600
 STOCK_FIELDS = ("total", "locked", "presale", "reserved")
+LEVEL_FIELDS = STOCK_FIELDS + ("shipped",)
 
 # KEYS[1] order record, KEYS[2] deadlines zset, KEYS[3..] stock hashes, candidate-major:
 #   key(c, l) = KEYS[2 + (c-1)*nlines + l]
-# ARGV: order_id, policy, now_ms, record_ttl_s, deadline_ms, nlines, ncands,
+# ARGV: order_id, policy, now_ms, record_ttl_s, deadline_ms (0: paid, no time-out, record kept),
+#       mode (reserve | pay | ship), version_ms, actor, key prefix, nlines, ncands,
 #       sku_1..sku_n, qty_1..qty_n, wh_1..wh_m
 RESERVE_FUNCTION = r"""
 local function reserve(KEYS, ARGV)
-local existing = redis.call('GET', KEYS[1])
-if existing then return {'existing', existing} end
 local order_id, policy = ARGV[1], ARGV[2]
 local now_ms, ttl, deadline = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local nl, nc = tonumber(ARGV[6]), tonumber(ARGV[7])
+local mode, version, actor, prefix = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
+local nl, nc = tonumber(ARGV[10]), tonumber(ARGV[11])
 local skus, qtys, whs, lines = {}, {}, {}, {}
 for l = 1, nl do
-  skus[l] = ARGV[7 + l]; qtys[l] = tonumber(ARGV[7 + nl + l]); lines[l] = {skus[l], qtys[l]}
+  skus[l] = ARGV[11 + l]; qtys[l] = tonumber(ARGV[11 + nl + l]); lines[l] = {skus[l], qtys[l]}
 end
-for c = 1, nc do whs[c] = ARGV[7 + 2 * nl + c] end
+for c = 1, nc do whs[c] = ARGV[11 + 2 * nl + c] end
 local function key(c, l) return KEYS[2 + (c - 1) * nl + l] end
+local function stock_key(wh, sku) return prefix .. ':stock:' .. wh .. ':' .. sku end
+
+local existing = redis.call('GET', KEYS[1])
+local rec, paid_before = nil, false
+if existing then
+  rec = cjson.decode(existing)
+  if rec.state == 'paid' then
+    -- paid before it was ever reserved (held for risk review): as if absent, but paid, so the
+    -- reservation that comes later (the hold released) does not time out
+    paid_before, rec, existing, deadline = true, nil, nil, 0
+  end
+end
+if existing then
+  if mode == 'reserve' then return {'existing', existing} end
+  if mode == 'pay' and rec.state == 'reserved' then
+    -- paid now: off the time-out schedule, and the record stays while it holds stock
+    redis.call('ZREM', KEYS[2], order_id)
+    redis.call('PERSIST', KEYS[1])
+    return {'settled', existing}
+  end
+  if rec.state ~= 'expired' and not (mode == 'ship' and rec.state == 'reserved') then
+    return {'existing', existing}
+  end
+elseif mode == 'pay' then
+  -- never reserved here (held, out of stock, rejected): nothing to settle, but remember the payment
+  if not paid_before then
+    local m = cjson.encode({order_id = order_id, state = 'paid', allocations = {}, paid_at_ms = now_ms,
+                            paid_version = version, paid_by = actor})
+    redis.call('SET', KEYS[1], m, 'EX', ttl)
+  end
+  return {'absent', ''}
+elseif mode == 'ship' then
+  -- it left without a reservation here (out of stock, or shipped while held for risk review):
+  -- nothing to deduct, but a marker, so a later reserve (the hold released) takes nothing
+  local r = {order_id = order_id, state = 'shipped', unreserved = true, allocations = {}, lines = lines,
+             shipped_units = 0, shipped_at_ms = now_ms, shipped_version = version, shipped_by = actor}
+  local enc = cjson.encode(r)
+  redis.call('SET', KEYS[1], enc, 'EX', ttl)
+  return {'unreserved', enc}
+end
+
+-- ship a reserved record: total and reserved down together (available unchanged), never below 0
+local function ship(r)
+  local levels = {}
+  for i, a in ipairs(r.allocations) do
+    local k = stock_key(a[1], a[2])
+    local v = redis.call('HMGET', k, 'total', 'reserved')
+    local total, held = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+    if total < a[3] or held < a[3] then
+      r.refused_reason = a[2] .. '@' .. a[1] .. ': total ' .. total .. ', reserved ' .. held .. ', order takes ' .. a[3]
+      return {'refused', cjson.encode(r)}
+    end
+    levels[i] = k
+  end
+  local units = 0
+  for i, a in ipairs(r.allocations) do
+    redis.call('HINCRBY', levels[i], 'total', -a[3])
+    redis.call('HINCRBY', levels[i], 'reserved', -a[3])
+    redis.call('HINCRBY', levels[i], 'shipped', a[3])
+    units = units + a[3]
+  end
+  r.previous_state = r.state
+  r.state = 'shipped'
+  r.shipped_at_ms = now_ms
+  r.shipped_version = version
+  r.shipped_by = actor
+  r.shipped_units = units
+  local enc = cjson.encode(r)
+  redis.call('SET', KEYS[1], enc, 'EX', ttl)
+  redis.call('ZREM', KEYS[2], order_id)
+  return {'shipped', enc}
+end
+
+if rec and rec.state == 'reserved' then return ship(rec) end   -- mode ship, stock already held
 
 local avail = {}
 for c = 1, nc do
@@ -134,16 +247,30 @@ if not single then
     missing = true
   end
   if missing then
-    local rec = {order_id = order_id, policy = policy, short = short, lines = lines,
-                 allocations = {}, warehouse = false, at_ms = now_ms}
-    if policy == 'backorder' then
-      rec.state = 'backorder'
+    if rec then
+      -- paid after its reservation expired and the stock is gone meanwhile: recorded, so this
+      -- late payment gets exactly one outcome (the next paid update does not try again)
+      rec.previous_state = rec.state
+      rec.state = 'out_of_stock'
+      rec.short = short
+      rec.late = true
+      rec.late_at_ms = now_ms
+      rec.late_version = version
+      rec.late_by = actor
       local enc = cjson.encode(rec)
+      redis.call('SET', KEYS[1], enc, 'EX', ttl)
+      return {'out_of_stock', enc}
+    end
+    local r = {order_id = order_id, policy = policy, short = short, lines = lines,
+               allocations = {}, warehouse = false, at_ms = now_ms}
+    if policy == 'backorder' then
+      r.state = 'backorder'
+      local enc = cjson.encode(r)
       redis.call('SET', KEYS[1], enc, 'EX', ttl)
       return {'backorder', enc}
     end
-    rec.state = 'out_of_stock'
-    return {'out_of_stock', cjson.encode(rec)}
+    r.state = 'out_of_stock'
+    return {'out_of_stock', cjson.encode(r)}
   end
 end
 
@@ -152,11 +279,35 @@ for i, a in ipairs(allocs) do
   redis.call('HINCRBY', key(a[1], a[2]), 'reserved', a[3])
   out[i] = {whs[a[1]], skus[a[2]], a[3]}
 end
-local rec = {order_id = order_id, policy = policy, state = 'reserved', allocations = out, short = {},
-             lines = lines, warehouse = single, at_ms = now_ms, deadline_ms = deadline}
-local enc = cjson.encode(rec)
-redis.call('SET', KEYS[1], enc, 'EX', ttl)
-redis.call('ZADD', KEYS[2], deadline, order_id)
+if rec then
+  -- a late payment: reserved again, once; paid, so no deadline and no TTL while it holds stock
+  if not rec.first_allocations then rec.first_allocations = rec.allocations end
+  rec.previous_state = rec.state
+  rec.state = 'reserved'
+  rec.allocations = out
+  rec.warehouse = single
+  rec.short = {}
+  rec.late = true
+  rec.late_at_ms = now_ms
+  rec.late_version = version
+  rec.late_by = actor
+  rec.deadline_ms = nil
+  if mode == 'ship' then return ship(rec) end
+  local enc = cjson.encode(rec)
+  redis.call('SET', KEYS[1], enc)
+  return {'rereserved', enc}
+end
+local r = {order_id = order_id, policy = policy, state = 'reserved', allocations = out, short = {},
+           lines = lines, warehouse = single, at_ms = now_ms, by = actor}
+if deadline > 0 then
+  r.deadline_ms = deadline
+  local enc = cjson.encode(r)
+  redis.call('SET', KEYS[1], enc, 'EX', ttl)
+  redis.call('ZADD', KEYS[2], deadline, order_id)
+  return {'reserved', enc}
+end
+local enc = cjson.encode(r)
+redis.call('SET', KEYS[1], enc)
 return {'reserved', enc}
 end
 """
@@ -179,7 +330,7 @@ return out
 
 # KEYS: the warehouse set of each SKU. ARGV: key prefix, then the SKUs. One call reads every
 # warehouse's level of every SKU (stock hash keys are derived here: a single Redis, not a cluster).
-# Returns, per SKU: number of warehouses, then (warehouse, total, locked, presale, reserved) each.
+# Returns, per SKU: number of warehouses, then (warehouse, total, locked, presale, reserved, shipped) each.
 LEVELS_LUA = r"""
 local out = {}
 for i, set in ipairs(KEYS) do
@@ -187,34 +338,64 @@ for i, set in ipairs(KEYS) do
   table.sort(whs)
   out[#out + 1] = #whs
   for _, wh in ipairs(whs) do
-    local v = redis.call('HMGET', ARGV[1] .. ':stock:' .. wh .. ':' .. ARGV[1 + i], 'total', 'locked', 'presale', 'reserved')
+    local v = redis.call('HMGET', ARGV[1] .. ':stock:' .. wh .. ':' .. ARGV[1 + i], 'total', 'locked', 'presale', 'reserved', 'shipped')
     out[#out + 1] = wh
-    for f = 1, 4 do out[#out + 1] = v[f] or false end
+    for f = 1, 5 do out[#out + 1] = v[f] or false end
   end
 end
 return out
 """
 
 # KEYS[1] order record, KEYS[2] deadlines zset, KEYS[2+i] stock hash of allocation i (as read
-# by the caller). ARGV: order_id, reason, now_ms, tombstone_ttl_s, n, wh_1, sku_1, ..., wh_n, sku_n
+# by the caller). ARGV: order_id, reason, now_ms, tombstone_ttl_s, mode (release | expire), actor,
+#       n, wh_1, sku_1, ..., wh_n, sku_n
+# release: give the units back, leave a tombstone (never reserved again).
+# expire: only a reserved record still on the time-out schedule and due; it becomes `expired`
+#         (a late payment may reserve it again once), and anything else is left alone.
 RELEASE_LUA = r"""
 local raw = redis.call('GET', KEYS[1])
-local n = tonumber(ARGV[5])
+local mode, actor, n = ARGV[5], ARGV[6], tonumber(ARGV[7])
 if not raw then
+  if mode == 'expire' then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return {'absent', ''}
+  end
   if n ~= 0 then return {'mismatch', ''} end
   -- released before it was reserved (cancel overtook the order): block a late reserve
   local tomb = cjson.encode({order_id = ARGV[1], state = 'released', previous_state = 'absent',
                              allocations = {}, reason = ARGV[2], released_at_ms = tonumber(ARGV[3]),
-                             released_units = 0})
+                             released_units = 0, released_by = actor})
   redis.call('SET', KEYS[1], tomb, 'EX', tonumber(ARGV[4]))
   return {'absent', tomb}
 end
 local rec = cjson.decode(raw)
 if rec.state == 'released' then return {'already', raw} end
+if rec.state == 'shipped' then return {'shipped', raw} end   -- its units left: a return is not a release
+if mode == 'expire' then
+  local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if rec.state ~= 'reserved' or not due or tonumber(due) > tonumber(ARGV[3]) then
+    return {'settled', raw}   -- paid (or released, or not due) since the sweeper looked
+  end
+end
+if rec.state == 'expired' or rec.state == 'out_of_stock' or rec.state == 'paid' then
+  -- holds nothing (its units went back at the time-out, or it was never reserved): a
+  -- cancellation leaves the tombstone
+  if n ~= 0 then return {'mismatch', raw} end
+  rec.previous_state = rec.state
+  rec.state = 'released'
+  rec.reason = ARGV[2]
+  rec.released_at_ms = tonumber(ARGV[3])
+  rec.released_units = 0
+  rec.released_by = actor
+  local enc = cjson.encode(rec)
+  redis.call('SET', KEYS[1], enc, 'EX', tonumber(ARGV[4]))
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'tombstoned', enc}
+end
 local allocs = rec.allocations
 if #allocs ~= n then return {'mismatch', raw} end
 for i, a in ipairs(allocs) do
-  if a[1] ~= ARGV[4 + 2 * i] or a[2] ~= ARGV[5 + 2 * i] then return {'mismatch', raw} end
+  if a[1] ~= ARGV[6 + 2 * i] or a[2] ~= ARGV[7 + 2 * i] then return {'mismatch', raw} end
 end
 local units = 0
 for i, a in ipairs(allocs) do
@@ -222,14 +403,15 @@ for i, a in ipairs(allocs) do
   units = units + a[3]
 end
 rec.previous_state = rec.state
-rec.state = 'released'
+if mode == 'expire' then rec.state = 'expired' else rec.state = 'released' end
 rec.reason = ARGV[2]
 rec.released_at_ms = tonumber(ARGV[3])
 rec.released_units = units
+rec.released_by = actor
 local enc = cjson.encode(rec)
 redis.call('SET', KEYS[1], enc, 'EX', tonumber(ARGV[4]))
 redis.call('ZREM', KEYS[2], ARGV[1])
-return {'released', enc}
+return {rec.state, enc}
 """
 
 
@@ -244,6 +426,7 @@ class Reservation:
     short: dict[str, int] = field(default_factory=dict)
     warehouse: str | None = None            # the one warehouse, unless the order was split
     original_outcome: str | None = None     # for "duplicate"/"released": what the record says
+    record: Mapping[str, Any] = field(default_factory=dict, compare=False)  # as stored (empty: none)
 
     @property
     def units(self) -> int:
@@ -253,12 +436,23 @@ class Reservation:
     def reserved_now(self) -> bool:
         return self.outcome == RESERVED
 
+    @property
+    def late(self) -> bool:
+        """Reserved again (or found out of stock) because it was paid after it expired."""
+        return bool(self.record.get("late"))
+
+    def done_by_version(self, what: str, version_ms: int) -> bool:
+        """Whether order version `version_ms` is the one that did `what` ("late" or "shipped"):
+        re-processing that very version re-publishes its event, a later version does not."""
+        return bool(version_ms) and _int(self.record.get(f"{what}_version")) == int(version_ms)
+
 
 @dataclass(frozen=True)
 class Release:
     released: bool                           # True only for the call that gave units back
     units: int = 0
     allocations: list[Allocation] = field(default_factory=list)
+    outcome: str = ""                        # released, expired, tombstoned, shipped, settled, already, absent
 
 
 class ReserveRequest(NamedTuple):
@@ -266,6 +460,10 @@ class ReserveRequest(NamedTuple):
     lines: Sequence[tuple[str, int]]
     candidates: Sequence[str]
     policy: str = "next"
+    mode: str = "reserve"      # reserve: a new order | pay: a paid update | ship: a shipped-state update
+    paid: bool = False         # reserve: already paid, so no unpaid time-out (and no record TTL)
+    version_ms: int = 0        # pay/ship: the order version behind it (its updated_at), recorded
+    actor: str = ""            # who asks (recorded with what it changed)
 
 
 @dataclass(frozen=True)
@@ -274,6 +472,7 @@ class StockLevel:
     locked: int = 0
     presale: int = 0
     reserved: int = 0
+    shipped: int = 0           # units this pipeline shipped out of the warehouse (never reset by snapshots)
 
     @property
     def available(self) -> int:
@@ -362,19 +561,27 @@ def _level(values) -> StockLevel:
     return StockLevel(*(_int(v) for v in values))
 
 
-def _parse_reserve(order_id: str, result) -> Reservation:
+def _parse_reserve(order_id: str, result, mode: str = "reserve") -> Reservation:
     """A Reservation from RESERVE_LUA's (status, record)."""
     status, raw = _text(result[0]), _text(result[1])
+    if status == ABSENT:
+        return Reservation(order_id, ABSENT)
     record = json.loads(raw)
     allocations = _record_allocations(record)
     warehouse = record.get("warehouse") or None
     if status == "existing":
         state = record.get("state")
-        if state == RELEASED:
-            return Reservation(order_id, RELEASED, [], {}, None, original_outcome=RELEASED)
+        if state == RELEASED and mode == "reserve":
+            return Reservation(order_id, RELEASED, [], {}, None, original_outcome=RELEASED, record=record)
+        if mode == "reserve" and record.get("first_allocations") is not None:
+            # re-reserved after it expired: a replay of the new order gets what it first reserved
+            allocations = _record_allocations({"allocations": record["first_allocations"]})
         return Reservation(order_id, DUPLICATE, allocations, _record_short(record), warehouse,
-                           original_outcome=state)
-    return Reservation(order_id, status, allocations, _record_short(record), warehouse)
+                           original_outcome=state, record=record)
+    return Reservation(order_id, status, allocations, _record_short(record), warehouse, record=record)
+
+
+_RELEASING = ("released", "expired")
 
 
 def _parse_release(result) -> Release | None:
@@ -383,10 +590,10 @@ def _parse_release(result) -> Release | None:
     status, raw = _text(result[0]), _text(result[1])
     if status == "mismatch":
         return None
-    if status == "released":
+    if status in _RELEASING:
         allocs = _record_allocations(json.loads(raw))
-        return Release(True, sum(q for _, _, q in allocs), allocs)
-    return Release(False, 0, [])
+        return Release(True, sum(q for _, _, q in allocs), allocs, status)
+    return Release(False, 0, [], status)
 
 
 def depth_over(available_by_sku: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
@@ -444,7 +651,7 @@ class AsyncInventoryStore:
         return _level(results[-1]).available
 
     async def stock(self, warehouse: str, sku: str) -> StockLevel:
-        return _level(await self.redis.hmget(self.keys.stock(warehouse, sku), *STOCK_FIELDS))
+        return _level(await self.redis.hmget(self.keys.stock(warehouse, sku), *LEVEL_FIELDS))
 
     async def available(self, warehouse: str, sku: str) -> int:
         """Raw available units; negative when the warehouse reported less than is reserved."""
@@ -454,7 +661,7 @@ class AsyncInventoryStore:
         whs = sorted(_text(w) for w in await self.redis.smembers(self.keys.warehouses(sku)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in whs:
-                pipe.hmget(self.keys.stock(w, sku), *STOCK_FIELDS)
+                pipe.hmget(self.keys.stock(w, sku), *LEVEL_FIELDS)
             values = await pipe.execute()
         return {w: _level(v) for w, v in zip(whs, values)}
 
@@ -470,8 +677,8 @@ class AsyncInventoryStore:
             count, at = int(flat[at]), at + 1
             out[sku] = {}
             for _ in range(count):
-                out[sku][_text(flat[at])] = _level(flat[at + 1:at + 5])
-                at += 5
+                out[sku][_text(flat[at])] = _level(flat[at + 1:at + 6])
+                at += 6
         return out
 
     async def available_by_warehouse(self, sku: str) -> dict[str, int]:
@@ -495,45 +702,82 @@ class AsyncInventoryStore:
         return depth_over({sku: await self.available_by_warehouse(sku) for sku in skus})
 
     # ------------------------------------------------------------ reservations
-    def _reserve_call(self, order_id: str, lines, candidates, policy, now_ms: int | None):
+    def _reserve_call(self, order_id: str, lines, candidates, policy="next", mode="reserve", paid=False,
+                      version_ms=0, actor="", now_ms: int | None = None):
         """RESERVE_LUA's keys and arguments for one order (validated here, before Redis)."""
         if not isinstance(order_id, str) or not order_id:
             raise ValueError(f"order_id must be a non-empty string, got {order_id!r}")
         merged = normalize_lines(lines)
         cands = list(dict.fromkeys(_check_warehouse(w) for w in candidates))
         policy = _check_policy(policy)
+        if mode not in MODES:
+            raise ValueError(f"unknown reservation mode {mode!r}; one of {list(MODES)}")
         now = _now_ms() if now_ms is None else int(now_ms)
         keys = [self.keys.order(order_id), self.keys.deadlines]
         keys += [self.keys.stock(w, sku) for w in cands for sku, _ in merged]
-        args = [order_id, policy, now, self.record_ttl_s, now + self.reservation_ttl_s * 1000,
-                len(merged), len(cands), *(s for s, _ in merged), *(q for _, q in merged), *cands]
+        deadline = 0 if paid else now + self.reservation_ttl_s * 1000
+        args = [order_id, policy, now, self.record_ttl_s, deadline, mode, int(version_ms or 0), str(actor),
+                self.keys.prefix, len(merged), len(cands), *(s for s, _ in merged), *(q for _, q in merged), *cands]
         return keys, args
 
     async def reserve(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str],
-                      policy: str = "next", now_ms: int | None = None) -> Reservation:
-        keys, args = self._reserve_call(order_id, lines, candidates, policy, now_ms)
+                      policy: str = "next", now_ms: int | None = None, *, paid: bool = False,
+                      actor: str = "") -> Reservation:
+        """Reserve a new order (all lines or none). Unpaid: on the time-out schedule; `paid`: not,
+        and its record is kept until it is shipped or released."""
+        keys, args = self._reserve_call(order_id, lines, candidates, policy, "reserve", paid, 0, actor, now_ms)
         return _parse_reserve(order_id, await self._reserve(keys=keys, args=args))
+
+    async def pay(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str], version_ms: int,
+                  now_ms: int | None = None, *, actor: str = "") -> Reservation:
+        """The order is paid (order version `version_ms`): a reservation is taken off the time-out
+        schedule ("settled"); an expired one is reserved again once ("rereserved" / "out_of_stock")."""
+        keys, args = self._reserve_call(order_id, lines, candidates, "next", "pay", True, version_ms, actor, now_ms)
+        return _parse_reserve(order_id, await self._reserve(keys=keys, args=args), "pay")
+
+    async def ship(self, order_id: str, lines: list[tuple[str, int]], candidates: list[str], version_ms: int,
+                   now_ms: int | None = None, *, actor: str = "") -> Reservation:
+        """The order left the warehouse (order version `version_ms`): its reserved units are taken
+        out of `total` and `reserved` together, once ("shipped"; then "duplicate")."""
+        keys, args = self._reserve_call(order_id, lines, candidates, "next", "ship", True, version_ms, actor, now_ms)
+        return _parse_reserve(order_id, await self._reserve(keys=keys, args=args), "ship")
 
     async def reserve_many(self, requests: Iterable[ReserveRequest | tuple],
                            now_ms: int | None = None) -> list[Reservation]:
-        """One script call for many orders, each reservation as atomic as `reserve`'s."""
-        calls = [(req[0], self._reserve_call(*ReserveRequest(*req), now_ms)) for req in requests]
+        """One script call for many requests (reserve, pay and ship, in the order given), each as
+        atomic as the single call's."""
+        calls = []
+        for req in requests:
+            r = ReserveRequest(*req)
+            calls.append((r.order_id, r.mode, self._reserve_call(*r, now_ms=now_ms)))
         if not calls:
             return []
         # RESERVE_MANY_LUA's one argument: [[keys, args], ...], every value a string
-        batch = orjson.dumps([[k, [a if type(a) is str else str(a) for a in args]] for _, (k, args) in calls])
+        batch = orjson.dumps([[k, [a if type(a) is str else str(a) for a in args]] for _, _, (k, args) in calls])
         flat = await self._reserve_many(args=[batch])
-        return [_parse_reserve(oid, flat[2 * i:2 * i + 2]) for i, (oid, _) in enumerate(calls)]
+        return [_parse_reserve(oid, flat[2 * i:2 * i + 2], mode) for i, (oid, mode, _) in enumerate(calls)]
 
-    async def release(self, order_id: str, reason: str, now_ms: int | None = None) -> Release:
-        """Give the order's units back; idempotent; leaves a tombstone against late reserves."""
+    async def release(self, order_id: str, reason: str, now_ms: int | None = None, *, actor: str = "") -> Release:
+        """Give the order's units back; idempotent; leaves a tombstone against late reserves.
+        A shipped order is not released (its units left; `outcome` "shipped")."""
+        return await self._release_or_expire(order_id, reason, "release", now_ms, actor)
+
+    async def expire(self, order_id: str, now_ms: int | None = None, *, actor: str = "",
+                     reason: str = "timeout") -> Release:
+        """An unpaid reservation past its deadline gives its units back and becomes `expired`
+        (a late payment may reserve it again once). Paid meanwhile: nothing ("settled")."""
+        return await self._release_or_expire(order_id, reason, "expire", now_ms, actor)
+
+    async def _release_or_expire(self, order_id: str, reason: str, mode: str, now_ms: int | None,
+                                 actor: str) -> Release:
         for _ in range(_RELEASE_ATTEMPTS):
             record = _decode_record(await self.redis.get(self.keys.order(order_id)))
-            allocs = _record_allocations(record) if record and record.get("state") != RELEASED else []
+            holds = record is not None and record.get("state") in (RESERVED, BACKORDER)
+            allocs = _record_allocations(record) if holds else []
             keys = [self.keys.order(order_id), self.keys.deadlines]
             keys += [self.keys.stock(w, s) for w, s, _ in allocs]
             args = [order_id, str(reason), _now_ms() if now_ms is None else int(now_ms), self.record_ttl_s,
-                    len(allocs)]
+                    mode, str(actor), len(allocs)]
             for w, s, _ in allocs:
                 args += [w, s]
             result = _parse_release(await self._release(keys=keys, args=args))
@@ -542,8 +786,19 @@ class AsyncInventoryStore:
         raise RuntimeError(f"release of {order_id!r} kept racing with reserves")
 
     async def reservation(self, order_id: str) -> dict | None:
-        """The stored record (state reserved / backorder / released), or None."""
+        """The stored record (state reserved / backorder / released / expired / shipped /
+        out_of_stock), or None."""
         return _decode_record(await self.redis.get(self.keys.order(order_id)))
+
+    async def reservations(self, order_ids: Iterable[str], chunk: int = 1000) -> dict[str, dict | None]:
+        """Many stored records (MGET in chunks): order id -> record or None."""
+        ids = list(dict.fromkeys(order_ids))
+        out: dict[str, dict | None] = {}
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            for oid, raw in zip(part, await self.redis.mget([self.keys.order(o) for o in part])):
+                out[oid] = _decode_record(raw)
+        return out
 
     async def expired(self, now_ms: int | None = None, limit: int = 100) -> list[str]:
         now = _now_ms() if now_ms is None else int(now_ms)
@@ -551,15 +806,23 @@ class AsyncInventoryStore:
         return [_text(m) for m in members]
 
     async def settle(self, order_ids: Iterable[str]) -> int:
-        """Paid orders keep their stock: take them off the time-out schedule (idempotent)."""
+        """Paid orders keep their stock: take them off the time-out schedule and keep their records
+        while they hold stock (idempotent). Returns how many were on the schedule."""
         order_ids = list(order_ids)
         if not order_ids:
             return 0
-        return int(await self.redis.zrem(self.keys.deadlines, *order_ids))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.deadlines, *order_ids)
+            for oid in order_ids:
+                pipe.persist(self.keys.order(oid))
+            results = await pipe.execute()
+        return int(results[0])
 
-    async def release_expired(self, now_ms: int | None = None, limit: int = 100) -> list[tuple[str, Release]]:
-        """Release reservations held past their deadline (reason "timeout")."""
-        return [(oid, await self.release(oid, "timeout", now_ms)) for oid in await self.expired(now_ms, limit)]
+    async def release_expired(self, now_ms: int | None = None, limit: int = 100,
+                              actor: str = "") -> list[tuple[str, Release]]:
+        """Expire reservations held past their deadline (reason "timeout"); each (order id, what
+        happened): `released` True for those whose units went back now."""
+        return [(oid, await self.expire(oid, now_ms, actor=actor)) for oid in await self.expired(now_ms, limit)]
 
     # ------------------------------------------------------------ channels
     async def set_channel_paused(self, sku: str, paused: bool) -> bool:
@@ -586,7 +849,7 @@ class AsyncInventoryStore:
         return bool(await self.redis.exists(self.keys.paused(sku)))
 
     async def channel_update(self, sku: str, threshold: int, platforms: Iterable[str], primary: str,
-                             now_ms: int | None = None, resume_margin: int = 0) -> list[dict]:
+                             now_ms: int | None = None, resume_margin: int = 0) -> list:
         """Pause/resume events for `sku` if its state must change and this caller changed it."""
         available = await self.total_available(sku)
         was_paused = await self.is_channel_paused(sku)

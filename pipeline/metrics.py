@@ -33,6 +33,9 @@ GHOST_FALLBACKS = Counter("orderstream_ghost_order_fallbacks_total",
 # -- dedupe -----------------------------------------------------------------------------------
 DEDUPE = Counter("orderstream_dedupe_total", "Dedupe decisions (new, update, duplicate, stale).",
                  ["platform", "outcome"])
+SUSPECT_TRANSITIONS = Counter("orderstream_suspect_transitions_total",
+                              "Status updates not trusted (kept and flagged, not applied), by the rule that fired.",
+                              ["platform", "rule"])
 DEDUPE_EXPIRED = Counter("orderstream_dedupe_windows_expired_total",
                          "Dedupe table entries deleted from this worker's store once their window expired.")
 
@@ -48,7 +51,14 @@ VERIFIER_CALLS = Counter("orderstream_verifier_calls_total", "External verifier 
 
 # -- inventory --------------------------------------------------------------------------------
 RESERVATIONS = Counter("orderstream_reservations_total",
-                       "Reservation outcomes (reserved, out_of_stock, backorder, duplicate, cancelled, released).", ["outcome"])
+                       "Reservation outcomes (reserved, out_of_stock, backorder, duplicate, cancelled, released, "
+                       "expired, rereserved).", ["outcome"])
+SHIPMENTS = Counter("orderstream_shipments_total",
+                    "Shipped-state updates: stock deducted (shipped), already deducted (duplicate) or skipped "
+                    "(no reservation, or the warehouse reports less than the order takes).", ["outcome"])
+LATE_PAYMENTS = Counter("orderstream_late_payments_total",
+                        "Orders paid after their unpaid reservation expired: reserved again or out of stock.",
+                        ["outcome"])
 CHANNEL_CONTROL = Counter("orderstream_channel_control_total", "Channel pause/resume events.", ["action"])
 REDIS_RETRIES = Counter("orderstream_redis_retries_total", "Redis calls retried after a connection error.")
 

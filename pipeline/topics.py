@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate, InventoryEvent,
-                        RiskDecision, RiskEvent, WarehouseStock)
+                        RiskDecision, RiskEvent, SuspectTransition, WarehouseStock)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 
@@ -89,6 +89,8 @@ RAW = Topic("orders.raw.<platform>", "the platform's order id", RawPayload,
 _BASE = {
     "UNIQUE": Topic("orders.unique", "order id", ORDER,
                     "after dedupe and risk: new orders and real updates only (header change=new|update)"),
+    "SUSPECT": Topic("orders.suspect", "order id", SuspectTransition,
+                     "status updates not trusted (backwards, skipping, too fast): the rule that fired"),
     "DUPLICATES": Topic("orders.duplicates", "order id", DroppedDuplicate,
                         "redeliveries and stale versions dedupe dropped (audit, reconciliation)"),
     "ACCEPTED": Topic("orders.accepted", "order id", ORDER, "cleared for fulfilment by risk or released from hold"),
@@ -103,7 +105,8 @@ _BASE = {
     "INVENTORY_STOCK": Topic("inventory.stock", "warehouse:sku", WarehouseStock,
                              "stock snapshots and deltas from the warehouse system (its JSON)"),
     "INVENTORY_EVENTS": Topic("inventory.events", "order id", InventoryEvent,
-                              "reserved / out_of_stock / released / cancelled / duplicate"),
+                              "reserved / out_of_stock / released / cancelled / expired / rereserved / shipped / "
+                              "shipped_unreserved / ship_skipped"),
     "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
     "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
     "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),
@@ -122,6 +125,7 @@ def raw_topic(platform: str) -> str:
 RAW_TOPICS = names.RAW_TOPICS
 UNIQUE = names.UNIQUE
 DUPLICATES = names.DUPLICATES
+SUSPECT = names.SUSPECT
 ACCEPTED = names.ACCEPTED
 RISK_QUEUE = names.RISK_QUEUE
 RISK_DECISIONS = names.RISK_DECISIONS

@@ -17,6 +17,8 @@ NATURAL_KEYS = {
     # `at` is stable across re-emission: the risk agent stamps the order's ingest time
     "risk_events": (("order_id", "event", "at"), "at"),
     "inventory_events": (("order_id", "event"), "at"),
+    # the update's own platform time and claimed state: a re-processed suspect update repeats them
+    "suspect_transitions": (("order_id", "to_status", "to_at"), "detected_at"),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RiskEvent)
+                                RiskEvent, SuspectTransition)
 from pipeline.topics import TopicNames
 
 
@@ -102,6 +102,19 @@ def inventory_row(msg) -> dict:
     }
 
 
+def suspect_row(msg) -> dict:
+    e: SuspectTransition = _event(msg, SuspectTransition)
+    return {
+        "order_id": e.order_id, "platform": e.platform, "rule": e.rule, "from_status": e.from_status,
+        "to_status": e.to_status, "from_at": ch_time(e.from_at_ms), "to_at": ch_time(e.to_at_ms),
+        "elapsed_ms": e.elapsed_ms, "limit_ms": e.limit_ms, "window_id": e.window, "reason": e.reason,
+        # a writer that did not stamp its check time: the broker's time of the message stands in
+        "rules_version": e.rules_version, "detected_by": e.detected_by,
+        "detected_at": ch_time(e.detected_at_ms or msg.timestamp_ms or 0),
+        **_source(msg),
+    }
+
+
 def dead_letter_row(msg) -> dict:
     try:
         d = DEAD_LETTER.decode(msg.value)
@@ -157,6 +170,8 @@ DEAD_LETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "pla
                        "key_b64", "payload_b64", "payload_bytes", "failed_at") + _SRC
 CHANNEL_COLUMNS = ("event", "sku", "platform", "available", "threshold", "at") + _SRC
 BREAKER_COLUMNS = ("event", "from_state", "to_state", "rate_per_min", "at", "worker") + _SRC
+SUSPECT_COLUMNS = ("order_id", "platform", "rule", "from_status", "to_status", "from_at", "to_at", "elapsed_ms",
+                   "limit_ms", "window_id", "reason", "rules_version", "detected_by", "detected_at") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -168,4 +183,5 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.DLQ: TableSpec("dead_letters", DEAD_LETTER_COLUMNS, dead_letter_row),
         names.CHANNEL_CONTROL: TableSpec("channel_events", CHANNEL_COLUMNS, channel_row),
         names.BREAKER_EVENTS: TableSpec("breaker_events", BREAKER_COLUMNS, breaker_row),
+        names.SUSPECT: TableSpec("suspect_transitions", SUSPECT_COLUMNS, suspect_row),
     }

@@ -2,7 +2,8 @@
 
 strategic (hourly, operations director): orders per day and hour, AOV trend, channel share.
 tactical (15 min, warehouse lead): outbound progress per warehouse, exception types.
-execution (real time, operator): to-do list per approver, processing time, SLA countdown.
+execution (real time, operator): to-do list per approver, processing time, SLA countdown, and the
+status updates that were not trusted (seed 003) and still wait for a believable one.
 
 Each tier takes `now` so a test (or a replay) can ask about any moment; all times are UTC and
 come back as ISO-8601 text. Values reach SQL only as `{name:Type}` parameters. The strategic tier
@@ -20,12 +21,14 @@ from .backends import Backend
 
 SHIPPED_STATES = ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
 CLOSED_STATES = SHIPPED_STATES + ("CANCELLED",)
-EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach")
+EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach", "suspect_transition")
 RESOLUTIONS = ("approved", "rejected", "auto_released")
 DECISION_EVENTS = ("reserved", "out_of_stock", "backorder")  # inventory events that time a full pass
 ORANGE_HOURS = 8.0
 RED_HOURS = 2.0
 PROCESSING_WINDOW_S = 300
+SUSPECT_WINDOW_HOURS = 24
+SUSPECT_LIMIT = 200
 
 _NOW = "fromUnixTimestamp64Milli({now_ms:Int64}, 'UTC')"
 _ISO = "'%FT%TZ'"
@@ -178,14 +181,23 @@ def tactical(backend: Backend, hours: int = 24, now: datetime | None = None) -> 
         GROUP BY sku, platform
         HAVING argMax(event, (at, src_offset)) = 'pause'
         ORDER BY sku, platform""", p)
+    # units that left each warehouse in the window (shipment_lines: the stock actually deducted)
+    outbound = backend.query(f"""
+        SELECT warehouse AS wh, uniqExact(order_id) AS orders, sum(quantity) AS units
+        FROM shipment_lines WHERE at >= {start} AND at <= {_NOW} GROUP BY warehouse""", p)
     window_start = backend.query(f"SELECT formatDateTime({start}, {_ISO}) AS s", p)[0]["s"]
 
     shipped_by_wh = {r["wh"]: int(r["n"]) for r in shipped}
+    outbound_by_wh = {r["wh"]: r for r in outbound}
+    reserved_by_wh = {r["wh"]: r for r in reserved}
     warehouses = []
-    for r in reserved:
-        n, done = int(r["n"]), shipped_by_wh.get(r["wh"], 0)
-        warehouses.append({"warehouse": r["wh"], "reserved_orders": n, "reserved_units": int(r["units"]),
-                           "shipped_orders": done, "progress_pct": round(100.0 * done / n, 2) if n else 0.0})
+    for wh in sorted(set(reserved_by_wh) | set(outbound_by_wh)):
+        r, out = reserved_by_wh.get(wh), outbound_by_wh.get(wh)
+        n, done = (int(r["n"]) if r else 0), shipped_by_wh.get(wh, 0)
+        warehouses.append({"warehouse": wh, "reserved_orders": n, "reserved_units": int(r["units"]) if r else 0,
+                           "shipped_orders": done, "progress_pct": round(100.0 * done / n, 2) if n else 0.0,
+                           "outbound_orders": int(out["orders"]) if out else 0,
+                           "outbound_units": int(out["units"]) if out else 0})
     buckets: dict[str, dict] = {}
     totals = dict.fromkeys(EXCEPTION_KINDS, 0)
     for r in exceptions + breaches:
@@ -311,6 +323,8 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
                argMax(rate_per_min, (at, src_offset)) AS rate, count() AS transitions
         FROM breaker_events WHERE at <= {_NOW} GROUP BY worker ORDER BY worker""", p)
 
+    suspects = suspect_transitions(backend, p)
+
     todo: dict[str, list[dict]] = {}
     for h in held:
         for assignee in h["assignees"]:
@@ -335,7 +349,39 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
         "dead_letters": open_dead_letters(backend, now, dead_letter_limit),
         "breakers": [{"worker": r["worker"], "state": r["state"], "since": r["since"],
                       "rate_per_min": float(r["rate"]), "transitions": int(r["transitions"])} for r in breakers],
+        "suspect_transitions": suspects,
     }
+
+
+def suspect_transitions(backend: Backend, p: dict) -> dict:
+    """Untrusted status updates of the last SUSPECT_WINDOW_HOURS: counts by rule, and the open ones
+    (the order's trusted state is still the one the suspect update tried to leave), newest first."""
+    p = {**p, "hours": SUSPECT_WINDOW_HOURS, "suspect_limit": SUSPECT_LIMIT}
+    recent = f"""
+        SELECT order_id, platform, rule, from_status, to_status, elapsed_ms, limit_ms, window_id, reason,
+               detected_at, to_at
+        FROM suspect_transitions
+        WHERE detected_at > {_NOW} - toIntervalHour({{hours:UInt32}}) AND detected_at <= {_NOW}"""
+    by_rule = backend.query(f"SELECT rule, count() AS n FROM ({recent}) GROUP BY rule ORDER BY rule", p)
+    rows = backend.query(f"""
+        SELECT s.order_id AS order_id, s.platform AS platform, s.rule AS rule, s.from_status AS from_status,
+               s.to_status AS to_status, s.elapsed_ms AS elapsed_ms, s.limit_ms AS limit_ms, s.window_id AS window_id,
+               s.reason AS reason, formatDateTime(s.detected_at, {_ISO}) AS detected_iso,
+               formatDateTime(s.to_at, {_ISO}) AS to_iso, ifNull(st.status, '') AS trusted_status
+        FROM ({recent}) AS s
+        LEFT JOIN (SELECT order_id, argMaxMerge(last_status) AS status FROM order_state
+                   WHERE order_id IN (SELECT order_id FROM ({recent})) GROUP BY order_id) AS st
+          ON s.order_id = st.order_id
+        WHERE st.status = '' OR st.status = s.from_status
+        ORDER BY s.detected_at DESC, s.order_id LIMIT {{suspect_limit:UInt32}}""", p)
+    counts = {r["rule"]: int(r["n"]) for r in by_rule}
+    return {"window_hours": SUSPECT_WINDOW_HOURS, "total": sum(counts.values()), "by_rule": counts,
+            "open": [{"order_id": r["order_id"], "platform": r["platform"], "rule": r["rule"],
+                      "from_status": r["from_status"], "to_status": r["to_status"],
+                      "elapsed_s": int(r["elapsed_ms"]) / 1000,
+                      "limit_s": None if r["limit_ms"] is None else int(r["limit_ms"]) / 1000,
+                      "window": r["window_id"], "reason": r["reason"], "detected_at": r["detected_iso"],
+                      "updated_at": r["to_iso"], "trusted_status": r["trusted_status"]} for r in rows]}
 
 
 TIERS = {"strategic": strategic, "tactical": tactical, "execution": execution}

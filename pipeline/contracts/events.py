@@ -109,6 +109,27 @@ class InventoryEvent(Event):
     units: int = 0
     reason: str = ""
     latency_ms: float | None = None
+    actor: str = ""          # who did it: order_flow, holds, recheck, reservation_timer
+
+
+@dataclass(frozen=True, slots=True)
+class SuspectTransition(Event):
+    """A status update that was not trusted (pipeline.domain.transitions): kept, flagged, not applied."""
+    SCHEMA: ClassVar[str] = "suspect_transition"
+    order_id: str
+    platform: str
+    rule: str
+    from_status: str
+    to_status: str
+    from_at_ms: int
+    to_at_ms: int
+    elapsed_ms: int
+    limit_ms: int | None = None
+    window: str = ""
+    reason: str = ""
+    rules_version: int = 0
+    detected_by: str = ""
+    detected_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,4 +226,4 @@ class Hold(Event):
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (RiskEvent, InventoryEvent, RiskDecision, ChannelEvent, BreakerTransition,
-                                        DroppedDuplicate, HoldVerdict, Hold)
+                                        DroppedDuplicate, HoldVerdict, Hold, SuspectTransition)

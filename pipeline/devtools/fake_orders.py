@@ -322,14 +322,15 @@ class RawOrderFactory:
             _put(p, spec.note, note)
         return p
 
-    def update(self, payload: dict, status: str) -> dict:
-        """The same order in standard state `status`, modified later than before."""
+    def update(self, payload: dict, status: str, after_s: int | None = None) -> dict:
+        """The same order in standard state `status`, modified later than before (`after_s`
+        seconds later, or a random minute to three hours)."""
         spec = SPECS[self._platform_of(payload)]
         out = copy.deepcopy(payload)
         was = standard_status(spec.platform, payload)
         _set_status(spec, out, status)
         updated = _read_time(spec, _lookup(payload, spec.updated))
-        updated += timedelta(seconds=self.rng.randint(60, 3 * 3600))
+        updated += timedelta(seconds=self.rng.randint(60, 3 * 3600) if after_s is None else after_s)
         _put(out, spec.updated, _time(spec, updated))
         if was == "PENDING_PAYMENT" and status != "CANCELLED":
             _put(out, spec.paid, _time(spec, updated))
@@ -440,6 +441,12 @@ class ReplayMix:
     cross_border: float = 0.02
     note_flags: float = 0.05
     ghost: float = 0.005         # order id with '@', falls back to the other reference
+    # issue 17 (0 by default, so the seeded streams above stay what they were):
+    ship: float = 0.0            # a paid (or packed) order shipped, in believable time
+    late_payment: float = 0.0    # a new unpaid order whose payment comes in the late phase (after its
+                                 # reservation timed out); half of them are shipped there too
+    suspect: float = 0.0         # an update the transition rules must flag: backwards, skipping, too fast
+    out_of_order: float = 0.0    # an older version of an order delivered after a newer one (stale)
     burst_size: int = 6
     platforms: dict[str, float] = field(default_factory=lambda: {
         "TMALL": 0.3, "JD": 0.2, "PINDUODUO": 0.15, "DOUYIN": 0.15, "KUAISHOU": 0.08, "SHOPEE": 0.05,
@@ -451,10 +458,13 @@ class RawMessage:
     platform: str
     key: bytes
     value: bytes
-    kind: str                    # new | redelivery | update | malformed
+    kind: str                    # new | redelivery | update | malformed | ship | late_payment | suspect | out_of_order
     order_id: str | None         # expected global order id (None for malformed)
     expect: str                  # canonical | dlq
     reason_code: str | None = None  # expected rejection code for malformed messages
+    expect_rule: str | None = None  # suspect: the transition rule that must fire (others must be trusted)
+    phase: str = "main"          # main | late (produced after the unpaid reservations timed out)
+    status: str = ""             # the standard state the message says (canonical ones)
 
 
 _CN_PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU")
@@ -469,44 +479,91 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
     weights = [mix.platforms[n] for n in names]
     cn_names = [n for n in names if n in _CN_PLATFORMS]
     cn_weights = [mix.platforms[n] for n in cn_names]
-    # [platform, latest payload, order id, raw key]: a platform keys every version of an order by
-    # its own order id, so all of them land on one partition (the dedupe state's partition)
+    # [platform, latest payload, order id, raw key, earlier payloads, frozen]: a platform keys every
+    # version of an order by its own order id, so all of them land on one partition (the dedupe
+    # state's partition). A frozen order gets no more updates here (its last one was meant to be
+    # suspect, or its payment is kept for the late phase), only redeliveries.
     history: list[list] = []
+    late: list[RawMessage] = []
     burst_ip, burst_left = None, 0
 
-    for i in range(count):
+    def version(entry: list, status: str, kind: str, after_s: int | None = None, rule: str | None = None,
+                phase: str = "main") -> RawMessage:
+        platform, payload, oid, key = entry[:4]
+        entry[4].append(payload)
+        entry[1] = factory.update(payload, status, after_s)
+        return RawMessage(platform, key, factory.to_bytes(entry[1]), kind, oid, "canonical", expect_rule=rule,
+                          phase=phase, status=status)
+
+    produced = 0
+    i = -1
+    while produced + len(late) < count:
+        i += 1
         r = rng.random()
         if history and r < mix.redelivery:
-            platform, payload, oid, key = rng.choice(history)
-            yield RawMessage(platform, key, factory.redelivery_bytes(payload), "redelivery", oid, "canonical")
+            platform, payload, oid, key = rng.choice(history)[:4]
+            produced += 1
+            yield RawMessage(platform, key, factory.redelivery_bytes(payload), "redelivery", oid, "canonical",
+                             status=standard_status(platform, payload))
             continue
         r -= mix.redelivery
         if history and r < mix.update:
             entry = _updatable(rng, history)
             if entry is not None:
-                platform, payload, oid, key = entry
-                nxt = _next_state(rng, platform, standard_status(platform, payload))
-                entry[1] = factory.update(payload, nxt)
-                yield RawMessage(platform, key, factory.to_bytes(entry[1]), "update", oid, "canonical")
+                produced += 1
+                yield version(entry, _next_state(rng, entry[0], standard_status(entry[0], entry[1])), "update")
                 continue
         r -= mix.update
         if r < mix.malformed:
             kind = rng.choice(RANDOM_MALFORMED_KINDS)
             platform = rng.choices(names, weights)[0]
+            produced += 1
             yield RawMessage(platform, f"bad-{seed}-{i}".encode(), factory.malformed(kind, platform), "malformed",
                              None, "dlq", MALFORMED_KINDS[kind])
             continue
+        # (r < 0 here when an earlier kind found no order to apply to and fell through: the kinds
+        # below only take their own share, so a rate of 0 never fires)
+        r -= mix.malformed
+        if history and 0 <= r < mix.ship:
+            entry = _pick(rng, history, lambda e: standard_status(e[0], e[1]) in ("PAID", "PACKED"))
+            if entry is not None:
+                produced += 1
+                yield version(entry, "SHIPPED", "ship", after_s=rng.randint(200, 7200))
+                continue
+        r -= mix.ship
+        if history and 0 <= r < mix.suspect:
+            made = _suspect(rng, history, version, room=count - produced - len(late))
+            if made:
+                produced += len(made)
+                yield from made
+                continue
+        r -= mix.suspect
+        if history and 0 <= r < mix.out_of_order:
+            entry = _pick(rng, history, lambda e: bool(e[4]), frozen_too=True)
+            if entry is not None:
+                platform, _, oid, key = entry[:4]
+                older = rng.choice(entry[4])
+                produced += 1
+                yield RawMessage(platform, key, factory.to_bytes(older), "out_of_order", oid, "canonical",
+                                 status=standard_status(platform, older))
+                continue
+        r -= mix.out_of_order
+        late_order = 0 <= r < mix.late_payment and count - produced - len(late) >= 3  # new, paid, shipped
 
         # a new order, with independent chances of each feature the later stages care about
         kw: dict = {}
         platform = rng.choices(names, weights)[0]
+        if late_order and "PENDING_PAYMENT" not in supported_states(platform):
+            platform = rng.choice([n for n in names if "PENDING_PAYMENT" in supported_states(n)])
         if rng.random() < mix.high_value:
-            platform = rng.choices(cn_names, cn_weights)[0]
+            platform = rng.choices(cn_names, cn_weights)[0] if not late_order else platform
             kw["amount_minor"] = rng.randint(500_100, 3_000_000)
         if rng.random() < mix.remote:
-            platform = platform if platform in _CN_PLATFORMS else rng.choices(cn_names, cn_weights)[0]
-            kw["province"] = rng.choice(REMOTE_PROVINCES)
-        if "province" not in kw and rng.random() < mix.cross_border:
+            platform = platform if platform in _CN_PLATFORMS or late_order else rng.choices(cn_names, cn_weights)[0]
+            kw["province"] = rng.choice(REMOTE_PROVINCES) if platform in _CN_PLATFORMS else None
+            if kw["province"] is None:
+                del kw["province"]
+        if "province" not in kw and rng.random() < mix.cross_border and not late_order:
             platform = rng.choice(("SHOPIFY", "SHOPEE", "TMALL"))
             kw["country"] = rng.choice(("US", "SG", "MY", "HK", "GB") if platform != "SHOPEE" else ("MY", "TH", "PH"))
         if burst_left == 0 and rng.random() < mix.ip_burst:
@@ -524,6 +581,8 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
             kw["custom"] = True
         if "PENDING_PAYMENT" in supported_states(platform) and rng.random() < 0.08:
             kw["status"] = "PENDING_PAYMENT"
+        if late_order:
+            kw["status"] = "PENDING_PAYMENT"
         ghost = rng.random() < mix.ghost
         payload = factory.order(platform, **kw)
         if ghost:
@@ -531,8 +590,55 @@ def generate_stream(count: int, seed: int, mix: ReplayMix = ReplayMix(), start: 
             _put(payload, spec.order_id, f"{_lookup(payload, spec.order_id)}@fq")  # the seeds' '@' ghost order
         oid = expected_order_id(platform, payload)
         key = str(_lookup(payload, SPECS[platform].order_id)).encode()
-        history.append([platform, payload, oid, key])
-        yield RawMessage(platform, key, factory.to_bytes(payload), "new", oid, "canonical")
+        entry = [platform, payload, oid, key, [], late_order]
+        history.append(entry)
+        produced += 1
+        yield RawMessage(platform, key, factory.to_bytes(payload), "new", oid, "canonical",
+                         status=kw.get("status", "PAID"))
+        if late_order:
+            # written now, sent last: on a shadow of the order, so main-phase redeliveries repeat
+            # only what was sent by then (the unpaid version)
+            shadow = [platform, payload, oid, key, [], True]
+            late.append(version(shadow, "PAID", "late_payment", after_s=rng.randint(60, 600), phase="late"))
+            if rng.random() < 0.5:
+                late.append(version(shadow, "SHIPPED", "ship", after_s=rng.randint(200, 3600), phase="late"))
+    yield from late
+
+
+def _pick(rng: random.Random, history: list[list], wanted, frozen_too: bool = False):
+    """A random earlier order (a few tries) that is `wanted` (and not frozen, unless frozen_too)."""
+    for _ in range(4):
+        entry = rng.choice(history)
+        if (frozen_too or not entry[5]) and wanted(entry):
+            return entry
+    return None
+
+
+def _suspect(rng: random.Random, history: list[list], version, room: int = 2) -> list[RawMessage]:
+    """An update the default transition rules (pipeline/domain/transitions.yaml) must flag, chosen
+    by what the order's platform can say; the order is frozen afterwards (a later update would be
+    judged against the state it was left in, not the suspect one)."""
+    entry = _pick(rng, history, lambda e: standard_status(e[0], e[1]) != "CANCELLED")
+    if entry is None:
+        return []
+    platform, state = entry[0], standard_status(entry[0], entry[1])
+    supported = supported_states(platform)
+    made: list[RawMessage] = []
+    if state in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"):
+        made.append(version(entry, "PAID", "suspect", rule="backwards"))
+    elif state == "PAID" and "PACKED" in supported and room >= 2:
+        # packed, then "shipped" sooner than the 3-minute window
+        made.append(version(entry, "PACKED", "update", after_s=rng.randint(300, 1800)))
+        made.append(version(entry, "SHIPPED", "suspect", after_s=rng.randint(5, 170), rule="too_fast"))
+    elif state == "PAID" and ({"DELIVERED", "COMPLETED"} & supported):
+        made.append(version(entry, "DELIVERED" if "DELIVERED" in supported else "COMPLETED", "suspect",
+                            rule="illegal_skip"))
+    elif state == "PENDING_PAYMENT" and "SHIPPED" in supported:
+        made.append(version(entry, "SHIPPED", "suspect", rule="illegal_skip"))
+    else:
+        return []
+    entry[5] = True
+    return made
 
 
 def _branches(platform: str, state: str) -> list[str]:
@@ -556,6 +662,6 @@ def _updatable(rng: random.Random, history: list[list]):
     """A random earlier order that still has a next state on its platform (a few tries)."""
     for _ in range(4):
         entry = rng.choice(history)
-        if _branches(entry[0], standard_status(entry[0], entry[1])):
+        if not entry[5] and _branches(entry[0], standard_status(entry[0], entry[1])):
             return entry
     return None

@@ -2,7 +2,16 @@
 
 The generator (pipeline.devtools.fake_orders) knows what each message should become, so the
 reconciliation is exact: every produced message must come out once, as a new order or update
-(orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach exactly one terminal risk/inventory outcome.
+(orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach
+exactly one terminal risk/inventory outcome. The stock is reconciled too (issue 17): every unit
+of every SKU put in by the replay's snapshots is available, locked, presale, reserved or shipped
+in Redis, nothing is negative, each cell and each order's record is exactly what
+inventory.events say (pipeline.domain.stock_ledger), every late payment got one outcome, and
+exactly the updates meant to be suspect were flagged, with the rule meant.
+
+Late payments need wall-clock time: their paid updates (the generator's `late` phase) are
+produced after the main phase has drained and `late_after_s` has passed, which must be longer
+than the worker's ORDERSTREAM_RESERVATION_TIMEOUT_S for the reservations to have timed out.
 """
 from __future__ import annotations
 
@@ -20,7 +29,9 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from .. import kafka_io
 from ..codecs import dead_letter_codec, order_codec
 from ..config import Settings
-from ..contracts import BreakerTransition, InventoryEvent, RiskEvent, StockUpdate, WarehouseStock
+from ..contracts import BreakerTransition, DroppedDuplicate, InventoryEvent, RiskEvent, StockUpdate, SuspectTransition, WarehouseStock
+from ..domain import stock_ledger
+from ..inventory_store import InventoryStore
 from ..topics import TopicNames
 from .fake_orders import SKUS, RawMessage, ReplayMix, generate_stream
 
@@ -40,6 +51,7 @@ class ReplayConfig:
     stock_per_sku: int = 400           # units per SKU per warehouse seeded before the replay
     scarce_skus: int = 3               # SKUs seeded with little stock: out-of-stock and channel pauses
     drain_timeout_s: float = 300.0
+    late_after_s: float = 0.0          # wait after the main phase drained before the late payments
     mix: ReplayMix = field(default_factory=ReplayMix)
 
 
@@ -64,14 +76,24 @@ def stock_events(cfg: ReplayConfig) -> list[StockUpdate]:
     return events
 
 
-def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=None) -> tuple[list[RawMessage], dict]:
-    """Produce stock, then the raw stream; returns the messages and their broker coordinates."""
+def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=None,
+                   before_late=None, stock_applied=None) -> tuple[list[RawMessage], dict]:
+    """Produce stock, then the raw stream; returns the messages and their broker coordinates.
+    With `stock_applied`, the orders wait until it returns (the snapshots are in Redis: a snapshot
+    applied after a shipment would count the shipped units again). Messages of the generator's
+    late phase are produced after `before_late()` (e.g. wait for the pipeline to drain) and
+    `cfg.late_after_s` seconds."""
     producer = kafka_io.producer(s)
     kafka_io.produce_all(producer, ((names.INVENTORY_STOCK, f"{e.warehouse}:{e.sku}".encode(),
                                      WarehouseStock.encode(e), None) for e in stock_events(cfg)))
+    if stock_applied is not None:
+        stock_applied()
+    stock_at_ms = int(time.time() * 1000)
     # event times start now, so SLA countdowns and time checks see a live sale
     messages = list(generate_stream(cfg.count, cfg.seed, cfg.mix, start=datetime.now(timezone.utc)))
-    offsets = send_offsets(len(messages), cfg)
+    main = [i for i, m in enumerate(messages) if m.phase != "late"]
+    late = [i for i, m in enumerate(messages) if m.phase == "late"]
+    offsets = send_offsets(len(main), cfg)
     coordinates: dict[int, tuple[str, int, int]] = {}
     failures: list[str] = []
 
@@ -83,26 +105,36 @@ def produce_replay(s: Settings, names: TopicNames, cfg: ReplayConfig, progress=N
                 coordinates[index] = (msg.topic(), msg.partition(), msg.offset())
         return done
 
+    def send(indexes: list[int], due: list[float] | None) -> None:
+        start = time.monotonic()
+        for n, i in enumerate(indexes):
+            m = messages[i]
+            if due is not None:
+                delay = due[n] - (time.monotonic() - start)
+                if delay > 0:
+                    producer.poll(0)
+                    time.sleep(delay)
+            while True:
+                try:
+                    producer.produce(names.raw(m.platform), key=m.key, value=m.value, on_delivery=on_delivery(i))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+            if progress:
+                progress(1)
+        producer.flush(120)
+
     start = time.monotonic()
-    for i, m in enumerate(messages):
-        if offsets is not None:
-            delay = offsets[i] - (time.monotonic() - start)
-            if delay > 0:
-                producer.poll(0)
-                time.sleep(delay)
-        while True:
-            try:
-                producer.produce(names.raw(m.platform), key=m.key, value=m.value, on_delivery=on_delivery(i))
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-        if progress:
-            progress(1)
-    producer.flush(120)
+    send(main, offsets)
+    if late:
+        if before_late is not None:
+            before_late()
+        time.sleep(cfg.late_after_s)
+        send(late, None)
     if failures:
         raise RuntimeError(f"{len(failures)} raw messages were not acknowledged by the broker: {failures[:3]}")
-    return messages, {"coordinates": coordinates, "produce_s": time.monotonic() - start}
+    return messages, {"coordinates": coordinates, "produce_s": time.monotonic() - start, "stock_at_ms": stock_at_ms}
 
 
 def group_lag_by_partition(s: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int] | None:
@@ -168,8 +200,11 @@ def read_all(s: Settings, topic: str):
     return list(kafka_io.read_topics(s, [topic], idle_s=1.5, max_s=600))
 
 
-def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict) -> dict:
-    """Read every stage's output and account for each produced message exactly once."""
+def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict,
+              initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
+    """Read every stage's output and account for each produced message exactly once, and for every
+    unit of stock (`initial_stock`: the snapshots the replay put in at `stock_at_ms`; without
+    them totals are not checked)."""
     codec = order_codec()
     dlq = read_all(s, names.DLQ)
     unique = read_all(s, names.UNIQUE)
@@ -178,6 +213,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     risk_events = [RiskEvent.decode(r.value) for r in read_all(s, names.RISK_EVENTS)]
     inventory = [InventoryEvent.decode(r.value) for r in read_all(s, names.INVENTORY_EVENTS)]
     breaker = [BreakerTransition.decode(r.value) for r in read_all(s, names.BREAKER_EVENTS)]
+    suspect_records = read_all(s, names.SUSPECT)
 
     produced_coords = {f"{t}:{p}:{o}" for t, p, o in coordinates.values()}
     # every raw message leaves exactly one trace: a new order or update, a dropped copy, a dead letter
@@ -188,6 +224,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     expected_new = {m.order_id for m in messages if m.kind == "new"}
     unique_new = Counter(codec.decode(r.value)["order_id"] for r in unique if r.headers.get("change") == b"new")
     unique_updates = sum(1 for r in unique if r.headers.get("change") == b"update")
+    unique_suspects = sum(1 for r in unique if r.headers.get("change") == b"suspect")
 
     verdicts = defaultdict(set)
     for ev in risk_events:
@@ -200,13 +237,19 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     out_of_stock = {o for o, evs in inv_by_order.items() if evs & {"out_of_stock", "backorder"}} - reserved
     released = {o for o, evs in inv_by_order.items() if "released" in evs}
     cancelled = {o for o, evs in inv_by_order.items() if "cancelled" in evs} - reserved
+    # shipped by the platform before it could be reserved (e.g. while held): nothing to reserve
+    shipped_first = {o for o, evs in inv_by_order.items() if "shipped_unreserved" in evs} - reserved
     rejected = verdicts["rejected"]
     still_held = verdicts["held"] - verdicts["approved"] - verdicts["auto_released"] - rejected
     unaccounted = expected_new - accepted_new - rejected - still_held
-    not_reserved = accepted_new - reserved - out_of_stock - cancelled - rejected
+    not_reserved = accepted_new - reserved - out_of_stock - cancelled - rejected - shipped_first
     latencies = [ev.latency_ms for ev in inventory if ev.latency_ms is not None
                  and ev.event in ("reserved", "out_of_stock", "backorder")]
     units_reserved = sum(ev.units for ev in inventory if ev.event == "reserved")
+    stock = stock_audit(s, names, inventory, initial_stock, stock_at_ms)
+    suspects = suspect_audit(messages, coordinates, suspect_records)
+    late = late_payment_audit(messages, stock_ledger.fold(ev.as_dict() for ev in inventory))
+    stale_expected = sum(1 for m in messages if m.kind == "out_of_order")
     return {
         "produced": len(messages),
         "produced_by_kind": dict(Counter(m.kind for m in messages)),
@@ -243,10 +286,119 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
                        "p99": percentile(latencies, 99), "samples": len(latencies)},
         "unaccounted_new_orders": len(unaccounted),
         "accepted_without_outcome": len(not_reserved),
+        "unique_suspects": unique_suspects,
+        "shipped": len({ev.order_id for ev in inventory if ev.event == "shipped"}),
+        "units_shipped": stock["units_shipped_by_events"],
+        "ship_skipped": len({ev.order_id for ev in inventory if ev.event == "ship_skipped"}),
+        "shipped_unreserved": len({ev.order_id for ev in inventory if ev.event == "shipped_unreserved"}),
+        "expired": len({ev.order_id for ev in inventory if ev.event == "expired"}),
+        "stale_dropped": sum(1 for r in dropped if DroppedDuplicate.decode(r.value).outcome == "stale"),
+        "stale_expected": stale_expected,
+        "stock": stock,
+        "suspects": suspects,
+        "late_payments": late,
         # orders.unique is at-least-once (a crash or rebalance re-emits up to a commit interval of
         # work); balance is judged on outcomes, which are idempotent by order id
-        "balanced": not lost and not (expected_new - set(unique_new)) and not unaccounted and not not_reserved,
+        "balanced": (not lost and not (expected_new - set(unique_new)) and not unaccounted and not not_reserved
+                     and stock["balanced"] and suspects["balanced"] and late["balanced"]),
     }
+
+
+def stock_audit(s: Settings, names: TopicNames, inventory: list[InventoryEvent],
+                initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
+    """Redis against the inventory events, cell by cell and order by order, and every unit put in
+    accounted for as available, locked, presale, reserved or shipped, none negative.
+
+    A snapshot re-bases `total` (the `shipped` field keeps counting), so the units put in by the
+    replay's snapshots are balanced against what shipped after them (`stock_at_ms`): a replay
+    into a namespace that already had orders still balances."""
+    ledgers = stock_ledger.fold(ev.as_dict() for ev in inventory)
+    want_reserved, want_shipped = stock_ledger.expected_cells(ledgers.values())
+    shipped_since = stock_ledger.expected_cells(
+        ledger for ledger in stock_ledger.fold(ev.as_dict() for ev in inventory
+                                               if stock_at_ms is None or ev.event != "shipped"
+                                               or ev.at_ms >= stock_at_ms).values())[1]
+    initial = {(u.warehouse, u.sku): u for u in initial_stock or ()}
+    skus = sorted({sku for _, sku in initial} | {sku for _, sku in want_reserved} | {sku for _, sku in want_shipped}
+                  | set(SKUS))
+    with InventoryStore(s.redis, prefix=f"{names.ns}inv") as store:
+        levels = {sku: store.stock_by_warehouse(sku) for sku in skus}
+        records = store.reservations(ledgers)
+    cells = {(wh, sku): level for sku, by_wh in levels.items() for wh, level in by_wh.items()}
+    differing, negative, unbalanced = {}, [], []
+    for cell in sorted(set(cells) | set(want_reserved) | set(want_shipped) | set(initial)):
+        level = cells.get(cell)
+        got = (level.reserved, level.shipped) if level else (0, 0)
+        want = (want_reserved[cell], want_shipped[cell])
+        name = f"{cell[0]}:{cell[1]}"
+        if got != want:
+            differing[name] = {"redis_reserved_shipped": got, "events_say": want}
+        if level and min(level.total, level.locked, level.presale, level.reserved, level.shipped) < 0:
+            negative.append(name)
+        if cell in initial:
+            put_in = initial[cell].total
+            left = shipped_since[cell]
+            accounted = (level.available + level.locked + level.presale + level.reserved + left) if level else 0
+            if accounted != put_in or (level and level.total != put_in - left):
+                unbalanced.append({"cell": name, "put_in": put_in, "accounted": accounted,
+                                   "total": level.total if level else None, "shipped_since_put_in": left})
+    order_mismatch = [oid for oid, ledger in ledgers.items() if not stock_ledger.record_agrees(ledger, records[oid])]
+    inconsistent = sorted(oid for oid, ledger in ledgers.items() if ledger.inconsistent)
+    units = {k: sum(getattr(l, k) for l in cells.values()) for k in ("total", "locked", "presale", "reserved", "shipped")}
+    return {
+        "cells": len(cells), "cells_differing": len(differing), "cell_diff_sample": dict(list(differing.items())[:5]),
+        "negative": negative, "unbalanced": len(unbalanced), "unbalanced_sample": unbalanced[:5],
+        "orders_checked": len(ledgers), "record_mismatches": len(order_mismatch),
+        "record_mismatch_sample": [{"order_id": oid, "events": sorted(ledgers[oid].kinds),
+                                    "redis": (records[oid] or {}).get("state")} for oid in order_mismatch[:5]],
+        "inconsistent_events": inconsistent[:5],
+        "units_put_in": sum(u.total for u in initial.values()) if initial else None,
+        "units_available": sum(max(0, l.available) for l in cells.values()),
+        "units_locked": units["locked"], "units_presale": units["presale"],
+        "units_reserved": units["reserved"], "units_shipped": units["shipped"],
+        "units_reserved_by_events": sum(want_reserved.values()),
+        "units_shipped_by_events": sum(want_shipped.values()),
+        "balanced": not differing and not negative and not unbalanced and not order_mismatch and not inconsistent,
+    }
+
+
+def suspect_audit(messages: list[RawMessage], coordinates: dict, records) -> dict:
+    """Exactly the messages meant to be suspect were flagged, each once, with the rule meant
+    (matched by the raw message's coordinates, which ride on orders.suspect as `src`)."""
+    expected = {"%s:%s:%s" % coordinates[i]: m.expect_rule for i, m in enumerate(messages)
+                if m.expect_rule and i in coordinates}
+    produced = {"%s:%s:%s" % c for c in coordinates.values()}
+    flagged: dict[str, set] = defaultdict(set)
+    for r in records:  # a re-emitted copy (crash) lands on the same src; earlier replays' are not ours
+        src = r.headers.get("src", b"").decode()
+        if src in produced:
+            flagged[src].add(SuspectTransition.decode(r.value).rule)
+    by_rule = Counter(rule for rules in flagged.values() for rule in rules)
+    missing = sorted(set(expected) - set(flagged))
+    unexpected = sorted(set(flagged) - set(expected))
+    wrong = sorted(src for src in set(expected) & set(flagged) if flagged[src] != {expected[src]})
+    return {"expected": len(expected), "flagged": len(flagged), "by_rule": dict(by_rule), "missing": missing[:5],
+            "unexpected": unexpected[:5], "wrong_rule": wrong[:5],
+            "balanced": not missing and not unexpected and not wrong}
+
+
+def late_payment_audit(messages: list[RawMessage], ledgers: dict[str, stock_ledger.OrderLedger]) -> dict:
+    """Every order paid after its reservation expired got exactly one outcome (reserved again or
+    out of stock), and only orders that were paid got one. The generator's late payments are
+    certainly late; an ordinary payment may be too, when it comes after the time-out."""
+    late_ids = {m.order_id for m in messages if m.kind == "late_payment"}
+    paid_ids = {m.order_id for m in messages if m.order_id and m.status not in ("", "PENDING_PAYMENT", "CANCELLED")}
+    ours = {m.order_id for m in messages if m.order_id}   # a namespace may hold earlier replays' orders
+    expired = {oid for oid, ledger in ledgers.items() if "expired" in ledger.kinds and oid in ours}
+    rereserved = {oid for oid in expired if "rereserved" in ledgers[oid].kinds}
+    out_of_stock = {oid for oid in expired if ledgers[oid].late_out_of_stock}
+    both = sorted(rereserved & out_of_stock)
+    without = sorted((late_ids & expired) - rereserved - out_of_stock)
+    unpaid = sorted((rereserved | out_of_stock) - paid_ids)
+    return {"late_payments": len(late_ids), "expired_before_payment": len(late_ids & expired),
+            "expired": len(expired), "rereserved": len(rereserved), "out_of_stock": len(out_of_stock),
+            "both": both[:5], "without_outcome": without[:5], "outcome_without_payment": unpaid[:5],
+            "balanced": not both and not without and not unpaid}
 
 
 def worker_peak_rss_mb(s: Settings) -> float | None:
@@ -266,15 +418,28 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
     """Produce, wait for the pipeline to drain, reconcile. With settle_holds_s, also wait that long
     for held orders to be decided or released by the default policy before the final count."""
     t0 = time.monotonic()
-    messages, produced = produce_replay(s, names, cfg, progress)
+
+    def drain_first() -> None:  # the late phase's payments must come after the time-outs
+        wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
+
+    def stock_in_redis() -> None:  # the worker committed the snapshots: they are applied
+        deadline = time.monotonic() + cfg.drain_timeout_s
+        while group_lag(s, app_group, [names.INVENTORY_STOCK]) != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the stock snapshots were not applied within {cfg.drain_timeout_s:.0f}s")
+            if check_alive:
+                check_alive()
+            time.sleep(0.2)
+
+    messages, produced = produce_replay(s, names, cfg, progress, before_late=drain_first, stock_applied=stock_in_redis)
     drain_s = wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
     elapsed = time.monotonic() - t0
-    report = reconcile(s, names, messages, produced["coordinates"])
+    report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])
     deadline = time.monotonic() + settle_holds_s
     while report["awaiting_decision"] and time.monotonic() < deadline:
         time.sleep(2)
         wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0, check_alive=check_alive)
-        report = reconcile(s, names, messages, produced["coordinates"])
+        report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},
         "namespace": names.ns,
@@ -294,4 +459,4 @@ def write_report(report: dict, path: Path) -> None:
 
 
 __all__ = ["ReplayConfig", "run_replay", "reconcile", "produce_replay", "wait_drained", "write_report",
-           "dead_letter_codec"]
+           "stock_audit", "stock_events", "dead_letter_codec"]

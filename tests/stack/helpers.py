@@ -13,11 +13,12 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from pipeline import kafka_io
 from pipeline.codecs import order_codec
-from pipeline.contracts import InventoryEvent, RiskEvent
+from pipeline.contracts import InventoryEvent, RiskEvent, SuspectTransition
 from pipeline.devtools.replay import reconcile
 
 CODEC = order_codec()
-SINK_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters", "channel_events", "breaker_events")
+SINK_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters", "channel_events", "breaker_events",
+               "suspect_transitions")
 
 
 class Watch:
@@ -119,9 +120,11 @@ def distinct_facts(p) -> dict[str, int]:
             for e in (RiskEvent.decode(r.value).as_dict() for r in p.read(p.names.RISK_EVENTS))}
     inventory = {(e["order_id"], e["event"])
                  for e in (InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS))}
+    suspects = {(e.order_id, e.to_status, e.to_at_ms)
+                for e in (SuspectTransition.decode(r.value) for r in p.read(p.names.SUSPECT))}
     return {"order_events": len(orders), "risk_events": len(risk), "inventory_events": len(inventory),
             "dead_letters": len(p.read(p.names.DLQ)), "channel_events": len(p.read(p.names.CHANNEL_CONTROL)),
-            "breaker_events": len(p.read(p.names.BREAKER_EVENTS))}
+            "breaker_events": len(p.read(p.names.BREAKER_EVENTS)), "suspect_transitions": len(suspects)}
 
 
 def wait_sunk(p, expected: dict[str, int], timeout: float = 90.0) -> dict[str, int]:

@@ -392,3 +392,228 @@ def test_reserve_many_decides_exactly_as_reserving_one_by_one(client, redis_pref
     # o2's split took what WH-GZ had of A, so o5 finds none there
     assert [o for o, *_ in outcomes[1][0]] == ["reserved", "reserved", "duplicate", "out_of_stock", "backorder",
                                                 "out_of_stock", "released"]
+
+
+# ---------------------------------------------------------------- shipment (issue 17)
+
+def cell(store: InventoryStore, wh: str, sku: str) -> tuple[int, int, int, int]:
+    """(total, reserved, shipped, available) of one warehouse cell."""
+    level = store.stock(wh, sku)
+    return level.total, level.reserved, level.shipped, level.available
+
+
+def test_shipment_takes_total_and_reserved_down_together_once(store):
+    store.apply_snapshot("WH-SH", "A", total=10, locked=1, presale=2)
+    store.apply_snapshot("WH-SH", "B", total=5)
+    assert store.reserve("o1", [("A", 3), ("B", 1)], ["WH-SH"], paid=True).outcome == "reserved"
+    assert cell(store, "WH-SH", "A") == (10, 3, 0, 4) and cell(store, "WH-SH", "B") == (5, 1, 0, 4)
+    first = store.ship("o1", [("A", 3), ("B", 1)], ["WH-SH"], version_ms=5000, actor="test")
+    assert first.outcome == "shipped" and sorted(first.allocations) == [("WH-SH", "A", 3), ("WH-SH", "B", 1)]
+    # available did not move: the units were already not available; they left the building
+    assert cell(store, "WH-SH", "A") == (7, 0, 3, 4) and cell(store, "WH-SH", "B") == (4, 0, 1, 4)
+    # redeliveries, a later shipped-state update, a replay: nothing moves again
+    for version in (5000, 5000, 9000):
+        again = store.ship("o1", [("A", 3), ("B", 1)], ["WH-SH"], version_ms=version)
+        assert again.outcome == "duplicate" and again.original_outcome == "shipped"
+        assert again.done_by_version("shipped", 5000) and not again.done_by_version("shipped", 9000)
+    assert cell(store, "WH-SH", "A") == (7, 0, 3, 4)
+    rec = store.reservation("o1")
+    assert rec["state"] == "shipped" and rec["shipped_units"] == 4 and rec["shipped_by"] == "test"
+    # every unit accounted for: put in = available + locked + presale + reserved + shipped
+    level = store.stock("WH-SH", "A")
+    assert level.available + level.locked + level.presale + level.reserved + level.shipped == 10
+
+
+def test_a_shipped_order_is_not_released_and_a_release_does_not_go_negative(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    store.reserve("o1", [("A", 4)], ["WH-SH"], paid=True)
+    store.ship("o1", [("A", 4)], ["WH-SH"], version_ms=1)
+    rel = store.release("o1", "order cancelled")
+    assert rel.released is False and rel.outcome == "shipped"
+    assert cell(store, "WH-SH", "A") == (6, 0, 4, 6)
+    assert store.reservation("o1")["state"] == "shipped"
+
+
+def test_shipment_never_takes_a_figure_below_zero(store):
+    store.apply_snapshot("WH-SH", "A", total=10)
+    store.reserve("o1", [("A", 4)], ["WH-SH"], paid=True)
+    store.apply_snapshot("WH-SH", "A", total=3)   # the warehouse now reports less than is reserved
+    refused = store.ship("o1", [("A", 4)], ["WH-SH"], version_ms=1)
+    assert refused.outcome == "refused" and "total 3" in refused.record["refused_reason"]
+    assert cell(store, "WH-SH", "A") == (3, 4, 0, -1)    # nothing changed, the oversell still shows
+    assert store.reservation("o1")["state"] == "reserved"
+    store.apply_delta("WH-SH", "A", total=2)
+    assert store.ship("o1", [("A", 4)], ["WH-SH"], version_ms=2).outcome == "shipped"
+    assert cell(store, "WH-SH", "A") == (1, 0, 4, 1)
+
+
+def test_shipping_an_order_that_holds_nothing_deducts_nothing_and_blocks_a_later_reserve(store):
+    store.apply_snapshot("WH-SH", "A", total=2)
+    # shipped while we still held it for risk review (or after it went out of stock): a marker
+    first = store.ship("held", [("A", 1)], ["WH-SH"], version_ms=1, actor="order_flow")
+    assert first.outcome == "unreserved" and first.allocations == []
+    assert store.reservation("held")["state"] == "shipped" and store.reservation("held")["shipped_units"] == 0
+    assert store.ship("held", [("A", 1)], ["WH-SH"], version_ms=1).original_outcome == "shipped"
+    # the hold is released afterwards: nothing is reserved for goods that already left
+    late = store.reserve("held", [("A", 1)], ["WH-SH"], paid=True)
+    assert late.outcome == "duplicate" and late.original_outcome == "shipped" and late.allocations == []
+    assert store.pay("held", [("A", 1)], ["WH-SH"], version_ms=2).outcome == "duplicate"
+    store.reserve("gone", [("A", 1)], ["WH-SH"], paid=True)
+    store.release("gone", "order cancelled")
+    dup = store.ship("gone", [("A", 1)], ["WH-SH"], version_ms=1)
+    assert dup.outcome == "duplicate" and dup.original_outcome == "released"
+    assert cell(store, "WH-SH", "A") == (2, 0, 0, 2)
+
+
+def test_concurrent_shipments_of_one_order_deduct_once(redis_url, redis_prefix, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [InventoryStore(redis_url, prefix=redis_prefix) for _ in range(6)]
+    try:
+        stores[0].apply_snapshot("WH-SH", "A", total=50)
+        for i in range(10):
+            stores[0].reserve(f"o{i}", [("A", 2)], ["WH-SH"], paid=True)
+        def ship_all(s: InventoryStore) -> list[str]:  # one thread per store: a store is not thread-safe
+            return [s.ship(f"o{i}", [("A", 2)], ["WH-SH"], version_ms=7).outcome for i in range(10)]
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = [o for per_store in pool.map(ship_all, stores) for o in per_store]
+        assert outcomes.count("shipped") == 10 and outcomes.count("duplicate") == 50
+        assert cell(stores[0], "WH-SH", "A") == (30, 0, 20, 30)
+    finally:
+        for s in stores:
+            s.close()
+        _purge(client, redis_prefix)
+
+
+def test_a_new_order_reserved_and_shipped_in_one_batch(store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    got = store.reserve_many([ReserveRequest("o1", [("A", 2)], ["WH-SH"], paid=True),
+                              ReserveRequest("o1", [("A", 2)], ["WH-SH"], mode="ship", version_ms=3)])
+    assert [r.outcome for r in got] == ["reserved", "shipped"]
+    assert cell(store, "WH-SH", "A") == (3, 0, 2, 3)
+
+
+# ---------------------------------------------------------------- paid orders and late payment
+
+def test_a_paid_reservation_keeps_its_record_until_it_ships(client, store):
+    store.apply_snapshot("WH-SH", "A", total=5)
+    store.reserve("paid", [("A", 1)], ["WH-SH"], paid=True)
+    store.reserve("unpaid", [("A", 1)], ["WH-SH"])
+    assert client.ttl(store.keys.order("paid")) == -1        # holds stock: never vanishes
+    assert client.ttl(store.keys.order("unpaid")) > 0
+    assert store.expired(now_ms=NOW * 10) == ["unpaid"]      # only the unpaid one is on the schedule
+    settled = store.pay("unpaid", [("A", 1)], ["WH-SH"], version_ms=1)
+    assert settled.outcome == "settled"
+    assert client.ttl(store.keys.order("unpaid")) == -1 and store.expired(now_ms=NOW * 10) == []
+    store.ship("paid", [("A", 1)], ["WH-SH"], version_ms=2)
+    assert client.ttl(store.keys.order("paid")) > 0          # shipped: a tombstone with the usual TTL
+
+
+def test_an_order_paid_after_it_expired_is_reserved_again_exactly_once(store, make_store, redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    short.apply_snapshot("WH-GZ", "A", total=5)
+    assert short.reserve("o1", [("A", 3)], ["WH-SH"], now_ms=NOW).outcome == "reserved"
+    swept = short.release_expired(now_ms=NOW + 61_000, actor="timer")
+    assert [(oid, r.released, r.outcome, r.units) for oid, r in swept] == [("o1", True, "expired", 3)]
+    assert short.reservation("o1")["state"] == "expired" and short.available("WH-SH", "A") == 5
+    # a new order's replay does not bring it back; the paid update does, once
+    dup = short.reserve("o1", [("A", 3)], ["WH-SH"])
+    assert dup.outcome == "duplicate" and dup.original_outcome == "expired" and dup.allocations == [("WH-SH", "A", 3)]
+    late = short.pay("o1", [("A", 3)], ["WH-GZ", "WH-SH"], version_ms=777, actor="order_flow")
+    assert late.outcome == "rereserved" and late.allocations == [("WH-GZ", "A", 3)] and late.late
+    for version in (777, 778):  # the same paid update re-processed, then a later paid update
+        again = short.pay("o1", [("A", 3)], ["WH-GZ", "WH-SH"], version_ms=version)
+        assert again.outcome == "settled" and again.done_by_version("late", 777)
+    assert short.available("WH-GZ", "A") == 2 and short.available("WH-SH", "A") == 5
+    assert short.release_expired(now_ms=NOW * 10) == []     # paid: never times out again
+    # the original new order's replay still gets what it first reserved
+    assert short.reserve("o1", [("A", 3)], ["WH-SH"]).allocations == [("WH-SH", "A", 3)]
+    # and it ships from where it is now
+    assert short.ship("o1", [("A", 3)], ["WH-SH"], version_ms=900).outcome == "shipped"
+    assert cell(short, "WH-GZ", "A") == (2, 0, 3, 2) and cell(short, "WH-SH", "A") == (5, 0, 0, 5)
+
+
+def test_an_expired_order_shipped_without_a_paid_update_is_reserved_again_and_shipped_at_once(
+        store, make_store, redis_prefix):
+    # (the default transition rules flag PENDING_PAYMENT -> SHIPPED; a rule file may allow it)
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    short.reserve("o1", [("A", 2)], ["WH-SH"], now_ms=NOW)
+    short.release_expired(now_ms=NOW + 61_000)
+    res = short.ship("o1", [("A", 2)], ["WH-SH"], version_ms=44, actor="order_flow")
+    assert res.outcome == "shipped" and res.late and res.done_by_version("late", 44)
+    assert res.done_by_version("shipped", 44) and res.allocations == [("WH-SH", "A", 2)]
+    assert cell(short, "WH-SH", "A") == (3, 0, 2, 3)
+    assert short.ship("o1", [("A", 2)], ["WH-SH"], version_ms=44).outcome == "duplicate"
+    assert cell(short, "WH-SH", "A") == (3, 0, 2, 3)
+
+
+def test_a_late_payment_without_stock_gets_out_of_stock_once(store, make_store, redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=3)
+    short.reserve("o1", [("A", 3)], ["WH-SH"], now_ms=NOW)
+    short.release_expired(now_ms=NOW + 61_000)
+    short.reserve("o2", [("A", 2)], ["WH-SH"], paid=True)   # the freed stock sold meanwhile
+    late = short.pay("o1", [("A", 3)], ["WH-SH"], version_ms=5)
+    assert late.outcome == "out_of_stock" and late.short == {"A": 2} and late.late
+    short.apply_delta("WH-SH", "A", total=10)
+    again = short.pay("o1", [("A", 3)], ["WH-SH"], version_ms=6)  # restocked: still not a second attempt
+    assert again.outcome == "duplicate" and again.original_outcome == "out_of_stock"
+    assert again.done_by_version("late", 5)
+    assert short.stock("WH-SH", "A").reserved == 2
+    assert short.ship("o1", [("A", 3)], ["WH-SH"], version_ms=7).outcome == "duplicate"  # holds nothing to ship
+
+
+def test_a_cancelled_order_never_reserves_again_expired_or_not(store, make_store, redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    short.reserve("expired-then-cancelled", [("A", 1)], ["WH-SH"], now_ms=NOW)
+    short.reserve("cancelled", [("A", 1)], ["WH-SH"], now_ms=NOW + 120_000)
+    short.release_expired(now_ms=NOW + 61_000)
+    rel = short.release("expired-then-cancelled", "order cancelled")
+    assert rel.released is False and rel.outcome == "tombstoned"   # its units went back at the time-out
+    assert short.release("cancelled", "order cancelled").released is True
+    for oid in ("expired-then-cancelled", "cancelled"):
+        for call in (short.pay, short.ship):
+            res = call(oid, [("A", 1)], ["WH-SH"], version_ms=9)
+            assert res.outcome == "duplicate" and res.original_outcome == "released", (oid, call)
+        assert short.reserve(oid, [("A", 1)], ["WH-SH"]).outcome == "released"
+    assert short.available("WH-SH", "A") == 5
+
+
+def test_a_payment_between_the_sweepers_look_and_its_expire_keeps_the_stock(store, make_store, redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    short.reserve("o1", [("A", 2)], ["WH-SH"], now_ms=NOW)
+    assert short.expired(now_ms=NOW + 61_000) == ["o1"]        # the sweeper looked ...
+    short.pay("o1", [("A", 2)], ["WH-SH"], version_ms=1)         # ... the payment came ...
+    res = short.expire("o1", now_ms=NOW + 61_000)                # ... then the sweeper acted
+    assert res.released is False and res.outcome == "settled"
+    assert short.reservation("o1")["state"] == "reserved" and short.available("WH-SH", "A") == 3
+
+
+def test_paid_while_held_then_reserved_when_the_hold_is_released_never_times_out(client, store, make_store,
+                                                                                 redis_prefix):
+    short = make_store(redis_prefix, reservation_ttl_s=60)
+    short.apply_snapshot("WH-SH", "A", total=5)
+    # the payment comes while the order waits for a risk decision: nothing to settle, remembered
+    assert short.pay("held", [("A", 1)], ["WH-SH"], version_ms=1, now_ms=NOW).outcome == "absent"
+    assert short.reservation("held")["state"] == "paid" and short.available("WH-SH", "A") == 5
+    assert short.pay("held", [("A", 1)], ["WH-SH"], version_ms=1, now_ms=NOW).outcome == "absent"   # idempotent
+    # the hold is released with the order as it was held (unpaid): reserved as paid all the same
+    res = short.reserve("held", [("A", 1)], ["WH-SH"], now_ms=NOW)
+    assert res.outcome == "reserved" and short.expired(now_ms=NOW * 10) == []
+    assert client.ttl(short.keys.order("held")) == -1
+    assert short.release_expired(now_ms=NOW + 120_000) == [] and short.available("WH-SH", "A") == 4
+    # and a paid-while-held order cancelled before its release never reserves
+    short.pay("other", [("A", 1)], ["WH-SH"], version_ms=1)
+    assert short.release("other", "order cancelled").outcome == "tombstoned"
+    assert short.reserve("other", [("A", 1)], ["WH-SH"]).outcome == "released"
+    assert short.available("WH-SH", "A") == 4
+
+
+def test_unknown_mode_is_a_value_error(store):
+    with pytest.raises(ValueError, match="mode"):
+        store.reserve_many([ReserveRequest("o1", [("A", 1)], ["WH-SH"], mode="teleport")])

@@ -38,6 +38,7 @@ from pipeline.domain.platforms import SPECS, TimeFormat
 from pipeline.devtools.fake_orders import SKUS, RawOrderFactory, ReplayMix, expected_order_id
 from pipeline.inventory_store import InventoryStore
 from pipeline.devtools.replay import ReplayConfig, group_lag, produce_replay, worker_inputs
+from pipeline.domain import stock_ledger
 from tests.stack.helpers import SINK_TABLES, distinct_facts, settle, sink_counts, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -147,50 +148,44 @@ def summary(report: dict) -> dict:
 
 def reservation_audit(p) -> dict:
     """Effects exactly once: Redis holds, per order and per warehouse/SKU cell, exactly what the
-    reservation events say (a re-published event carries the same allocation), and no cell is
-    oversold (reserved + locked + presale <= total)."""
+    inventory events say (pipeline.domain.stock_ledger: reserved, expired, re-reserved, released,
+    shipped; a re-published event carries the same allocation), and no cell is oversold
+    (reserved + locked + presale <= total)."""
     events = [InventoryEvent.decode(r.value).as_dict() for r in p.read(p.names.INVENTORY_EVENTS)]
-    allocation: dict[str, Counter] = {}
-    inconsistent = set()
-    for ev in events:
-        if ev["event"] == "reserved":
-            alloc = Counter({(line["warehouse"] or ev["warehouse"], line["sku"]): line["quantity"]
-                             for line in ev["lines"]})
-            if allocation.setdefault(ev["order_id"], alloc) != alloc:
-                inconsistent.add(ev["order_id"])
-    released = {ev["order_id"] for ev in events if ev["event"] == "released"}
-    expected_cells: Counter = Counter()
-    for oid, alloc in allocation.items():
-        if oid not in released:
-            expected_cells.update(alloc)
+    ledgers = stock_ledger.fold(events)
+    reserved_orders = {oid for oid, ledger in ledgers.items() if "reserved" in ledger.kinds}
+    expected_cells, expected_shipped = stock_ledger.expected_cells(ledgers.values())
     with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
         levels = {sku: store.stock_by_warehouse(sku) for sku in SKUS}
-        records = {oid: store.reservation(oid) for oid in allocation}
+        records = store.reservations(ledgers)
     actual_cells: Counter = Counter()
+    actual_shipped: Counter = Counter()
     oversold = []
     for sku in SKUS:
         for wh, level in levels[sku].items():
             if level.reserved:
                 actual_cells[(wh, sku)] = level.reserved
+            if level.shipped:
+                actual_shipped[(wh, sku)] = level.shipped
             if level.reserved + level.locked + level.presale > level.total:
                 oversold.append(f"{wh}:{sku}")
-    record_mismatch = []
-    for oid, alloc in allocation.items():
-        rec = records[oid] or {}
-        want = "released" if oid in released else "reserved"
-        got = Counter({(w, s): q for w, s, q in (rec.get("allocations") or [])}) if isinstance(
-            rec.get("allocations"), list) else Counter()
-        if rec.get("state") != want or (want == "reserved" and got != alloc):
-            record_mismatch.append(oid)
-    cell_diff = {f"{wh}:{sku}": (actual_cells[(wh, sku)], expected_cells[(wh, sku)])
-                 for wh, sku in set(actual_cells) | set(expected_cells)
-                 if actual_cells[(wh, sku)] != expected_cells[(wh, sku)]}
-    return {"orders_reserved": len(allocation), "released": len(released),
+    record_mismatch = [oid for oid, ledger in ledgers.items() if not stock_ledger.record_agrees(ledger, records[oid])]
+    inconsistent = {oid for oid, ledger in ledgers.items() if ledger.inconsistent}
+    cell_diff = {f"{wh}:{sku}": (actual_cells[(wh, sku)], +expected_cells[(wh, sku)],
+                                 actual_shipped[(wh, sku)], expected_shipped[(wh, sku)])
+                 for wh, sku in set(actual_cells) | set(+expected_cells) | set(actual_shipped) | set(expected_shipped)
+                 if (actual_cells[(wh, sku)], actual_shipped[(wh, sku)]) != (expected_cells[(wh, sku)],
+                                                                             expected_shipped[(wh, sku)])}
+    return {"orders_reserved": len(reserved_orders),
+            "released": sum(1 for ledger in ledgers.values() if "released" in ledger.kinds),
+            "shipped": sum(1 for ledger in ledgers.values() if "shipped" in ledger.kinds),
             "inconsistent_events": sorted(inconsistent)[:5], "record_mismatch": sorted(record_mismatch)[:5],
             "record_mismatches": len(record_mismatch), "cell_diff": dict(list(cell_diff.items())[:5]),
             "cells_differing": len(cell_diff), "oversold": oversold,
             "units_reserved_in_redis": sum(actual_cells.values()),
-            "units_expected": sum(expected_cells.values())}
+            "units_expected": sum(expected_cells.values()),
+            "units_shipped_in_redis": sum(actual_shipped.values()),
+            "units_shipped_expected": sum(expected_shipped.values())}
 
 
 def doubled_of(report: dict, audit: dict) -> int:
@@ -208,6 +203,7 @@ def assert_exactly_once(report: dict, audit: dict) -> None:
     assert report["awaiting_decision"] == 0, report
     assert not audit["inconsistent_events"] and audit["record_mismatches"] == 0, audit
     assert audit["cells_differing"] == 0 and audit["units_reserved_in_redis"] == audit["units_expected"], audit
+    assert audit["units_shipped_in_redis"] == audit["units_shipped_expected"], audit
     assert not audit["oversold"], audit
     assert audit["orders_reserved"] > 0
 

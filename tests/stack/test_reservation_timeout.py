@@ -1,4 +1,5 @@
-"""Issue 6: an unpaid order's reservation times out and gives its stock back; a paid one keeps it."""
+"""Issue 6: an unpaid order's reservation times out and gives its stock back (the order becomes
+`expired`: issue 17's late payment may reserve it again); a paid one keeps it."""
 from __future__ import annotations
 
 import time
@@ -34,5 +35,8 @@ def test_unpaid_reservation_times_out_paid_one_stays(pipeline_factory):
     by_order = {(e["order_id"], e["event"]): e for e in events}
     u, pd = global_order_id("TMALL", "U100"), global_order_id("TMALL", "P100")
     assert (u, "reserved") in by_order and (pd, "reserved") in by_order
-    assert by_order[(u, "released")]["reason"].startswith("timeout")
-    assert (pd, "released") not in by_order
+    assert by_order[(u, "expired")]["reason"].startswith("timeout")
+    assert by_order[(u, "expired")]["units"] == 3 and by_order[(u, "expired")]["actor"] == "reservation_timer"
+    assert (u, "released") not in by_order and (pd, "expired") not in by_order and (pd, "released") not in by_order
+    with InventoryStore(p.s.redis, prefix=f"{p.ns}inv") as store:
+        assert store.reservation(u)["state"] == "expired" and store.reservation(pd)["state"] == "reserved"

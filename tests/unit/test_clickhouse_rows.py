@@ -8,7 +8,8 @@ import pytest
 from pipeline.clickhouse.rows import (RowError, ch_time, dead_letter_row, inventory_row, order_row,
                                       risk_row, table_specs)
 from pipeline.codecs import dead_letter_codec, order_codec
-from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, InventoryLine, RiskEvent
+from pipeline.contracts import (BreakerTransition, ChannelEvent, InventoryEvent, InventoryLine, RiskEvent,
+                                SuspectTransition)
 from pipeline.kafka_io import Record
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import canonical_order
@@ -46,6 +47,7 @@ def test_every_row_has_exactly_its_table_columns():
         names.INVENTORY_EVENTS: InventoryEvent("reserved", "o", "JD", T).encode(),
         names.CHANNEL_CONTROL: ChannelEvent("pause", "s", "JD", 3, 10, T).encode(),
         names.BREAKER_EVENTS: BreakerTransition("closed", "open", 612.5, T, "w").encode(),
+        names.SUSPECT: SuspectTransition("o", "JD", "backwards", "SHIPPED", "PAID", T - 5, T, 5).encode(),
     }
     for topic, value in samples.items():
         spec = table_specs(names)[topic]
@@ -82,3 +84,17 @@ def test_dead_letter_payload_is_opaque_base64():
 def test_undecodable_input_raises_row_error(fn, value):
     with pytest.raises(RowError):
         fn(msg(value))
+
+
+def test_suspect_row_keeps_the_rule_and_both_platform_times():
+    names = TopicNames()
+    e = SuspectTransition("o", "SHOPEE", "too_fast", "PACKED", "SHIPPED", T - 90_000, T, 90_000, limit_ms=180_000,
+                          window="packed_to_shipped_3min", reason="r", rules_version=2, detected_by="order_flow/dedupe",
+                          detected_at_ms=T + 7)
+    row = table_specs(names)[names.SUSPECT].to_row(msg(e.encode(), names.SUSPECT))
+    assert (row["rule"], row["from_at"], row["to_at"], row["detected_at"]) == (
+        "too_fast", ch_time(T - 90_000), ch_time(T), ch_time(T + 7))
+    assert (row["limit_ms"], row["window_id"], row["rules_version"]) == (180_000, "packed_to_shipped_3min", 2)
+    # a writer that did not stamp its check time: the broker's time stands in (never the epoch)
+    unstamped = SuspectTransition("o", "JD", "backwards", "SHIPPED", "PAID", T - 5, T, 5)
+    assert table_specs(names)[names.SUSPECT].to_row(msg(unstamped.encode(), names.SUSPECT))["detected_at"] == ch_time(T)

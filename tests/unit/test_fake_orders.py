@@ -114,3 +114,75 @@ def test_redelivery_bytes_differ_but_parse_the_same():
     payload = f.order("DOUYIN", note="加急")
     raw = f.redelivery_bytes(payload)
     assert raw != f.to_bytes(payload) and json.loads(raw) == payload
+
+
+# -- issue 17: shipments, late payments, suspect and out-of-order updates ----------------------------
+
+FULFILMENT = ReplayMix(ship=0.08, late_payment=0.04, suspect=0.04, out_of_order=0.03)
+
+
+def judged(messages):
+    """Run the messages through normalize and the dedupe state as the worker would (one order's
+    versions in stream order): (message, change, hit) for every canonical message."""
+    from pipeline.domain.dedupe import PASSED, judge, version_of
+    from pipeline.domain.transitions import load_transition_file
+
+    rules, seen, out = load_transition_file(), {}, []
+    for n, msg in enumerate(messages):
+        if msg.expect != "canonical":
+            continue
+        order = normalize(msg.platform, msg.value, NOW + timedelta(days=3)).order
+        incoming = version_of(order)
+        previous = seen.get(order["order_id"])
+        change, hit = judge(previous, incoming, f"0:{n}", rules)
+        if change in PASSED:
+            seen[order["order_id"]] = incoming.remembered_as(f"0:{n}", change, previous, hit)
+        out.append((msg, change, hit))
+    return out
+
+
+def test_fulfilment_kinds_come_at_their_rates_and_say_what_they_are():
+    messages = list(generate_stream(4000, seed=17, mix=FULFILMENT))
+    kinds = Counter(m.kind for m in messages)
+    assert len(messages) == 4000
+    assert {"ship", "late_payment", "suspect", "out_of_order"} <= set(kinds)
+    assert 0.04 < kinds["ship"] / 4000 < 0.15 and 0.02 < kinds["suspect"] / 4000 < 0.06
+    late = [m for m in messages if m.phase == "late"]
+    assert late and all(m.kind in ("late_payment", "ship") for m in late)
+    assert messages[-len(late):] == late                      # the late phase comes last
+    assert all(m.status == "SHIPPED" for m in messages if m.kind == "ship")
+    assert all(m.status == "PAID" for m in messages if m.kind == "late_payment")
+    late_ids = {m.order_id for m in messages if m.kind == "late_payment"}
+    pending_new = {m.order_id for m in messages if m.kind == "new" and m.status == "PENDING_PAYMENT"}
+    assert late_ids <= pending_new
+    # nothing else happens to a late order in the main phase but redeliveries of its new version
+    assert not [m for m in messages if m.order_id in late_ids and m.phase == "main"
+                and m.kind not in ("new", "redelivery", "out_of_order")]
+
+
+def test_the_rules_flag_exactly_the_messages_meant_to_be_suspect():
+    results = judged(list(generate_stream(4000, seed=17, mix=FULFILMENT)))
+    from pipeline.domain.dedupe import Change
+
+    meant = [(m, change, hit) for m, change, hit in results if m.expect_rule]
+    assert len(meant) > 50 and {m.expect_rule for m, _, _ in meant} == {"backwards", "illegal_skip", "too_fast"}
+    for m, change, hit in meant:
+        assert change is Change.SUSPECT and hit.rule == m.expect_rule, (m.kind, m.status, change, hit)
+    unmeant = [(m.kind, m.status, hit) for m, change, hit in results if not m.expect_rule and change is Change.SUSPECT]
+    assert unmeant == []
+    assert all(change is Change.STALE for m, change, _ in results if m.kind == "out_of_order")
+    assert all(change is Change.DUPLICATE for m, change, _ in results if m.kind == "redelivery")
+    assert all(change is Change.UPDATE for m, change, _ in results if m.kind in ("ship", "late_payment", "update"))
+
+
+def test_new_kinds_off_by_default():
+    assert not {m.kind for m in generate_stream(3000, seed=5)} - {"new", "redelivery", "update", "malformed"}
+
+
+def test_a_kind_at_rate_zero_never_fires_when_another_finds_nothing_to_update():
+    # ship at a high rate often finds no paid order to ship and falls through: nothing else may
+    # take its place but a new order (a replay with --ship only made suspects before)
+    for seed in (1707, 1708, 3):
+        kinds = {m.kind for m in generate_stream(1500, seed, ReplayMix(ship=0.4))}
+        assert kinds <= {"new", "redelivery", "update", "malformed", "ship"}, kinds
+        assert all(m.phase == "main" for m in generate_stream(1500, seed, ReplayMix(ship=0.4, suspect=0.3)))
