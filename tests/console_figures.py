@@ -14,7 +14,6 @@ from html.parser import HTMLParser
 from pipeline.console import format as fmt
 
 LEVELS = ("green", "orange", "red", "breached")
-EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach")
 
 
 def expected_figures(tier: str, view: dict) -> dict[tuple[str, str], str]:
@@ -38,8 +37,8 @@ def expected_figures(tier: str, view: dict) -> dict[tuple[str, str], str]:
             out[("platform_revenue", key)] = fmt.money(r["revenue_minor"], r["currency"])
             out[("revenue_share", key)] = fmt.percent(r["share"])
     elif tier == "tactical":
-        for kind in EXCEPTION_KINDS:
-            out[("exception_total", kind)] = fmt.count(view["exception_totals"][kind])
+        for kind, total in view["exception_totals"].items():  # every kind the view counts
+            out[("exception_total", kind)] = fmt.count(total)
         for w in view["warehouses"]:
             wh = w["warehouse"]
             out[("wh_reserved_orders", wh)] = fmt.count(w["reserved_orders"])

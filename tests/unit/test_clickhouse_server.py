@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.clickhouse.analyst import Account, ChdbEngine, serve_analyst
 from pipeline.clickhouse.backends import ChdbBackend, ServerBackend
-from pipeline.clickhouse.migrate import migrate
+from pipeline.clickhouse.migrate import discover, migrate
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import SinkSuite
 
@@ -61,7 +61,7 @@ def server_backend(server_url: str):
     database = f"orderstream_test_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(server_url)
     b = ServerBackend(urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, "")))
-    assert migrate(b) == [1, 2, 3]
+    assert migrate(b) == [m.version for m in discover()]  # every migration, in order
     yield b
     b.command(f"DROP DATABASE IF EXISTS {database}")
     b.close()
