@@ -18,7 +18,13 @@ cli = typer.Typer(help="orderstream: multi-platform order stream processing.", n
 stack_cli = typer.Typer(help="The local stack: Kafka (KRaft) and Redis, no Docker needed.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="Dead letters.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Risk rules as data (compacted topic risk.rules).", no_args_is_help=True)
+refunds_cli = typer.Typer(help="Refunds: operator decisions, returned goods, re-driving failed instructions, rules.",
+                          no_args_is_help=True)
+refund_rules_cli = typer.Typer(help="Refund auto-approval rules as data (compacted topic refunds.rules).",
+                               no_args_is_help=True)
+refunds_cli.add_typer(refund_rules_cli, name="rules")
 cli.add_typer(stack_cli, name="stack")
+cli.add_typer(refunds_cli, name="refunds")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(rules_cli, name="rules")
 console = Console()
@@ -85,7 +91,9 @@ def worker(loglevel: str = "info") -> None:
     import faust
 
     import agents  # noqa: F401  - registers the agents on the app
-    from .app import app
+    from .app import app, changelog_topics
+    from .kafka_io import ensure_changelogs
+    ensure_changelogs(s, changelog_topics())  # before the group join: see changelog_topics
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back
@@ -112,6 +120,14 @@ def verifiers(latency_ms: float = 5.0, error_rate: float = 0.0) -> None:
     from .devtools.verifier_service import run_verifier_service
     s = load_settings()
     run_verifier_service(s.bind_host, s.verifier_port, latency_ms=latency_ms, error_rate=error_rate)
+
+
+@cli.command("refund-service")
+def refund_service(latency_ms: float = 10.0, error_rate: float = 0.0) -> None:
+    """Run the simulated platform refund APIs over HTTP on loopback (idempotent by refund id; key rotation)."""
+    from .devtools.refund_service import run_refund_service
+    s = load_settings()
+    run_refund_service(s.bind_host, s.refund_service_port, latency_ms=latency_ms, error_rate=error_rate)
 
 
 # ------------------------------------------------------------------------------- replay
@@ -281,6 +297,104 @@ def decide(order_id: str, action: str = typer.Argument(..., help="approve or rej
     kafka_io.produce_all(kafka_io.producer(load_settings()),
                          [(names.RISK_DECISIONS, order_id.encode(), decision.encode(), None)])
     console.print(f"{action} {order_id} by {operator} published")
+
+
+# ------------------------------------------------------------------------------- refunds
+
+def _refund_action(refund_id: str, action: str, operator: str, reason: str = "", warehouse: str | None = None) -> None:
+    """Validate an operator's action here, where the operator sees why it is refused, then publish it."""
+    from . import kafka_io
+    from .contracts import RefundAction
+    from .domain.refunds import RefundError, parse_action
+    from .topics import names
+    try:
+        parsed = parse_action(RefundAction(refund_id=refund_id, action=action, operator=operator,
+                                           at_ms=int(time.time() * 1000), reason=reason, warehouse=warehouse))
+    except RefundError as exc:
+        fail(f"{exc} (nothing published)")
+    tracker = kafka_io.produce_all(kafka_io.producer(load_settings()),
+                                   [(names.REFUND_ACTIONS, refund_id.encode(), parsed.encode(), None)])
+    if tracker.failed:
+        fail(f"the broker refused the action: {tracker.failed[0]}")
+    console.print(f"{action} {refund_id} by {parsed.operator} published")
+
+
+_OPERATOR = typer.Option(..., help="Who does it (required: every refund action is audited).")
+
+
+@refunds_cli.command("approve")
+def refunds_approve(refund_id: str, operator: str = _OPERATOR, reason: str = "") -> None:
+    """Approve a refund waiting for review: a return then waits for its goods, a refund-only is paid."""
+    _refund_action(refund_id, "approve", operator, reason)
+
+
+@refunds_cli.command("reject")
+def refunds_reject(refund_id: str, operator: str = _OPERATOR,
+                   reason: str = typer.Option("", help="Why (required).")) -> None:
+    """Reject a refund under review or still waiting for its goods; its amount is freed."""
+    _refund_action(refund_id, "reject", operator, reason)
+
+
+@refunds_cli.command("cancel")
+def refunds_cancel(refund_id: str, operator: str = _OPERATOR,
+                   reason: str = typer.Option("", help="Why (required), e.g. the buyer withdrew it.")) -> None:
+    """Cancel a refund that is not approved-and-paid yet (the buyer withdrew it)."""
+    _refund_action(refund_id, "cancel", operator, reason)
+
+
+@refunds_cli.command("receive")
+def refunds_receive(refund_id: str, operator: str = _OPERATOR,
+                    warehouse: str = typer.Option("", help="Where the goods came back to (default: the warehouse "
+                                                           "the order was reserved in)."),
+                    reason: str = "") -> None:
+    """The returned goods arrived: back to stock (once), then the refund instruction goes to the platform."""
+    _refund_action(refund_id, "receive", operator, reason, warehouse or None)
+
+
+@refunds_cli.command("redrive")
+def refunds_redrive(operator: str = _OPERATOR,
+                    platform: str = typer.Option("", help="Only this platform's failures (e.g. JD)."),
+                    from_beginning: bool = typer.Option(False, help="Ignore the saved position: every parked failure."),
+                    dry_run: bool = False) -> None:
+    """Send the parked (failed) refund instructions again, e.g. after a rotated API key was fixed.
+
+    A run continues where the last one stopped; each refund is asked for once per run, and the
+    agent sends only instructions that are still failed (the platform's API is idempotent by
+    refund id), so every refund is paid exactly once."""
+    from .redrive import redrive_failed_refunds
+    from .topics import names
+    if not operator.strip():
+        fail("--operator must name who re-drives (nothing published)")
+    report = redrive_failed_refunds(load_settings(), names, operator, platform=platform.upper(),
+                                    from_beginning=from_beginning, dry_run=dry_run)
+    console.print(str(report))
+
+
+@refund_rules_cli.command("publish")
+def refund_rules_publish(path: Path) -> None:
+    """Validate a refund rule file and publish it; every worker switches within seconds."""
+    from . import kafka_io
+    from .domain.refund_rules import RefundRuleError, RefundRules
+    from .topics import RuleSetText, names
+    text = path.read_text(encoding="utf-8")
+    try:
+        rules = RefundRules.parse(text)
+    except RefundRuleError as exc:
+        fail(f"{path}: {exc} (nothing published; the active refund rules stay)")
+    kafka_io.produce_all(kafka_io.producer(load_settings()),
+                         [(names.REFUND_RULES, b"refund-rules", RuleSetText.encode(text), None)])
+    console.print(f"published refund rules version {rules.version} ({len(rules.rules)} rules) to {names.REFUND_RULES}")
+
+
+@refund_rules_cli.command("check")
+def refund_rules_check(path: Path) -> None:
+    """Parse a refund rule file without publishing it."""
+    from .domain.refund_rules import RefundRuleError, RefundRules
+    try:
+        rules = RefundRules.parse(path.read_text(encoding="utf-8"))
+    except RefundRuleError as exc:
+        fail(f"{path}: {exc}")
+    console.print(f"ok: version {rules.version}, {len(rules.rules)} auto-approval rules")
 
 
 # ------------------------------------------------------------------------------- views

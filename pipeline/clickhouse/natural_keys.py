@@ -17,6 +17,8 @@ NATURAL_KEYS = {
     # `at` is stable across re-emission: the risk agent stamps the order's ingest time
     "risk_events": (("order_id", "event", "at"), "at"),
     "inventory_events": (("order_id", "event"), "at"),
+    # a refund event is re-published with the message that caused it: cause names that message
+    "refund_events": (("refund_id", "event", "cause"), "at"),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RiskEvent)
+                                RefundEvent, RiskEvent)
 from pipeline.topics import TopicNames
 
 
@@ -135,6 +135,17 @@ def breaker_row(msg) -> dict:
     }
 
 
+def refund_row(msg) -> dict:
+    e: RefundEvent = _event(msg, RefundEvent)
+    return {
+        "event": e.event, "refund_id": e.refund_id, "order_id": e.order_id, "platform": e.platform,
+        "status": e.status, "previous_status": e.previous_status, "at": ch_time(e.at_ms), "actor": e.actor,
+        "reason": e.reason, "rule_id": e.rule_id, "kind": e.kind, "reason_code": e.reason_code,
+        "amount_minor": e.amount_minor, "currency": e.currency, "warehouse": e.warehouse, "units": max(0, e.units),
+        "error": e.error, "cause": e.cause, **_source(msg),
+    }
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str
@@ -157,6 +168,9 @@ DEAD_LETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "pla
                        "key_b64", "payload_b64", "payload_bytes", "failed_at") + _SRC
 CHANNEL_COLUMNS = ("event", "sku", "platform", "available", "threshold", "at") + _SRC
 BREAKER_COLUMNS = ("event", "from_state", "to_state", "rate_per_min", "at", "worker") + _SRC
+REFUND_COLUMNS = ("event", "refund_id", "order_id", "platform", "status", "previous_status", "at", "actor", "reason",
+                  "rule_id", "kind", "reason_code", "amount_minor", "currency", "warehouse", "units", "error",
+                  "cause") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -168,4 +182,5 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.DLQ: TableSpec("dead_letters", DEAD_LETTER_COLUMNS, dead_letter_row),
         names.CHANNEL_CONTROL: TableSpec("channel_events", CHANNEL_COLUMNS, channel_row),
         names.BREAKER_EVENTS: TableSpec("breaker_events", BREAKER_COLUMNS, breaker_row),
+        names.REFUND_EVENTS: TableSpec("refund_events", REFUND_COLUMNS, refund_row),
     }

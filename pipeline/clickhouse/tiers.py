@@ -1,8 +1,9 @@
 """The three monitoring tiers of seed 001, as queries over the rollups.
 
 strategic (hourly, operations director): orders per day and hour, AOV trend, channel share.
-tactical (15 min, warehouse lead): outbound progress per warehouse, exception types.
-execution (real time, operator): to-do list per approver, processing time, SLA countdown.
+tactical (15 min, warehouse lead): outbound progress per warehouse, exception types, refunds in flight.
+execution (real time, operator): to-do list per approver, processing time, SLA countdown, the refund
+queue and parked refund instructions (pipeline.clickhouse.refund_views).
 
 Each tier takes `now` so a test (or a replay) can ask about any moment; all times are UTC and
 come back as ISO-8601 text. Values reach SQL only as `{name:Type}` parameters.
@@ -12,10 +13,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from .backends import Backend
+from .refund_views import execution_refunds, tactical_refunds
 
 SHIPPED_STATES = ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
 CLOSED_STATES = SHIPPED_STATES + ("CANCELLED",)
-EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach")
+EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach", "refund_instruction_failed")
 RESOLUTIONS = ("approved", "rejected", "auto_released")
 DECISION_EVENTS = ("reserved", "out_of_stock", "backorder")  # inventory events that time a full pass
 ORANGE_HOURS = 8.0
@@ -159,6 +161,7 @@ def tactical(backend: Backend, hours: int = 24, now: datetime | None = None) -> 
         "warehouses": warehouses,
         "exceptions": [buckets[b] for b in sorted(buckets)],
         "exception_totals": totals,
+        "refunds": tactical_refunds(backend, p, start),
     }
 
 
@@ -228,6 +231,7 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
                         "ship_by": r["ship_by"], "hours_left": round(float(r["hours_left"]), 3),
                         "level": sla_level(float(r["hours_left"]))} for r in countdown],
         },
+        "refunds": execution_refunds(backend, p, sla_limit),
     }
 
 

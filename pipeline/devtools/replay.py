@@ -126,7 +126,8 @@ def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
 
 def worker_inputs(names: TopicNames) -> list[str]:
     """The topics the worker group consumes (risk.recheck has a group of its own)."""
-    return [*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK]
+    return [*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK,
+            names.REFUND_REQUESTS, names.REFUND_ACTIONS]
 
 
 def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0,

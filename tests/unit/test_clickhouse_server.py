@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from pipeline.clickhouse.backends import ServerBackend
-from pipeline.clickhouse.migrate import migrate
+from pipeline.clickhouse.migrate import discover, migrate
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import SinkSuite
 
@@ -54,7 +54,7 @@ def backend(server_url):
     database = f"orderstream_test_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(server_url)
     b = ServerBackend(urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, "")))
-    assert migrate(b) == [1, 2]
+    assert migrate(b) == [m.version for m in discover()]  # every migration, in order
     yield b
     b.command(f"DROP DATABASE IF EXISTS {database}")
     b.close()
