@@ -140,18 +140,27 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
            redelivery: float = 0.05, update: float = 0.05, malformed: float = 0.01,
            high_value: float = 0.02, remote: float = 0.03, ip_burst: float = 0.01,
            report: Path = typer.Option(PROJECT_ROOT / "var" / "replay-report.json", help="JSON report path."),
-           drain_timeout: float = 300.0) -> None:
+           drain_timeout: float = 300.0,
+           refunds: float = typer.Option(0.0, help="Share of reserved orders that get a refund request afterwards."),
+           refund_auto: float = typer.Option(0.5, help="Share of refunds written to fit the auto-approval rule."),
+           refund_approve: float = typer.Option(0.7, help="Share of the operator's refund queue approved."),
+           refund_rotated_key: str = typer.Option("", help="Rotate this platform's refund API key first (seed "
+                                                           "002), then fix it and re-drive (needs refund-service).")
+           ) -> None:
     """Produce a Black Friday replay into the running pipeline and reconcile every message."""
     from rich.progress import Progress
 
     from .devtools.fake_orders import ReplayMix
+    from .devtools.fake_refunds import RefundMix
     from .devtools.replay import ReplayConfig, run_replay, write_report
     from .topics import names
     s = load_settings()
     mix = ReplayMix(redelivery=redelivery, update=update, malformed=malformed, high_value=high_value,
                     remote=remote, ip_burst=ip_burst)
     cfg = ReplayConfig(count=count, seed=seed, speed=speed, rate_per_min=rate_per_min or None, mix=mix,
-                       drain_timeout_s=drain_timeout)
+                       drain_timeout_s=drain_timeout,
+                       refunds=RefundMix(rate=refunds, auto=refund_auto, approve=refund_approve,
+                                         rotated_key=refund_rotated_key.upper()))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=count)
         result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n))
@@ -167,7 +176,8 @@ def print_report(result: dict, path: Path | None) -> None:
                 "unique_updates", "flagged", "held", "approved", "auto_released", "rejected", "awaiting_decision",
                 "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "raw_lost",
                 "raw_doubled", "new_orders_emitted_twice", "unaccounted_new_orders", "elapsed_s",
-                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "balanced"):
+                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "refunds",
+                "balanced"):
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)

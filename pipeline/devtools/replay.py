@@ -3,6 +3,8 @@
 The generator (pipeline.devtools.fake_orders) knows what each message should become, so the
 reconciliation is exact: every produced message must come out once, as a new order or update
 (orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach exactly one terminal risk/inventory outcome.
+With a refund rate (ReplayConfig.refunds), refunds of the reserved orders follow, each with the
+fate it must meet (pipeline.devtools.fake_refunds.reconcile_refunds accounts for each).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ..config import Settings
 from ..contracts import BreakerTransition, InventoryEvent, RiskEvent, StockUpdate, WarehouseStock
 from ..topics import TopicNames
 from .fake_orders import SKUS, RawMessage, ReplayMix, generate_stream
+from .fake_refunds import RefundMix, run_refunds
 
 # Relative orders per hour of a sale day (seeds: 12,000 in the first hour after midnight,
 # a daytime plateau, an evening rise). Only the shape matters; `--speed` sets the clock.
@@ -42,6 +45,7 @@ class ReplayConfig:
     scarce_skus: int = 3               # SKUs seeded with little stock: out-of-stock and channel pauses
     drain_timeout_s: float = 300.0
     mix: ReplayMix = field(default_factory=ReplayMix)
+    refunds: RefundMix = field(default_factory=RefundMix)  # rate 0: no refunds
 
 
 def send_offsets(count: int, cfg: ReplayConfig) -> list[float] | None:
@@ -274,6 +278,11 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
         time.sleep(2)
         wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0, check_alive=check_alive)
         report = reconcile(s, names, messages, produced["coordinates"])
+    if cfg.refunds.rate > 0:
+        # after the orders: refund requests for reserved ones, decisions, receipts, a key rotation
+        # and its re-drive (pipeline.devtools.fake_refunds), each refund and fen accounted for
+        report["refunds"] = run_refunds(s, names, cfg.refunds, cfg.seed, timeout_s=cfg.drain_timeout_s)
+        report["balanced"] = report["balanced"] and report["refunds"]["balanced"]
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},
         "namespace": names.ns,

@@ -465,3 +465,47 @@ def test_sigkill_in_the_middle_of_refunds_pays_and_restocks_each_exactly_once(pi
               f"instructions received {sum(seen['received'].values())} for {len(ids)} refunds")
     finally:
         refunds.close()
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+def test_replay_with_refunds_and_a_rotated_key_balances_to_the_fen(pipeline_factory):
+    from pipeline.devtools.fake_orders import ReplayMix
+    from pipeline.devtools.fake_refunds import RefundMix, reconcile_refunds, refundable_orders
+    from pipeline.devtools.replay import ReplayConfig, run_replay
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
+    p.start_verifiers("--latency-ms", "2")
+    p.start_refund_service("--latency-ms", "2")
+    p.start_worker()
+    cfg = ReplayConfig(count=400, seed=17, mix=ReplayMix(), drain_timeout_s=240,
+                       refunds=RefundMix(rate=0.25, auto=0.6, approve=0.7, excess=0.1, rotated_key="JD"))
+    report = run_replay(p.s, p.names, p.group, cfg, settle_holds_s=30, check_alive=p.check_alive)
+    r = report["refunds"]
+    assert r["balanced"] and report["balanced"], r
+    assert r["requested"] >= 20 and r["auto_approved"] and r["operator_approved"] and r["operator_rejected"]
+    assert r["refused_over_paid"] and r["parked_on_rotated_key"] and r["redriven"] == r["parked_on_rotated_key"]
+    assert r["refunded"] == r["auto_approved"] + r["operator_approved"] == r["platform_stats"]["applied"]
+    assert r["platform_stats"]["requests"] == r["refunded"] + r["platform_stats"]["auth_failures"]  # sent once each
+    assert r["still_parked"] == 0 and r["over_refunded_orders"] == 0
+
+    # the reconciliation is not a formality: a unit put back for a refund that was rejected is caught
+    plans = plans_as_they_ended(p)
+    assert reconcile_refunds(p.s, p.names, plans, refundable_orders(p.s, p.names))["balanced"]
+    rejected = next(plan.refund_id for plan in plans if plan.expect == "rejected")
+    with store(p) as s:
+        s.return_to_stock(rejected, "X", [("WH-SH", "SKU-0001", 1)])
+    again = reconcile_refunds(p.s, p.names, plans, refundable_orders(p.s, p.names))
+    assert not again["balanced"] and again["restock_mismatch"] == 1 and again["restock_sample"] == [rejected]
+
+
+def plans_as_they_ended(p):
+    """The replay's refunds rebuilt from what it produced, each with the fate it met."""
+    from pipeline.devtools.fake_refunds import RefundPlan, refund_states
+    states = refund_states(p.s, p.names)
+    plans = []
+    for r in p.read(p.names.REFUND_REQUESTS):
+        req = RefundRequest.decode(r.value)
+        state = states[req.refund_id]["state"]
+        plans.append(RefundPlan(req, "auto" if state == "refunded" else "reject", state))
+    return plans
