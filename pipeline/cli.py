@@ -430,14 +430,20 @@ def views(tier: str = typer.Argument(..., help="strategic, tactical or execution
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    for section, rows in data.items():
+    def render(title: str, rows) -> None:
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            table = Table(*rows[0].keys(), title=f"{tier}: {section}")
+            table = Table(*rows[0].keys(), title=title)
             for row in rows[:50]:
                 table.add_row(*(str(v) for v in row.values()))
             console.print(table)
+        elif isinstance(rows, dict) and any(isinstance(v, list) for v in rows.values()):
+            for part, value in rows.items():  # a section of sections (the refunds' queue, parked instructions)
+                render(f"{title}.{part}", value)
         else:
-            console.print(f"[bold]{tier}: {section}[/bold] {json.dumps(rows, default=str)}")
+            console.print(f"[bold]{title}[/bold] {json.dumps(rows, default=str)}")
+
+    for section, rows in data.items():
+        render(f"{tier}: {section}", rows)
 
 
 @cli.command()

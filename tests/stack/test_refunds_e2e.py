@@ -409,6 +409,48 @@ def test_refunds_land_in_clickhouse_and_the_tiers_show_those_in_flight(refund_pi
                                          and refunds.events(e[0], "refunded")[0]["currency"] == "CNY")
 
 
+# --------------------------------------------------------------------------- rules as data
+
+
+BAD_REFUND_RULES = """\
+version: 3
+auto_approve:
+  - id: everything_small
+    when: {order_total_below_minor: {CNY: -5}}
+"""
+
+
+def test_refund_rules_published_at_run_time_change_the_next_decisions(refund_pipeline, refunds, tmp_path):
+    p = refund_pipeline
+    worker_pid = p.procs["worker-0"].pid
+    v2 = tmp_path / "refund_rules_v2.yaml"
+    v2.write_text((PROJECT_ROOT / "pipeline/domain/refund_rules.yaml").read_text(encoding="utf-8")
+                  .replace("version: 1\n", "version: 2\n", 1)
+                  .replace("order_total_below_minor: {CNY: 50000}", "order_total_below_minor: {CNY: 100000}", 1),
+                  encoding="utf-8")
+    done = cli(p, "refunds", "rules", "publish", str(v2))
+    assert done.returncode == 0 and "version 2" in done.stdout, done.stdout + done.stderr
+    wait_for(lambda: metric(p, "orderstream_refund_rules_version") == 2, 30, "refund rules version 2", p)
+    six_hundred = rid()
+    send_requests(p, request(six_hundred, amount=60_000, order_total=60_000))   # 600 元: the operator's under v1
+    refunds.reach({six_hundred: "awaiting_return"})
+    assert refunds.events(six_hundred, "approved")[0]["actor"] == "refund_rules"
+
+    # a bad rule set: refused by the tools, and by the worker when it reaches the topic anyway
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_REFUND_RULES, encoding="utf-8")
+    for command in ("check", "publish"):
+        refused = cli(p, "refunds", "rules", command, str(bad))
+        assert refused.returncode == 1 and "everything_small" in refused.stdout, refused.stdout
+    p.produce([(p.names.REFUND_RULES, b"refund-rules", BAD_REFUND_RULES.encode())])
+    wait_for(lambda: metric(p, "orderstream_refund_rules_rejected_total") == 1, 30, "the rejected rule set", p)
+    assert metric(p, "orderstream_refund_rules_version") == 2
+    still = rid()
+    send_requests(p, request(still, amount=70_000, order_total=70_000))
+    refunds.reach({still: "awaiting_return"})                                   # version 2 still decides
+    assert p.procs["worker-0"].pid == worker_pid and p.procs["worker-0"].alive()
+
+
 # --------------------------------------------------------------------------- SIGKILL
 
 
