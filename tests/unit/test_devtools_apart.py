@@ -155,4 +155,5 @@ def test_what_the_worker_and_sink_commands_import_loads_no_devtools(tmp_path):
 
 def test_the_subprocess_check_sees_a_loaded_devtools_module(tmp_path):
     assert loaded_devtools(["pipeline.topics", "pipeline.devtools.replay"], tmp_path) == [
-        "pipeline.devtools", "pipeline.devtools.fake_orders", "pipeline.devtools.replay"]
+        "pipeline.devtools", "pipeline.devtools.fake_orders", "pipeline.devtools.fake_refunds",
+        "pipeline.devtools.replay"]
