@@ -32,7 +32,7 @@ from pipeline.domain.refunds import (AWAITING_RETURN, FAILED, PENDING, STATES, R
                                      validate_request)
 from pipeline.faust_internals import keys_in_order
 from pipeline.outputs import Outputs, outputs
-from pipeline.refund_api import Credentials, RefundApiClient, failure_kind
+from pipeline.refund_api import AUTH_FAILED, REJECTED, UNAVAILABLE, Credentials, RefundApiClient, failure_kind
 from pipeline.refund_ledger import RefundLedger
 from pipeline.topics import PLATFORMS, RuleSetText, names
 
@@ -72,6 +72,10 @@ class ActiveRefundRules:
 
 
 active = ActiveRefundRules(load_refund_rules(settings.refund_rules_file))
+# every series exists from the start, so the alerts' increase() sees 0 rather than nothing
+for _platform in PLATFORMS:
+    for _outcome in ("accepted", "duplicate", AUTH_FAILED, REJECTED, UNAVAILABLE):
+        metrics.REFUND_INSTRUCTIONS.labels(platform=_platform, outcome=_outcome)
 _ledger: RefundLedger | None = None
 _api: RefundApiClient | None = None
 

@@ -55,7 +55,8 @@ REDIS_RETRIES = Counter("orderstream_redis_retries_total", "Redis calls retried 
 # -- refunds --------------------------------------------------------------------------------
 REFUND_STEPS = Counter("orderstream_refund_steps_total",
                        "Refund requests and actions by outcome (auto_approved, reviewing, approved, rejected, "
-                       "cancelled, returned_to_stock, retried, refunded, instruction_failed, ignored, invalid).",
+                       "cancelled, returned_to_stock, retried, refunded, instruction_failed, ignored, invalid, "
+                       "republished).",
                        ["outcome"])
 REFUND_INSTRUCTIONS = Counter("orderstream_refund_instructions_total",
                               "Refund instructions sent to a platform's API, by outcome (accepted, duplicate, "
