@@ -176,7 +176,8 @@ async def process(msg, out: Outputs) -> tuple[str, str]:
         return await reprocessed(current, at_ms, cause, out)
     if not is_request:
         allocations = []
-        if item.action == "receive" and not item.warehouse and current is not None and current.status == AWAITING_RETURN:
+        receiving = item.action == "receive" and current is not None and current.status == AWAITING_RETURN
+        if receiving and not item.warehouse:  # the order's reservation says where the goods shipped from
             record = await with_redis_retry(store().reservation, current.order_id)
             allocations = (record or {}).get("allocations") or []
         step = apply_action(current, item, at_ms, cause, allocations)

@@ -133,7 +133,8 @@ class RefundApiClient:
                     data = await resp.json(content_type=None)
                 except ValueError:
                     data = None
-                error = str(data.get("error")) if isinstance(data, dict) and data.get("error") else f"HTTP {resp.status}"
+                said = data.get("error") if isinstance(data, dict) else None
+                error = str(said) if said else f"HTTP {resp.status}"
                 if resp.status >= 500 or resp.status == 429:
                     raise _Retryable(error, resp.status)
                 if resp.status != 200:

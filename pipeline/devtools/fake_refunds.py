@@ -85,7 +85,8 @@ def _request(rng: random.Random, run: str, i: int, order: dict, kind: str, reaso
         kind=kind, reason_code=reason, amount_minor=amount, currency=order["currency"], order_total_minor=total,
         lines=tuple(RefundLine(line["sku"], line["quantity"], line["is_custom"]) for line in picked)
         if kind == "return_and_refund" else (),
-        requested_at_ms=now_ms, delivered_at_ms=None if delivered_days is None else int(now_ms - delivered_days * DAY_MS),
+        requested_at_ms=now_ms,
+        delivered_at_ms=None if delivered_days is None else int(now_ms - delivered_days * DAY_MS),
         requested_by=f"buyer:{order['buyer']['buyer_id']}")
 
 
@@ -189,7 +190,8 @@ def run_refunds(s: Settings, names: TopicNames, mix: RefundMix, seed: int, timeo
         rotated_at = time.time()
     kafka_io.produce_all(producer, [(names.REFUND_REQUESTS, p.refund_id.encode(), p.request.encode(), None)
                                     for p in plans])
-    _wait(s, names, ids, lambda row: bool(row) and row["state"] not in (None, "requested"), timeout_s, "a decision path")
+    _wait(s, names, ids, lambda row: bool(row) and row["state"] not in (None, "requested"), timeout_s,
+          "a decision path")
     at = int(time.time() * 1000)
     decisions = [RefundAction(p.refund_id, "approve" if p.path == "approve" else "reject", OPERATOR, at,
                               reason="replay: operator decision" if p.path == "approve" else "replay: refused")
@@ -303,7 +305,8 @@ def reconcile_refunds(s: Settings, names: TopicNames, plans: list[RefundPlan], o
         "still_parked": sum(1 for r in by_id if (states.get(r) or {}).get("parked")),
         "refunded_minor_by_currency": dict(refunded_by_currency),
         "units_returned_to_stock": units_returned,
-        "wrong_end": len(wrong_end), "wrong_end_sample": [(r, (states.get(r) or {}).get("state")) for r in wrong_end[:5]],
+        "wrong_end": len(wrong_end),
+        "wrong_end_sample": [(r, (states.get(r) or {}).get("state")) for r in wrong_end[:5]],
         "facts_twice": len(facts_twice), "over_refunded_orders": len(over_refunded),
         "platform_mismatch": None if platform_wrong is None else len(platform_wrong),
         "platform_stats": platform_stats,

@@ -4,6 +4,8 @@ rotation recovered by a re-drive that pays each refund once, the refunds in Clic
 tiers, and a SIGKILL of the worker in the middle of refunds."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,19 +16,23 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
+import redis.asyncio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.contracts import FailedRefundInstruction, RefundAction, RefundLine, RefundRequest
-from pipeline.devtools.fake_orders import GOODS_SKUS, RawOrderFactory
-from pipeline.devtools.refund_service import INVALID_KEY, current_keys, initial_keys, received, rotate_key, \
-    write_credentials
+from pipeline.contracts import (FailedRefundInstruction, RefundAction, RefundLine, RefundRequest, StockUpdate,
+                                WarehouseStock)
+from pipeline.devtools.fake_orders import GOODS_SKUS, RawOrderFactory, ReplayMix
+from pipeline.devtools.fake_refunds import (RefundMix, RefundPlan, reconcile_refunds, refund_states,
+                                            refundable_orders)
+from pipeline.devtools.refund_service import (INVALID_KEY, current_keys, initial_keys, received, rotate_key,
+                                              write_credentials)
+from pipeline.devtools.replay import ReplayConfig, run_replay
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.refund_rules import DAY_MS
 from pipeline.inventory_store import InventoryStore
 from pipeline.refund_ledger import RefundLedger
-from pipeline.contracts import StockUpdate, WarehouseStock
 from tests.stack.helpers import Watch, sink_sql
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -89,7 +95,8 @@ def request(refund_id: str, *, order_id: str | None = None, platform: str = "JD"
         platform=platform, kind=kind, reason_code=reason_code, amount_minor=amount, currency=currency,
         order_total_minor=order_total,
         lines=tuple(RefundLine(sku, qty, is_custom=custom) for sku, qty in lines) if kind != "refund_only" else (),
-        requested_at_ms=now, delivered_at_ms=None if delivered_days_ago is None else int(now - delivered_days_ago * DAY_MS),
+        requested_at_ms=now,
+        delivered_at_ms=None if delivered_days_ago is None else int(now - delivered_days_ago * DAY_MS),
         requested_by=f"buyer:{refund_id}")
 
 
@@ -279,7 +286,6 @@ def test_operators_decide_what_no_rule_approves_and_every_action_names_who(refun
     assert "would reach 12001 CNY minor, more than the 12000 paid" in refunds.events(over, "rejected")[0]["reason"]
 
     async def ledger_state():
-        import redis.asyncio
         client = redis.asyncio.Redis.from_url(p.s.redis)
         try:
             ledger = RefundLedger(client, prefix=f"{p.ns}refund")
@@ -287,7 +293,6 @@ def test_operators_decide_what_no_rule_approves_and_every_action_names_who(refun
                     await ledger.order(global_order_id("JD", big.split(":")[1])))
         finally:
             await client.aclose()
-    import asyncio
     only_ledger, big_ledger = asyncio.run(ledger_state())
     assert (only_ledger.committed_minor, only_ledger.paid_minor) == (12_000, 12_000)
     assert big_ledger.committed_minor == 0 and big_ledger.paid_minor == 60_000
@@ -393,7 +398,6 @@ def test_refunds_land_in_clickhouse_and_the_tiers_show_those_in_flight(refund_pi
         return int(rows[0]["n"]) == len(distinct)
     wait_for(landed, 90, f"{len(distinct)} refund events in ClickHouse", p)
     with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/tactical", timeout=30) as resp:
-        import json
         tactical = json.loads(resp.read())["refunds"]
     with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/execution", timeout=30) as resp:
         execution = json.loads(resp.read())["refunds"]
@@ -513,9 +517,6 @@ def test_sigkill_in_the_middle_of_refunds_pays_and_restocks_each_exactly_once(pi
 
 
 def test_replay_with_refunds_and_a_rotated_key_balances_to_the_fen(pipeline_factory):
-    from pipeline.devtools.fake_orders import ReplayMix
-    from pipeline.devtools.fake_refunds import RefundMix, reconcile_refunds, refundable_orders
-    from pipeline.devtools.replay import ReplayConfig, run_replay
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_verifiers("--latency-ms", "2")
     p.start_refund_service("--latency-ms", "2")
@@ -543,7 +544,6 @@ def test_replay_with_refunds_and_a_rotated_key_balances_to_the_fen(pipeline_fact
 
 def plans_as_they_ended(p):
     """The replay's refunds rebuilt from what it produced, each with the fate it met."""
-    from pipeline.devtools.fake_refunds import RefundPlan, refund_states
     states = refund_states(p.s, p.names)
     plans = []
     for r in p.read(p.names.REFUND_REQUESTS):

@@ -27,7 +27,8 @@ def test_the_seed_case_is_approved_by_the_default_rule():
 @pytest.mark.parametrize("change, why", [
     (dict(reason_code="quality"), "reason 'quality'"),
     (dict(kind="refund_only", lines=()), "kind 'refund_only'"),
-    (dict(lines=(RefundLine("TEE-01", 1), RefundLine("RING-ENGRAVED", 1, is_custom=True))), "custom item RING-ENGRAVED"),
+    (dict(lines=(RefundLine("TEE-01", 1), RefundLine("RING-ENGRAVED", 1, is_custom=True))),
+     "custom item RING-ENGRAVED"),
     (dict(order_total_minor=50_000), "order amount 50000 CNY minor is not below 50000"),   # 500 元 is not < 500 元
     (dict(requested_at_ms=T0, delivered_at_ms=T0 - 8 * DAY_MS), "days after delivery"),
     (dict(delivered_at_ms=None), "no delivery time"),
