@@ -159,6 +159,7 @@ def pipeline_factory():
     yield make
     for p in made:
         p.stop()
+        p.s.refund_credentials.unlink(missing_ok=True)
         if os.environ.get("ORDERSTREAM_TEST_KEEP_TOPICS"):
             continue  # investigating a failure: the topics and offsets stay for inspection
         try:  # the shared broker stays small: restarts and metadata stay fast
