@@ -50,6 +50,7 @@ def raw_topic(*names: str, partitions: int | None = None, compacted: bool = Fals
 raw_orders = raw_topic(*t.RAW_TOPICS)
 held_and_decided = raw_topic(t.RISK_QUEUE, t.RISK_DECISIONS)
 inventory_stock = raw_topic(t.INVENTORY_STOCK)
+refund_inputs = raw_topic(t.REFUND_REQUESTS, t.REFUND_ACTIONS)
 
 
 # Faust opens one RocksDB per table partition with 3 x 64 MB memtables and a 2 GB block cache
@@ -68,3 +69,23 @@ def changelogged_table(name: str, default=None, values: str = "json") -> faust.T
     if ROCKSDB_BUDGET is not None:
         ROCKSDB_BUDGET.share_with(table)
     return table
+
+
+def changelog_topics() -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, config) of every table's changelog topic, exactly as Faust declares it.
+
+    The worker creates them before Faust starts (`orderstream worker`): a changelog Faust creates
+    while its consumer joins the group can be missing from the group's metadata, and then the
+    assignor ignores it and every write to that table fails (PartitionsMismatch, "0 partitions")
+    until the next metadata refresh, minutes later (seen with the refund tables on a fresh namespace)."""
+    from mode.utils.times import want_seconds
+    out = []
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        flags = sorted(flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on)
+        config = {"cleanup.policy": ",".join(flags)} if flags else {}
+        if topic.retention:
+            config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        config.update({k: str(v) for k, v in (topic.config or {}).items()})
+        out.append((topic.get_topic_name(), topic.partitions or app.conf.topic_partitions, config))
+    return out

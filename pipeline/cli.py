@@ -19,8 +19,14 @@ stack_cli = typer.Typer(help="The local stack: Kafka (KRaft) and Redis, no Docke
 dlq_cli = typer.Typer(help="Dead letters.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Risk rules as data (compacted topic risk.rules).", no_args_is_help=True)
 reconcile_cli = typer.Typer(help="Consistency checks between the platforms, ClickHouse and Redis.", no_args_is_help=True)
+refunds_cli = typer.Typer(help="Refunds: operator decisions, returned goods, re-driving failed instructions, rules.",
+                          no_args_is_help=True)
+refund_rules_cli = typer.Typer(help="Refund auto-approval rules as data (compacted topic refunds.rules).",
+                               no_args_is_help=True)
+refunds_cli.add_typer(refund_rules_cli, name="rules")
 cli.add_typer(stack_cli, name="stack")
 cli.add_typer(reconcile_cli, name="reconcile")
+cli.add_typer(refunds_cli, name="refunds")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(rules_cli, name="rules")
 console = Console()
@@ -88,7 +94,9 @@ def worker(loglevel: str = "info") -> None:
     import faust
 
     import agents  # noqa: F401  - registers the agents on the app
-    from .app import app
+    from .app import app, changelog_topics
+    from .kafka_io import ensure_changelogs
+    ensure_changelogs(s, changelog_topics())  # before the group join: see changelog_topics
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back
@@ -117,6 +125,14 @@ def verifiers(latency_ms: float = 5.0, error_rate: float = 0.0) -> None:
     run_verifier_service(s.bind_host, s.verifier_port, latency_ms=latency_ms, error_rate=error_rate)
 
 
+@cli.command("refund-service")
+def refund_service(latency_ms: float = 10.0, error_rate: float = 0.0) -> None:
+    """Run the simulated platform refund APIs over HTTP on loopback (idempotent by refund id; key rotation)."""
+    from .devtools.refund_service import run_refund_service
+    s = load_settings()
+    run_refund_service(s.bind_host, s.refund_service_port, latency_ms=latency_ms, error_rate=error_rate)
+
+
 # ------------------------------------------------------------------------------- replay
 
 @cli.command()
@@ -135,11 +151,18 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
            late_after: float = typer.Option(-1.0, help="Seconds between the drained main phase and the late payments "
                                                        "(default: ORDERSTREAM_RESERVATION_TIMEOUT_S + 5)."),
            report: Path = typer.Option(PROJECT_ROOT / "var" / "replay-report.json", help="JSON report path."),
-           drain_timeout: float = 300.0) -> None:
+           drain_timeout: float = 300.0,
+           refunds: float = typer.Option(0.0, help="Share of reserved orders that get a refund request afterwards."),
+           refund_auto: float = typer.Option(0.5, help="Share of refunds written to fit the auto-approval rule."),
+           refund_approve: float = typer.Option(0.7, help="Share of the operator's refund queue approved."),
+           refund_rotated_key: str = typer.Option("", help="Rotate this platform's refund API key first (seed "
+                                                           "002), then fix it and re-drive (needs refund-service).")
+           ) -> None:
     """Produce a Black Friday replay into the running pipeline and reconcile every message and every unit of stock."""
     from rich.progress import Progress
 
     from .devtools.fake_orders import ReplayMix
+    from .devtools.fake_refunds import RefundMix
     from .devtools.replay import ReplayConfig, run_replay, write_report
     from .topics import names
     s = load_settings()
@@ -148,7 +171,9 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
                     late_payment=late_payment)
     cfg = ReplayConfig(count=count, seed=seed, speed=speed, rate_per_min=rate_per_min or None, mix=mix,
                        drain_timeout_s=drain_timeout,
-                       late_after_s=late_after if late_after >= 0 else s.reservation_timeout_s + 5.0)
+                       late_after_s=late_after if late_after >= 0 else s.reservation_timeout_s + 5.0,
+                       refunds=RefundMix(rate=refunds, auto=refund_auto, approve=refund_approve,
+                                         rotated_key=refund_rotated_key.upper()))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=count)
         result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n))
@@ -165,8 +190,8 @@ def print_report(result: dict, path: Path | None) -> None:
                 "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "expired", "shipped",
                 "units_shipped", "ship_skipped", "unique_suspects", "stale_dropped", "raw_lost",
                 "raw_doubled", "new_orders_emitted_twice", "unaccounted_new_orders", "elapsed_s",
-                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
-                "late_payments", "balanced"):
+                 "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
+                 "late_payments", "refunds", "balanced"):
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)
@@ -402,6 +427,103 @@ def print_consistency(report: dict, path: Path | None) -> None:
     if path:
         console.print(f"report: {path}")
 
+# ------------------------------------------------------------------------------- refunds
+
+def _refund_action(refund_id: str, action: str, operator: str, reason: str = "", warehouse: str | None = None) -> None:
+    """Validate an operator's action here, where the operator sees why it is refused, then publish it."""
+    from . import kafka_io
+    from .contracts import RefundAction
+    from .domain.refunds import RefundError, parse_action
+    from .topics import names
+    try:
+        parsed = parse_action(RefundAction(refund_id=refund_id, action=action, operator=operator,
+                                           at_ms=int(time.time() * 1000), reason=reason, warehouse=warehouse))
+    except RefundError as exc:
+        fail(f"{exc} (nothing published)")
+    tracker = kafka_io.produce_all(kafka_io.producer(load_settings()),
+                                   [(names.REFUND_ACTIONS, refund_id.encode(), parsed.encode(), None)])
+    if tracker.failed:
+        fail(f"the broker refused the action: {tracker.failed[0]}")
+    console.print(f"{action} {refund_id} by {parsed.operator} published")
+
+
+_OPERATOR = typer.Option(..., help="Who does it (required: every refund action is audited).")
+
+
+@refunds_cli.command("approve")
+def refunds_approve(refund_id: str, operator: str = _OPERATOR, reason: str = "") -> None:
+    """Approve a refund waiting for review: a return then waits for its goods, a refund-only is paid."""
+    _refund_action(refund_id, "approve", operator, reason)
+
+
+@refunds_cli.command("reject")
+def refunds_reject(refund_id: str, operator: str = _OPERATOR,
+                   reason: str = typer.Option("", help="Why (required).")) -> None:
+    """Reject a refund under review or still waiting for its goods; its amount is freed."""
+    _refund_action(refund_id, "reject", operator, reason)
+
+
+@refunds_cli.command("cancel")
+def refunds_cancel(refund_id: str, operator: str = _OPERATOR,
+                   reason: str = typer.Option("", help="Why (required), e.g. the buyer withdrew it.")) -> None:
+    """Cancel a refund that is not approved-and-paid yet (the buyer withdrew it)."""
+    _refund_action(refund_id, "cancel", operator, reason)
+
+
+@refunds_cli.command("receive")
+def refunds_receive(refund_id: str, operator: str = _OPERATOR,
+                    warehouse: str = typer.Option("", help="Where the goods came back to (default: the warehouse "
+                                                           "the order was reserved in)."),
+                    reason: str = "") -> None:
+    """The returned goods arrived: back to stock (once), then the refund instruction goes to the platform."""
+    _refund_action(refund_id, "receive", operator, reason, warehouse or None)
+
+
+@refunds_cli.command("redrive")
+def refunds_redrive(operator: str = _OPERATOR,
+                    platform: str = typer.Option("", help="Only this platform's failures (e.g. JD)."),
+                    from_beginning: bool = typer.Option(False, help="Ignore the saved position: every parked failure."),
+                    dry_run: bool = False) -> None:
+    """Send the parked (failed) refund instructions again, e.g. after a rotated API key was fixed.
+
+    A run continues where the last one stopped; each refund is asked for once per run, and the
+    agent sends only instructions that are still failed (the platform's API is idempotent by
+    refund id), so every refund is paid exactly once."""
+    from .redrive import redrive_failed_refunds
+    from .topics import names
+    if not operator.strip():
+        fail("--operator must name who re-drives (nothing published)")
+    report = redrive_failed_refunds(load_settings(), names, operator, platform=platform.upper(),
+                                    from_beginning=from_beginning, dry_run=dry_run)
+    console.print(str(report))
+
+
+@refund_rules_cli.command("publish")
+def refund_rules_publish(path: Path) -> None:
+    """Validate a refund rule file and publish it; every worker switches within seconds."""
+    from . import kafka_io
+    from .domain.refund_rules import RefundRuleError, RefundRules
+    from .topics import RuleSetText, names
+    text = path.read_text(encoding="utf-8")
+    try:
+        rules = RefundRules.parse(text)
+    except RefundRuleError as exc:
+        fail(f"{path}: {exc} (nothing published; the active refund rules stay)")
+    kafka_io.produce_all(kafka_io.producer(load_settings()),
+                         [(names.REFUND_RULES, b"refund-rules", RuleSetText.encode(text), None)])
+    console.print(f"published refund rules version {rules.version} ({len(rules.rules)} rules) to {names.REFUND_RULES}")
+
+
+@refund_rules_cli.command("check")
+def refund_rules_check(path: Path) -> None:
+    """Parse a refund rule file without publishing it."""
+    from .domain.refund_rules import RefundRuleError, RefundRules
+    try:
+        rules = RefundRules.parse(path.read_text(encoding="utf-8"))
+    except RefundRuleError as exc:
+        fail(f"{path}: {exc}")
+    console.print(f"ok: version {rules.version}, {len(rules.rules)} auto-approval rules")
+
 
 # ------------------------------------------------------------------------------- views
 
@@ -426,14 +548,20 @@ def views(tier: str = typer.Argument(..., help="strategic, tactical or execution
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    for section, rows in data.items():
+    def render(title: str, rows) -> None:
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            table = Table(*rows[0].keys(), title=f"{tier}: {section}")
+            table = Table(*rows[0].keys(), title=title)
             for row in rows[:50]:
                 table.add_row(*(str(v) for v in row.values()))
             console.print(table)
+        elif isinstance(rows, dict) and any(isinstance(v, list) for v in rows.values()):
+            for part, value in rows.items():  # a section of sections (the refunds' queue, parked instructions)
+                render(f"{title}.{part}", value)
         else:
-            console.print(f"[bold]{tier}: {section}[/bold] {json.dumps(rows, default=str)}")
+            console.print(f"[bold]{title}[/bold] {json.dumps(rows, default=str)}")
+
+    for section, rows in data.items():
+        render(f"{tier}: {section}", rows)
 
 
 @cli.command()

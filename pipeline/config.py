@@ -72,6 +72,13 @@ class Settings:
     verifier_url: str = _setting("", "Base URL of the external verifiers; empty means the local one.")
     verifier_port: int = _setting(18089, "Port of the local verifier service.")
     verifier_timeout_s: float = _setting(0.5, "Per-call timeout of an external verifier.")
+    refund_rules_file: str = _setting(str(PROJECT_ROOT / "pipeline" / "domain" / "refund_rules.yaml"),
+                                      "Initial refund auto-approval rules (YAML).")
+    refund_api_url: str = _setting("", "Base URL of the platforms' refund APIs; empty means the local simulated one.")
+    refund_service_port: int = _setting(18090, "Port of the local simulated platform refund service.")
+    refund_api_timeout_s: float = _setting(2.0, "Per-call timeout of a refund instruction to a platform.")
+    refund_credentials_file: str = _setting("", "JSON {platform: API key} for the refund APIs, re-read when it "
+                                                "changes; empty means <var_dir>/refund-credentials.json.")
     reservation_timeout_s: int = _setting(30 * 60, "An unpaid order's reservation is released after this long.")
     safety_stock: int = _setting(10, "Available units below which non-primary channels are paused.")
     primary_platform: str = _setting("SHOPIFY", "The channel that keeps selling when stock runs low.")
@@ -95,6 +102,15 @@ class Settings:
     @property
     def var(self) -> Path:
         return Path(self.var_dir)
+
+    @property
+    def refund_api(self) -> str:
+        return self.refund_api_url or f"http://127.0.0.1:{self.refund_service_port}"
+
+    @property
+    def refund_credentials(self) -> Path:
+        return Path(self.refund_credentials_file) if self.refund_credentials_file else \
+            self.var / "refund-credentials.json"
 
 
 def faust_stream_options(s: Settings) -> dict:

@@ -66,6 +66,10 @@ Time-outs: an unpaid reservation holds its units for `reservation_ttl_s`; `relea
 always finds what to give back, and an expired record or tombstone lives as long, which covers
 the pipeline's 48 h replay/idempotency window.
 
+Returns (refunds, seed 002): `return_to_stock` puts a refund's returned goods back on the shelf
+when the warehouse receives them: `total` grows by the units (counted in `returned` too), once
+per refund id, whatever the redeliveries (a permanent `<prefix>:returned:<refund_id>` record).
+
 Redis errors (ConnectionError, TimeoutError, ResponseError ...) are raised as is: every write
 here is a single atomic script or MULTI, so retrying a failed call is safe (a reserve that did
 run answers "duplicate" on retry).
@@ -415,6 +419,30 @@ return {rec.state, enc}
 """
 
 
+# Returned goods back in stock, once per refund. KEYS[1] the refund's return record, KEYS[1+i] the
+# stock hash of line i, KEYS[1+n+i] the warehouse set of line i's SKU.
+# ARGV: refund_id, order_id, now_ms, n, wh_1, sku_1, qty_1, ..., wh_n, sku_n, qty_n
+# `total` grows by the units that came back (they are on the shelf again) and `returned` counts
+# them; `reserved` is not touched. The record stays (no expiry): a late or repeated receipt of the
+# same refund never creates stock twice.
+RESTOCK_LUA = r"""
+local existing = redis.call('GET', KEYS[1])
+if existing then return {'duplicate', existing} end
+local n = tonumber(ARGV[4])
+local lines = {}
+for i = 1, n do
+  local wh, sku, q = ARGV[2 + 3 * i], ARGV[3 + 3 * i], tonumber(ARGV[4 + 3 * i])
+  redis.call('HINCRBY', KEYS[1 + i], 'total', q)
+  redis.call('HINCRBY', KEYS[1 + i], 'returned', q)
+  redis.call('SADD', KEYS[1 + n + i], wh)
+  lines[i] = {wh, sku, q}
+end
+local rec = cjson.encode({refund_id = ARGV[1], order_id = ARGV[2], lines = lines, at_ms = tonumber(ARGV[3])})
+redis.call('SET', KEYS[1], rec)
+return {'restocked', rec}
+"""
+
+
 Allocation = tuple[str, str, int]  # (warehouse, sku, qty)
 
 
@@ -453,6 +481,16 @@ class Release:
     units: int = 0
     allocations: list[Allocation] = field(default_factory=list)
     outcome: str = ""                        # released, expired, tombstoned, shipped, settled, already, absent
+
+
+@dataclass(frozen=True)
+class Restock:
+    restocked: bool                          # True only for the call that put the units back
+    lines: list[Allocation] = field(default_factory=list)   # (warehouse, sku, qty) put back, now or before
+
+    @property
+    def units(self) -> int:
+        return sum(q for _, _, q in self.lines)
 
 
 class ReserveRequest(NamedTuple):
@@ -538,6 +576,9 @@ class _Keys:
     def paused(self, sku: str) -> str:
         return f"{self.prefix}:paused:{sku}"
 
+    def returned(self, refund_id: str) -> str:
+        return f"{self.prefix}:returned:{refund_id}"
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -621,6 +662,7 @@ class AsyncInventoryStore:
         self._reserve_many = redis_client.register_script(RESERVE_MANY_LUA)
         self._release = redis_client.register_script(RELEASE_LUA)
         self._levels = redis_client.register_script(LEVELS_LUA)
+        self._restock = redis_client.register_script(RESTOCK_LUA)
 
     # ------------------------------------------------------------ stock
     async def apply_snapshot(self, warehouse: str, sku: str, total: int, locked: int = 0, presale: int = 0) -> int:
@@ -823,6 +865,46 @@ class AsyncInventoryStore:
         """Expire reservations held past their deadline (reason "timeout"); each (order id, what
         happened): `released` True for those whose units went back now."""
         return [(oid, await self.expire(oid, now_ms, actor=actor)) for oid in await self.expired(now_ms, limit)]
+
+    # ------------------------------------------------------------ returns
+    async def return_to_stock(self, refund_id: str, order_id: str, lines: Iterable[Allocation],
+                              now_ms: int | None = None) -> Restock:
+        """Put a refund's returned goods back on the shelf: `total` (and the `returned` count) of
+        each (warehouse, sku) grows by its quantity, atomically and once per refund id; a repeated
+        call answers restocked=False with the lines of the first."""
+        if not isinstance(refund_id, str) or not refund_id:
+            raise ValueError(f"refund_id must be a non-empty string, got {refund_id!r}")
+        merged: dict[tuple[str, str], int] = {}
+        for line in lines:
+            try:
+                warehouse, sku, qty = line
+            except (TypeError, ValueError):
+                raise ValueError(f"a returned line must be (warehouse, sku, qty), got {line!r}") from None
+            _check_warehouse(warehouse)
+            if not isinstance(sku, str) or not sku:
+                raise ValueError(f"sku must be a non-empty string, got {sku!r}")
+            if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
+                raise ValueError(f"returned quantity of {sku!r} must be a positive int, got {qty!r}")
+            merged[(warehouse, sku)] = merged.get((warehouse, sku), 0) + qty
+        if not merged:
+            raise ValueError("a return needs at least one line")
+        keys = [self.keys.returned(refund_id)]
+        keys += [self.keys.stock(w, sku) for w, sku in merged]
+        keys += [self.keys.warehouses(sku) for _, sku in merged]
+        args = [refund_id, order_id, _now_ms() if now_ms is None else int(now_ms), len(merged)]
+        for (w, sku), qty in merged.items():
+            args += [w, sku, qty]
+        result = await self._restock(keys=keys, args=args)
+        record = json.loads(_text(result[1]))
+        return Restock(_text(result[0]) == "restocked", _record_allocations({"allocations": record.get("lines")}))
+
+    async def returned_record(self, refund_id: str) -> dict | None:
+        """What a refund put back in stock (refund_id, order_id, lines, at_ms), or None."""
+        return _decode_record(await self.redis.get(self.keys.returned(refund_id)))
+
+    async def returned_units(self, warehouse: str, sku: str) -> int:
+        """Units returned into this (warehouse, sku) by refunds, ever."""
+        return _int(await self.redis.hget(self.keys.stock(warehouse, sku), "returned"))
 
     # ------------------------------------------------------------ channels
     async def set_channel_paused(self, sku: str, paused: bool) -> bool:

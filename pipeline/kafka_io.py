@@ -205,6 +205,23 @@ def ensure_topics(s: Settings, names: TopicNames = default_names, partitions: in
         client.poll(0)
 
 
+def ensure_changelogs(s: Settings, specs: Iterable[tuple[str, int, Mapping[str, str]]]) -> None:
+    """Create the tables' changelog topics that are missing: (name, partitions, config) each, as
+    pipeline.app.changelog_topics gives them (before Faust starts, so its first group join sees them)."""
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config))
+           for name, partitions, config in specs if name not in existing]
+    if not new:
+        return
+    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise TopicError(f"could not create changelog topic {topic}: {exc}") from exc
+
+
 def delete_topics(s: Settings, topics: list[str]) -> None:
     client = admin(s)
     existing = set(client.list_topics(timeout=10).topics)

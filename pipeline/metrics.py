@@ -62,6 +62,22 @@ LATE_PAYMENTS = Counter("orderstream_late_payments_total",
 CHANNEL_CONTROL = Counter("orderstream_channel_control_total", "Channel pause/resume events.", ["action"])
 REDIS_RETRIES = Counter("orderstream_redis_retries_total", "Redis calls retried after a connection error.")
 
+# -- refunds --------------------------------------------------------------------------------
+REFUND_STEPS = Counter("orderstream_refund_steps_total",
+                       "Refund requests and actions by outcome (auto_approved, reviewing, approved, rejected, "
+                       "cancelled, returned_to_stock, retried, refunded, instruction_failed, ignored, invalid, "
+                       "republished).",
+                       ["outcome"])
+REFUND_INSTRUCTIONS = Counter("orderstream_refund_instructions_total",
+                              "Refund instructions sent to a platform's API, by outcome (accepted, duplicate, "
+                              "auth_failed, rejected, unavailable).", ["platform", "outcome"])
+REFUND_INSTRUCTIONS_PARKED = Gauge("orderstream_refund_instructions_parked",
+                                   "Refunds on this worker whose instruction failed and waits for "
+                                   "`orderstream refunds redrive`.", ["platform"])
+REFUNDS_OPEN = Gauge("orderstream_refunds_open", "Refunds in flight on this worker, by state.", ["state"])
+REFUND_RULES_VERSION = Gauge("orderstream_refund_rules_version", "Version of the active refund rules.")
+REFUND_RULES_REJECTED = Counter("orderstream_refund_rules_rejected_total", "Refund rule sets that failed to parse.")
+
 # -- breaker ----------------------------------------------------------------------------------
 BREAKER_STATE = Gauge("orderstream_breaker_state", "Degradation breaker: 0 closed, 1 half-open, 2 open.")
 BREAKER_TRANSITIONS = Counter("orderstream_breaker_transitions_total", "Breaker transitions.",

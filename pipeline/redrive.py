@@ -1,4 +1,5 @@
-"""Re-drive dead letters onto their source raw topics after a fix (operators: `orderstream dlq replay`).
+"""Re-drive dead letters onto their source raw topics after a fix (operators: `orderstream dlq replay`),
+and parked refund instructions back to the refund agent (`orderstream refunds redrive`).
 
 A run continues where the last one stopped (the group `<ns>orderstream-dlq-replay`'s committed
 position), so nothing is re-driven twice by accident; letters skipped by `reason` stay in the
@@ -15,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from . import kafka_io
 from .codecs import dead_letter_codec
 from .config import Settings
+from .contracts import FailedRefundInstruction, RefundAction
 from .topics import TopicNames
 
 
@@ -77,3 +79,60 @@ def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_
     finally:
         consumer.close()
     return RedriveReport(redriven, skipped, dry_run)
+
+
+# --------------------------------------------------------------------------- refund instructions
+
+
+def retry_action(failure: FailedRefundInstruction, operator: str, origin: str, at_ms: int) -> RefundAction:
+    """The action that asks the refund agent to send a parked instruction again, naming who asked."""
+    return RefundAction(refund_id=failure.refund_id, action="retry_instruction", operator=operator, at_ms=at_ms,
+                        reason=f"re-drive of {origin}: {failure.error}"[:500])
+
+
+def redrive_failed_refunds(s: Settings, names: TopicNames, operator: str, platform: str = "",
+                           from_beginning: bool = False, dry_run: bool = False,
+                           timeout_s: float = 120.0) -> RedriveReport:
+    """Read refunds.instructions.failed from the saved position to its current end and ask the
+    refund agent to send each parked instruction again (once per refund per run: a refund that
+    failed twice is parked twice). The agent sends only what is still failed, and the platform's
+    API is idempotent by refund id, so each refund is paid exactly once. `platform` selects one
+    platform's failures (the others stay for a later run or --from-beginning)."""
+    if not operator.strip():
+        raise ValueError("a re-drive names its operator")
+    topic = names.REFUND_FAILED
+    consumer = kafka_io.consumer(s, group=f"{names.ns}orderstream-refund-redrive")
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    committed = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+    if from_beginning:
+        committed = [TopicPartition(tp.topic, tp.partition, -1) for tp in committed]
+    start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+             for tp in committed]
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    consumer.assign(start)
+    position = {tp.partition: max(tp.offset, 0) for tp in committed}
+    producer = kafka_io.producer(s)
+    asked: set[str] = set()
+    skipped = 0
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(position[p] < ends[p] for p in parts) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=1.0):
+                if msg.error() or msg.offset() >= ends[msg.partition()]:
+                    continue
+                position[msg.partition()] = msg.offset() + 1
+                failure = FailedRefundInstruction.decode(msg.value())
+                if (platform and failure.platform != platform) or failure.refund_id in asked:
+                    skipped += 1
+                    continue
+                asked.add(failure.refund_id)
+                if not dry_run:
+                    action = retry_action(failure, operator.strip(), f"{msg.topic()}:{msg.partition()}:{msg.offset()}",
+                                          int(time.time() * 1000))
+                    producer.produce(names.REFUND_ACTIONS, key=failure.refund_id.encode(), value=action.encode())
+        producer.flush(60)
+        if not dry_run:
+            consumer.commit(offsets=[TopicPartition(topic, p, position[p]) for p in parts], asynchronous=False)
+    finally:
+        consumer.close()
+    return RedriveReport(len(asked), skipped, dry_run)

@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate, InventoryEvent,
-                        RiskDecision, RiskEvent, SuspectTransition, WarehouseStock)
+from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate,
+                        FailedRefundInstruction, InventoryEvent, RefundAction, RefundEvent, RefundRequest, RiskDecision,
+                        RiskEvent, SuspectTransition, WarehouseStock)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 
@@ -46,7 +47,7 @@ class TopicNames:
 
     @property
     def COMPACTED(self) -> frozenset[str]:
-        return frozenset({self.RISK_RULES})
+        return frozenset({self.RISK_RULES, self.REFUND_RULES})
 
     @property
     def ALL_TOPICS(self) -> tuple[str, ...]:
@@ -74,7 +75,8 @@ class RawPayload:
 
 
 class RuleSetText:
-    """The risk rule set as UTF-8 YAML (pipeline.domain.risk.RuleSet.parse validates it)."""
+    """A rule set as UTF-8 YAML (pipeline.domain.risk.RuleSet.parse and
+    pipeline.domain.refund_rules.RefundRules.parse validate them)."""
     @staticmethod
     def encode(text: str) -> bytes:
         return text.encode("utf-8")
@@ -110,6 +112,16 @@ _BASE = {
     "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
     "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
     "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),
+    "REFUND_REQUESTS": Topic("refunds.requests", "refund id", RefundRequest,
+                             "after-sales requests from the platforms (or filed by an operator)"),
+    "REFUND_ACTIONS": Topic("refunds.actions", "refund id", RefundAction,
+                            "operator decisions, goods received back, cancellations, instruction re-drives"),
+    "REFUND_EVENTS": Topic("refunds.events", "refund id", RefundEvent,
+                           "every step of every refund: requested ... refunded, rejected, cancelled, failures"),
+    "REFUND_FAILED": Topic("refunds.instructions.failed", "refund id", FailedRefundInstruction,
+                           "refund instructions a platform's API did not take, with its error (re-driven by the CLI)"),
+    "REFUND_RULES": Topic("refunds.rules", "rule set name", RuleSetText,
+                          "compacted: the active refund auto-approval rules (YAML, versioned)"),
 }
 
 _BY_BASE = {t.base: t for t in _BASE.values()}
@@ -137,5 +149,7 @@ INVENTORY_EVENTS = names.INVENTORY_EVENTS
 CHANNEL_CONTROL = names.CHANNEL_CONTROL
 BREAKER_EVENTS = names.BREAKER_EVENTS
 DLQ = names.DLQ
+REFUND_REQUESTS = names.REFUND_REQUESTS
+REFUND_ACTIONS = names.REFUND_ACTIONS
 COMPACTED = names.COMPACTED
 ALL_TOPICS = names.ALL_TOPICS

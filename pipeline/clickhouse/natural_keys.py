@@ -19,6 +19,8 @@ NATURAL_KEYS = {
     "inventory_events": (("order_id", "event"), "at"),
     # the update's own platform time and claimed state: a re-processed suspect update repeats them
     "suspect_transitions": (("order_id", "to_status", "to_at"), "detected_at"),
+    # a refund event is re-published with the message that caused it: cause names that message
+    "refund_events": (("refund_id", "event", "cause"), "at"),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RiskEvent, SuspectTransition)
+                                RefundEvent, RiskEvent, SuspectTransition)
 from pipeline.topics import TopicNames
 
 
@@ -148,6 +148,17 @@ def breaker_row(msg) -> dict:
     }
 
 
+def refund_row(msg) -> dict:
+    e: RefundEvent = _event(msg, RefundEvent)
+    return {
+        "event": e.event, "refund_id": e.refund_id, "order_id": e.order_id, "platform": e.platform,
+        "status": e.status, "previous_status": e.previous_status, "at": ch_time(e.at_ms), "actor": e.actor,
+        "reason": e.reason, "rule_id": e.rule_id, "kind": e.kind, "reason_code": e.reason_code,
+        "amount_minor": e.amount_minor, "currency": e.currency, "warehouse": e.warehouse, "units": max(0, e.units),
+        "error": e.error, "cause": e.cause, **_source(msg),
+    }
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str
@@ -172,6 +183,9 @@ CHANNEL_COLUMNS = ("event", "sku", "platform", "available", "threshold", "at") +
 BREAKER_COLUMNS = ("event", "from_state", "to_state", "rate_per_min", "at", "worker") + _SRC
 SUSPECT_COLUMNS = ("order_id", "platform", "rule", "from_status", "to_status", "from_at", "to_at", "elapsed_ms",
                    "limit_ms", "window_id", "reason", "rules_version", "detected_by", "detected_at") + _SRC
+REFUND_COLUMNS = ("event", "refund_id", "order_id", "platform", "status", "previous_status", "at", "actor", "reason",
+                  "rule_id", "kind", "reason_code", "amount_minor", "currency", "warehouse", "units", "error",
+                  "cause") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -184,4 +198,5 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.CHANNEL_CONTROL: TableSpec("channel_events", CHANNEL_COLUMNS, channel_row),
         names.BREAKER_EVENTS: TableSpec("breaker_events", BREAKER_COLUMNS, breaker_row),
         names.SUSPECT: TableSpec("suspect_transitions", SUSPECT_COLUMNS, suspect_row),
+        names.REFUND_EVENTS: TableSpec("refund_events", REFUND_COLUMNS, refund_row),
     }

@@ -1,9 +1,10 @@
 """The three monitoring tiers of seed 001, as queries over the rollups.
 
 strategic (hourly, operations director): orders per day and hour, AOV trend, channel share.
-tactical (15 min, warehouse lead): outbound progress per warehouse, exception types.
-execution (real time, operator): to-do list per approver, processing time, SLA countdown, and the
-status updates that were not trusted (seed 003) and still wait for a believable one.
+tactical (15 min, warehouse lead): outbound progress per warehouse, exception types, refunds in flight.
+execution (real time, operator): to-do list per approver, processing time, SLA countdown, the status
+updates that were not trusted (seed 003) and still wait for a believable one, the refund queue and
+parked refund instructions (pipeline.clickhouse.refund_views).
 
 Each tier takes `now` so a test (or a replay) can ask about any moment; all times are UTC and
 come back as ISO-8601 text. Values reach SQL only as `{name:Type}` parameters. The strategic tier
@@ -18,10 +19,12 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .backends import Backend
+from .refund_views import execution_refunds, tactical_refunds
 
 SHIPPED_STATES = ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
 CLOSED_STATES = SHIPPED_STATES + ("CANCELLED",)
-EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach", "suspect_transition")
+EXCEPTION_KINDS = ("risk_hold", "out_of_stock", "dead_letter", "sla_breach", "suspect_transition",
+                   "refund_instruction_failed")
 RESOLUTIONS = ("approved", "rejected", "auto_released")
 DECISION_EVENTS = ("reserved", "out_of_stock", "backorder")  # inventory events that time a full pass
 ORANGE_HOURS = 8.0
@@ -211,6 +214,7 @@ def tactical(backend: Backend, hours: int = 24, now: datetime | None = None) -> 
         "exception_totals": totals,
         "paused_channels": [{"sku": r["sku"], "platform": r["platform"], "since": r["since"],
                              "available": int(r["available"]), "threshold": int(r["threshold"])} for r in paused],
+        "refunds": tactical_refunds(backend, p, start),
     }
 
 
@@ -350,6 +354,7 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
         "breakers": [{"worker": r["worker"], "state": r["state"], "since": r["since"],
                       "rate_per_min": float(r["rate"]), "transitions": int(r["transitions"])} for r in breakers],
         "suspect_transitions": suspects,
+        "refunds": execution_refunds(backend, p, sla_limit),
     }
 
 

@@ -55,6 +55,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "dead_letter": ("死信", "Dead letters"),
     "sla_breach": ("超时未发", "SLA breaches"),
     "suspect_transition": ("可疑状态变更", "Suspect state change"),
+    "refund_instruction_failed": ("退款指令失败", "Refund instructions failed"),
     "paused_channels": ("低于安全库存而暂停的渠道", "Channels paused below safety stock"),
     "sku": ("商品", "SKU"),
     "available": ("可用库存", "Available"),

@@ -3,7 +3,8 @@
 - Orders and dead letters: Avro records read as dicts (`ORDER`, `DEAD_LETTER`, schemas/order.avsc
   and schemas/dead_letter.avsc); the order is the hot path's own shape.
 - Every other event a process emits, and the risk-holds table's value: a frozen dataclass per
-  Avro schema (events.py).
+  Avro schema (events.py); the refunds' requests, actions, events, failed instructions and table
+  value likewise (refunds.py).
 - What arrives from outside in its own format: the platforms' raw orders (normalized in
   pipeline.domain) and the warehouse system's stock JSON (stock.py).
 
@@ -11,13 +12,20 @@ pipeline.topics maps every topic to its key and value codec from here.
 """
 from pipeline.codecs import CodecError, codec
 
-from .events import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Event, Hold, HoldVerdict,
-                     InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, SuspectTransition)
+from .events import EVENT_TYPES as _CORE_TYPES
+from .events import (BreakerTransition, ChannelEvent, DroppedDuplicate, Event, Hold, HoldVerdict, InventoryEvent,
+                     InventoryLine, RiskDecision, RiskEvent, RuleHit, SuspectTransition)
+from .refunds import (REFUND_TYPES, FailedRefundInstruction, Refund, RefundAction, RefundEvent, RefundLine,
+                      RefundRequest, RefundStep)
 from .stock import StockEventError, StockUpdate, WarehouseStock, parse_stock_event
+
+EVENT_TYPES = _CORE_TYPES + REFUND_TYPES
 
 ORDER = codec("order")
 DEAD_LETTER = codec("dead_letter")
 
 __all__ = ["CodecError", "ORDER", "DEAD_LETTER", "EVENT_TYPES", "Event", "RiskEvent", "InventoryEvent",
            "InventoryLine", "RiskDecision", "ChannelEvent", "BreakerTransition", "DroppedDuplicate", "Hold", "HoldVerdict",
-           "RuleHit", "SuspectTransition", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event"]
+           "RuleHit", "SuspectTransition", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event",
+           "RefundRequest", "RefundAction", "RefundEvent", "RefundLine", "RefundStep", "Refund",
+           "FailedRefundInstruction"]

@@ -1,4 +1,4 @@
-"""Start and stop the pipeline's own processes (workers, sink, verifiers) as daemons.
+"""Start and stop the pipeline's own processes (workers, sink, verifiers, refund service) as daemons.
 
 The demo, the tests and the benchmarks all start them the same way: `orderstream <role>` in
 a child process with its environment, a pid file under var/run and a log under var/log.
@@ -103,4 +103,15 @@ def start_verifiers(s: Settings, env: dict | None = None, wait: bool = True) -> 
     proc = start(s, "verifiers", ["verifiers"], env)
     if wait:
         wait_http(f"http://127.0.0.1:{s.verifier_port}/health", proc, timeout=30)
+    return proc
+
+
+def start_refund_service(s: Settings, env: dict | None = None, wait: bool = True) -> Proc:
+    """The simulated platform refund APIs, and the credentials file the worker reads
+    (settings.refund_credentials) set to the keys a fresh service starts with."""
+    from .refund_service import initial_keys, write_credentials
+    write_credentials(s.refund_credentials, initial_keys())
+    proc = start(s, "refund-service", ["refund-service"], env)
+    if wait:
+        wait_http(f"{s.refund_api}/health", proc, timeout=30)
     return proc

@@ -12,6 +12,8 @@ exactly the updates meant to be suspect were flagged, with the rule meant.
 Late payments need wall-clock time: their paid updates (the generator's `late` phase) are
 produced after the main phase has drained and `late_after_s` has passed, which must be longer
 than the worker's ORDERSTREAM_RESERVATION_TIMEOUT_S for the reservations to have timed out.
+With a refund rate (ReplayConfig.refunds), refunds of the reserved orders follow, each with the
+fate it must meet (pipeline.devtools.fake_refunds.reconcile_refunds accounts for each).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ..domain import stock_ledger
 from ..inventory_store import InventoryStore
 from ..topics import TopicNames
 from .fake_orders import SKUS, RawMessage, ReplayMix, generate_stream
+from .fake_refunds import RefundMix, run_refunds
 
 # Relative orders per hour of a sale day (seeds: 12,000 in the first hour after midnight,
 # a daytime plateau, an evening rise). Only the shape matters; `--speed` sets the clock.
@@ -53,6 +56,7 @@ class ReplayConfig:
     drain_timeout_s: float = 300.0
     late_after_s: float = 0.0          # wait after the main phase drained before the late payments
     mix: ReplayMix = field(default_factory=ReplayMix)
+    refunds: RefundMix = field(default_factory=RefundMix)  # rate 0: no refunds
 
 
 def send_offsets(count: int, cfg: ReplayConfig) -> list[float] | None:
@@ -160,7 +164,8 @@ def group_lag(s: Settings, group: str, topics: list[str]) -> int | None:
 
 def worker_inputs(names: TopicNames) -> list[str]:
     """The topics the worker group consumes (risk.recheck has a group of its own)."""
-    return [*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK]
+    return [*names.RAW_TOPICS, names.RISK_QUEUE, names.RISK_DECISIONS, names.INVENTORY_STOCK,
+            names.REFUND_REQUESTS, names.REFUND_ACTIONS]
 
 
 def wait_drained(s: Settings, names: TopicNames, app_group: str, timeout: float, settle_s: float = 2.0,
@@ -440,6 +445,11 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
         time.sleep(2)
         wait_drained(s, names, app_group, cfg.drain_timeout_s, settle_s=1.0, check_alive=check_alive)
         report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])
+    if cfg.refunds.rate > 0:
+        # after the orders: refund requests for reserved ones, decisions, receipts, a key rotation
+        # and its re-drive (pipeline.devtools.fake_refunds), each refund and fen accounted for
+        report["refunds"] = run_refunds(s, names, cfg.refunds, cfg.seed, timeout_s=cfg.drain_timeout_s)
+        report["balanced"] = report["balanced"] and report["refunds"]["balanced"]
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},
         "namespace": names.ns,

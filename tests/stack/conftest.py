@@ -23,11 +23,11 @@ _port_offsets = itertools.count(10 + (os.getpid() % 40) * 20, 4)
 
 
 def _free_offset() -> int:
-    """The next offset whose worker, sink and verifier ports are all free (other pytest processes)."""
+    """The next offset whose worker, sink, verifier and refund-service ports are all free (other pytest processes)."""
     base = load_settings()
     for offset in _port_offsets:
         ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 7001 + offset,
-                                                                         18100 + offset]
+                                                                         18100 + offset, 17100 + offset]
         if not any(stack.port_open("127.0.0.1", port, timeout=0.05) for port in ports):
             return offset
     raise RuntimeError("no free port offset")
@@ -40,7 +40,11 @@ class Pipeline:
         self.ns = namespace
         self.port_offset = _free_offset()  # pipelines alive at once never share a web port
         self.env = {"ORDERSTREAM_NAMESPACE": namespace,
-                    "ORDERSTREAM_VERIFIER_PORT": str(18100 + self.port_offset), **env}
+                    "ORDERSTREAM_VERIFIER_PORT": str(18100 + self.port_offset),
+                    "ORDERSTREAM_REFUND_SERVICE_PORT": str(17100 + self.port_offset),
+                    "ORDERSTREAM_REFUND_CREDENTIALS_FILE": str(load_settings().var / "run" /
+                                                               f"refund-credentials-{namespace.rstrip('.')}.json"),
+                    **env}
         self.names = TopicNames(namespace)
         self.procs: dict[str, processes.Proc] = {}
         os.environ.update(self.env)
@@ -91,6 +95,16 @@ class Pipeline:
         proc = processes.start(self.s, f"{self.ns}verifiers", ["verifiers", *args], self.env)
         self.procs["verifiers"] = proc
         processes.wait_http(f"http://127.0.0.1:{self.s.verifier_port}/health", proc, timeout=30)
+        return proc
+
+    def start_refund_service(self, *args: str) -> processes.Proc:
+        """The simulated platform refund APIs on this pipeline's own port, and a credentials file
+        holding the platforms' first keys (args: --latency-ms, --error-rate)."""
+        from pipeline.devtools.refund_service import initial_keys, write_credentials
+        write_credentials(self.s.refund_credentials, initial_keys())
+        proc = processes.start(self.s, f"{self.ns}refund-service", ["refund-service", *args], self.env)
+        self.procs["refund-service"] = proc
+        processes.wait_http(f"{self.s.refund_api}/health", proc, timeout=30)
         return proc
 
     def produce(self, records) -> None:
@@ -151,6 +165,7 @@ def pipeline_factory():
     yield make
     for p in made:
         p.stop()
+        p.s.refund_credentials.unlink(missing_ok=True)
         if os.environ.get("ORDERSTREAM_TEST_KEEP_TOPICS"):
             continue  # investigating a failure: the topics and offsets stay for inspection
         try:  # the shared broker stays small: restarts and metadata stay fast

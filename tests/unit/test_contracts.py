@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
-from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
-                                InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, StockEventError,
-                                StockUpdate, SuspectTransition, WarehouseStock)
+from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate,
+                                FailedRefundInstruction, Hold, HoldVerdict, InventoryEvent, InventoryLine, Refund,
+                                RefundAction, RefundEvent, RefundLine, RefundRequest, RefundStep, RiskDecision, RiskEvent,
+                                RuleHit, StockEventError, StockUpdate, SuspectTransition, WarehouseStock)
 from pipeline.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,20 @@ SAMPLES = [
          hits=(RuleHit("remote_region", "region", "medium", "hold", "西藏"),), amount_minor=5, currency="CNY",
          order=b"\xc3\x01order-bytes\x00\xff", headers={"src": b"t:1:2", "raw_ts": b"17"}, decided_by="1:9",
          resolution_event=RiskEvent("approved", "JD-1", "JD", T + 5, operator="alice").encode()),
+    RefundRequest("JD:RF1", "JD-1", "JD", "return_and_refund", "seven_day_no_reason", 19_900, "CNY", 39_800,
+                  (RefundLine("A", 1), RefundLine("B", 2, is_custom=True)), T, T - 86_400_000, "buyer:u1",
+                  reason="尺码不合适"),
+    RefundAction("JD:RF1", "receive", "clerk.wang", T, warehouse="WH-SH"),
+    RefundEvent("instruction_failed", "JD:RF1", "JD-1", "JD", "refunding", "refunding", T, actor="JD",
+                amount_minor=19_900, currency="CNY", error="Invalid API Key", cause="ns.refunds.actions:1:7"),
+    FailedRefundInstruction("JD:RF1", "JD-1", "JD", 19_900, "CNY", "Invalid API Key", 401, 1, T,
+                            cause="ns.refunds.actions:1:7"),
+    Refund("JD:RF1", "JD-1", "JD", "return_and_refund", "seven_day_no_reason", 19_900, "CNY", 39_800,
+           (RefundLine("A", 1),), T, "buyer:u1", "refunding",
+           history=(RefundStep("requested", T, "buyer:u1"), RefundStep("awaiting_return", T, "refund_rules")),
+           auto_rule="seven_day_no_reason_small", decided_by="refund_rules", money_committed=True,
+           warehouse="WH-SH", instruction="failed", instruction_attempts=1, last_error="Invalid API Key",
+           applied="ns.refunds.actions:1:7", published=(b"\xc3\x01event",), parked=b"\xc3\x01parked"),
 ]
 
 
@@ -113,6 +128,8 @@ def test_every_topic_has_a_key_and_a_value_codec():
         assert contract.key and contract.doc
         assert callable(contract.value.encode) and callable(contract.value.decode)
     assert names.topic(names.RISK_EVENTS).value is RiskEvent
+    assert names.topic(names.REFUND_REQUESTS).value is RefundRequest
+    assert names.REFUND_RULES in names.COMPACTED
     assert names.topic(names.raw("JD")).value.decode(b"{}") == b"{}"
     with pytest.raises(KeyError):
         names.topic("ns.not.a.topic")

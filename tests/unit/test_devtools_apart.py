@@ -19,7 +19,7 @@ DEVTOOLS = "pipeline.devtools"
 RUNTIME = [ROOT / "agents", ROOT / "pipeline"]
 CLI = ROOT / "pipeline" / "cli.py"
 # the `orderstream` commands that are dev tooling; every other command is the runtime's
-DEV_COMMANDS = {"stack_up", "stack_status", "stack_down", "verifiers", "replay", "demo"}
+DEV_COMMANDS = {"stack_up", "stack_status", "stack_down", "verifiers", "refund_service", "replay", "demo"}
 RUNTIME_COMMANDS = ("worker", "sink")
 
 
@@ -155,4 +155,5 @@ def test_what_the_worker_and_sink_commands_import_loads_no_devtools(tmp_path):
 
 def test_the_subprocess_check_sees_a_loaded_devtools_module(tmp_path):
     assert loaded_devtools(["pipeline.topics", "pipeline.devtools.replay"], tmp_path) == [
-        "pipeline.devtools", "pipeline.devtools.fake_orders", "pipeline.devtools.replay"]
+        "pipeline.devtools", "pipeline.devtools.fake_orders", "pipeline.devtools.fake_refunds",
+        "pipeline.devtools.replay"]
