@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate, InventoryEvent,
-                        RiskDecision, RiskEvent, WarehouseStock)
+                        RiskDecision, RiskEvent, SettlementBillLine, WarehouseStock)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 
@@ -106,6 +106,8 @@ _BASE = {
                               "reserved / out_of_stock / released / cancelled / duplicate"),
     "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
     "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
+    "SETTLEMENT_BILLS": Topic("settlement.bills", "line key (file sha256 prefix:line number)", SettlementBillLine,
+                              "validated settlement bill lines, one per money movement (orderstream settlement import)"),
     "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),
 }
 
@@ -133,5 +135,6 @@ INVENTORY_EVENTS = names.INVENTORY_EVENTS
 CHANNEL_CONTROL = names.CHANNEL_CONTROL
 BREAKER_EVENTS = names.BREAKER_EVENTS
 DLQ = names.DLQ
+SETTLEMENT_BILLS = names.SETTLEMENT_BILLS
 COMPACTED = names.COMPACTED
 ALL_TOPICS = names.ALL_TOPICS

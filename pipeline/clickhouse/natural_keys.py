@@ -17,6 +17,8 @@ NATURAL_KEYS = {
     # `at` is stable across re-emission: the risk agent stamps the order's ingest time
     "risk_events": (("order_id", "event", "at"), "at"),
     "inventory_events": (("order_id", "event"), "at"),
+    # a re-import of the same bill file repeats its line keys
+    "settlement_bills": (("line_key",), "imported_at"),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RiskEvent)
+                                RiskEvent, SettlementBillLine)
 from pipeline.topics import TopicNames
 
 
@@ -135,6 +135,17 @@ def breaker_row(msg) -> dict:
     }
 
 
+def settlement_bill_row(msg) -> dict:
+    e: SettlementBillLine = _event(msg, SettlementBillLine)
+    return {
+        "line_key": e.line_key, "file_sha256": e.file_sha256, "file_name": e.file_name, "line_no": e.line_no,
+        "platform": e.platform, "bill_line_id": e.bill_line_id, "external_order_id": e.external_order_id,
+        "order_id": e.order_id, "kind": e.kind, "platform_type": e.platform_type, "amount_minor": e.amount_minor,
+        "currency": e.currency, "settle_day": e.settle_day, "imported_by": e.imported_by,
+        "imported_at": ch_time(e.imported_at_ms), **_source(msg),
+    }
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str
@@ -157,6 +168,9 @@ DEAD_LETTER_COLUMNS = ("source_topic", "source_partition", "source_offset", "pla
                        "key_b64", "payload_b64", "payload_bytes", "failed_at") + _SRC
 CHANNEL_COLUMNS = ("event", "sku", "platform", "available", "threshold", "at") + _SRC
 BREAKER_COLUMNS = ("event", "from_state", "to_state", "rate_per_min", "at", "worker") + _SRC
+SETTLEMENT_BILL_COLUMNS = ("line_key", "file_sha256", "file_name", "line_no", "platform", "bill_line_id",
+                           "external_order_id", "order_id", "kind", "platform_type", "amount_minor", "currency",
+                           "settle_day", "imported_by", "imported_at") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -168,4 +182,5 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.DLQ: TableSpec("dead_letters", DEAD_LETTER_COLUMNS, dead_letter_row),
         names.CHANNEL_CONTROL: TableSpec("channel_events", CHANNEL_COLUMNS, channel_row),
         names.BREAKER_EVENTS: TableSpec("breaker_events", BREAKER_COLUMNS, breaker_row),
+        names.SETTLEMENT_BILLS: TableSpec("settlement_bills", SETTLEMENT_BILL_COLUMNS, settlement_bill_row),
     }

@@ -1,4 +1,4 @@
-"""The ClickHouse sink: six topics in, six fact tables out, each row landing exactly once.
+"""The ClickHouse sink: seven topics in, seven fact tables out, each row landing exactly once.
 
 Exactly once without Kafka commits: every row stores its (topic, partition, offset), the sink
 starts each partition at max(stored offset) + 1, and every insert carries a dedup token made
@@ -179,7 +179,7 @@ TOPIC_RECHECK_S = 5.0
 
 def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
-    """Consume the six source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
+    """Consume the seven source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
     run in the main thread without a stop event). Serves /health, /views, /sql, /metrics and the
     console (/console/<tier>), whose approve/reject/re-drive publish through their own producer, and
     the ClickHouse HTTP interface for analysts on its own port (analyst.service)."""

@@ -12,7 +12,7 @@ pipeline.topics maps every topic to its key and value codec from here.
 from pipeline.codecs import CodecError, codec
 
 from .events import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Event, Hold, HoldVerdict,
-                     InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit)
+                     InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, SettlementBillLine)
 from .stock import StockEventError, StockUpdate, WarehouseStock, parse_stock_event
 
 ORDER = codec("order")
@@ -20,4 +20,4 @@ DEAD_LETTER = codec("dead_letter")
 
 __all__ = ["CodecError", "ORDER", "DEAD_LETTER", "EVENT_TYPES", "Event", "RiskEvent", "InventoryEvent",
            "InventoryLine", "RiskDecision", "ChannelEvent", "BreakerTransition", "DroppedDuplicate", "Hold", "HoldVerdict",
-           "RuleHit", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event"]
+           "RuleHit", "SettlementBillLine", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event"]
