@@ -141,3 +141,26 @@ def write_bills(bills: dict, injected: list[Injected], out_dir: Path) -> list[Pa
         paths.append(path)
     (out_dir / "injected.json").write_text(json.dumps([asdict(i) for i in injected], indent=1) + "\n")
     return paths
+
+
+def bills_for_replay(messages, seed: int, mix: BillMix, out_dir: Path, now: datetime | None = None) -> dict:
+    """The platforms' bills for a replay's raw messages (fake_orders.RawMessage): every order version
+    the replay sent, normalized as the order flow does, billed per platform and paid day. Writes the
+    CSVs and injected.json to out_dir; returns what the replay report records."""
+    from pipeline.domain.normalize import normalize
+    now = now or datetime.now(timezone.utc)
+    orders = []
+    for m in messages:
+        if m.kind not in ("new", "update"):
+            continue
+        res = normalize(m.platform, m.value, now)
+        if res.order is not None:
+            orders.append(res.order)
+    bills, injected = build_bills(orders, seed, mix)
+    paths = write_bills(bills, injected, out_dir)
+    counts: dict[str, int] = {}
+    for i in injected:
+        counts[i.cls] = counts.get(i.cls, 0) + 1
+    return {"dir": str(out_dir), "files": [p.name for p in paths], "lines": sum(len(r) for r in bills.values()),
+            "injected": counts, "injected_file": str(out_dir / "injected.json"),
+            "rates": mix.rates, "tolerance_minor": mix.tolerance_minor}
