@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
 from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
-                                InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, StockEventError,
+                                InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, SettlementBillLine,
+                                StockEventError,
                                 StockUpdate, WarehouseStock)
 from pipeline.topics import TopicNames
 
@@ -35,6 +36,9 @@ SAMPLES = [
          hits=(RuleHit("remote_region", "region", "medium", "hold", "西藏"),), amount_minor=5, currency="CNY",
          order=b"\xc3\x01order-bytes\x00\xff", headers={"src": b"t:1:2", "raw_ts": b"17"}, decided_by="1:9",
          resolution_event=RiskEvent("approved", "JD-1", "JD", T + 5, operator="alice").encode()),
+    SettlementBillLine("0123456789abcdef:7", "0123456789abcdef" * 4, "天猫-账单.csv", 7, "TMALL", "F-1", "refund",
+                       "交易退款", -1_250, "CNY", "2026-11-27", "alice", T, external_order_id="1001",
+                       order_id="TM-abc"),
 ]
 
 
@@ -125,6 +129,7 @@ JSON_ALLOWED = {
     "pipeline/domain/normalize.py": "the order fingerprint",
     "pipeline/inventory_store.py": "the Lua script's one JSON argument",
     "pipeline/contracts/stock.py": "the warehouse system's JSON",
+    "pipeline/settlement/engine.py": "a reconciliation run's JSON report, stored with the run",
 }
 
 
