@@ -436,10 +436,13 @@ def reconcile_settlement(day: str = typer.Option(..., "--day", help="Bill day, Y
     from .settlement.exceptions import SettlementError
     from .settlement.rules import load_rules
     s = load_settings()
+    backend = _settlement_backend(s)
     try:
-        result = reconcile_day(_settlement_backend(s), load_rules(rules), day, operator, platform)
+        result = reconcile_day(backend, load_rules(rules), day, operator, platform)
     except (SettlementError, ValueError) as exc:
         fail(str(exc))
+    finally:
+        backend.close()
     out = report or s.var / "settlement" / f"reconcile-{result['day']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
@@ -457,7 +460,11 @@ def settlement_queue(day: str = typer.Option(None, "--day"), platform: str = typ
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """The open manual queue: differences above the write-off thresholds nobody has resolved."""
     from .settlement.queue import open_queue
-    rows = open_queue(_settlement_backend(load_settings()), day, platform)
+    backend = _settlement_backend(load_settings())
+    try:
+        rows = open_queue(backend, day, platform)
+    finally:
+        backend.close()
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
@@ -476,10 +483,13 @@ def settlement_resolve(diff_key: str,
     from .settlement.queue import resolve
     if not operator.strip():
         fail("a resolution names the person who made it (--operator)")
+    backend = _settlement_backend(load_settings())
     try:
-        done = resolve(_settlement_backend(load_settings()), diff_key, operator, reason)
+        done = resolve(backend, diff_key, operator, reason)
     except ResolveError as exc:
         fail(str(exc))
+    finally:
+        backend.close()
     console.print(f"{diff_key} resolved by {done['resolved_by']}: {done['reason']}")
 
 

@@ -1,0 +1,100 @@
+"""Settlement (issue 18): the replay's bill writer over a replay's own raw stream, and the CLI.
+Each test opens and closes its own chDB (one data directory per process at a time)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from pipeline.clickhouse.backends import ChdbBackend
+from pipeline.clickhouse.migrate import migrate
+from pipeline.clickhouse.sink import ClickHouseSink
+from pipeline.codecs import order_codec
+from pipeline.devtools.fake_orders import ReplayMix, generate_stream
+from pipeline.devtools.settlement_bills import INJECTABLE, BillMix
+from pipeline.domain.normalize import normalize
+from pipeline.settlement.bills import read_bill
+from pipeline.settlement.engine import reconcile_platform_day
+from pipeline.settlement.rules import load_rules
+from pipeline.topics import TopicNames
+
+from .test_settlement import NOW_MS, START, Feed, bill_records
+
+
+@pytest.fixture
+def names():
+    return TopicNames("settlereplay.")
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = ChdbBackend(tmp_path / "chdb")
+    migrate(b)
+    yield b
+    b.close()
+
+# -- the replay's bills, from the replay's own raw messages, and the CLI ------------------------------
+
+def test_replay_bills_from_raw_messages_reconcile_to_exactly_what_was_injected(tmp_path, names, backend):
+    """bills_for_replay bills the raw stream a replay sends (redeliveries, malformed messages and all);
+    the order flow's canonical versions land through the sink; the files are imported from disk."""
+    from pipeline.devtools.settlement_bills import bills_for_replay
+    start = START + timedelta(days=3)
+    messages = list(generate_stream(700, 23, ReplayMix(update=0.1), start=start))
+    out = tmp_path / "bills"
+    summary = bills_for_replay(messages, 3, BillMix(rates={c: 0.03 for c in INJECTABLE}), out, now=start)
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    sink.resume_positions()
+    feed, codec = Feed(), order_codec()
+    for m in messages:
+        if m.kind in ("new", "update"):
+            order = normalize(m.platform, m.value, start).order
+            sink.add(feed.record(names.UNIQUE, codec.encode(order), order["order_id"]))
+    runs = []
+    for name in summary["files"]:
+        platform, day = name[:-4].split("-", 1)
+        result = read_bill((out / name).read_bytes(), platform.upper(), name, "test-importer", NOW_MS)
+        assert not result.rejected
+        for rec in bill_records(feed, names, result):
+            sink.add(rec)
+        runs.append((platform.upper(), day))
+    sink.flush(force=True)
+    injected = json.loads((out / "injected.json").read_text())
+    assert sum(summary["injected"].values()) == len(injected) > 10
+    reports = [reconcile_platform_day(backend, load_rules(), day, platform, "test-runner", NOW_MS)
+               for platform, day in runs]
+    found = Counter((d["class"], r["platform"], r["day"], d["order_id"], d["kind"], d["diff_minor"])
+                    for r in reports for d in r["differences"])
+    assert found == Counter((i["cls"], i["platform"], i["day"], i["order_id"], i["kind"], i["diff_minor"])
+                            for i in injected)
+    assert all(r["balanced"] for r in reports)
+
+
+def test_cli_refuses_a_resolution_without_operator_and_reports_broken_bill(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import cli
+    monkeypatch.setenv("ORDERSTREAM_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("ORDERSTREAM_CHDB_PATH", str(tmp_path / "chdb"))
+    monkeypatch.setenv("ORDERSTREAM_SINK_WEB_PORT", "9")  # nothing listens: no sink owns the data dir
+    runner = CliRunner()
+    res = runner.invoke(cli, ["settlement", "resolve", "2026-11-27|TMALL|x", "--operator", " ", "--reason", "r"])
+    assert res.exit_code == 1 and "--operator" in res.output
+    res = runner.invoke(cli, ["settlement", "resolve", "2026-11-27|TMALL|x", "--reason", "r"])
+    assert res.exit_code != 0  # --operator is required
+    res = runner.invoke(cli, ["settlement", "resolve", "2026-11-27|TMALL|x", "--operator", "alice", "--reason", "r"])
+    assert res.exit_code == 1 and "no difference" in res.output
+    res = runner.invoke(cli, ["reconcile", "settlement", "--day", "2026-11-27", "--operator", "carol"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "settlement" / "reconcile-2026-11-27.json").read_text())["operator"] == "carol"
+    # a bill of broken rows only: reported line by line, nothing published (no broker needed)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("账务流水号,业务订单号,业务类型,收支金额(元),币种,结算日期\nF1,1,交易收款,x,CNY,2026-11-27\n"
+                   "F2,2,交易收款,1.00,CNY,bad-day\n", encoding="utf-8")
+    res = runner.invoke(cli, ["settlement", "import", str(bad), "--platform", "TMALL", "--operator", "dave"])
+    assert res.exit_code == 0, res.output
+    assert "line 2" in res.output and "line 3" in res.output
+    report = json.loads((tmp_path / "settlement" / "bad.csv.import.json").read_text())
+    assert [r["line"] for r in report["rejected"]] == [2, 3] and report["lines_kept"] == 0
