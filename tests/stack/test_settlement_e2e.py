@@ -56,6 +56,17 @@ def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_fac
             break
         time.sleep(1)
     assert n == bills["lines"]
+    # the sink reconciles each (day, platform) that got lines by itself once the import is quiet
+    pairs = int(sink_sql(p, "SELECT count() AS n FROM (SELECT DISTINCT settle_day, platform FROM settlement_bills)")
+                [0]["n"])
+    deadline = time.monotonic() + 60
+    while True:
+        scheduled = int(sink_sql(p, "SELECT count() AS n FROM (SELECT DISTINCT day, platform FROM settlement_runs "
+                                    "WHERE operator = 'scheduler@sink')")[0]["n"])
+        if scheduled == pairs or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert scheduled == pairs > 0
 
     # the embedded data directory has one owner: stop the sink, reconcile on its data
     chdb_path = str(p.s.var / f"chdb-{p.ns.rstrip('.')}")

@@ -98,3 +98,32 @@ def test_cli_refuses_a_resolution_without_operator_and_reports_broken_bill(tmp_p
     assert "line 2" in res.output and "line 3" in res.output
     report = json.loads((tmp_path / "settlement" / "bad.csv.import.json").read_text())
     assert [r["line"] for r in report["rejected"]] == [2, 3] and report["lines_kept"] == 0
+
+
+def test_the_sink_runs_a_reconciliation_after_a_bill_lands(backend, names):
+    """The scheduled run: once a bill's lines have landed and nothing new came for quiet_s, each
+    (day, platform) is reconciled once, by the sink's process, recorded with who ran it."""
+    from pipeline.settlement.scheduler import SettlementScheduler
+    from pipeline.devtools.settlement_bills import write_bill
+    clock = [100.0]
+    scheduler = SettlementScheduler(backend, load_rules(), quiet_s=5.0, clock=lambda: clock[0])
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    sink.resume_positions()
+    sink.on_landed["settlement_bills"] = scheduler.landed
+    rows = [{"bill_line_id": f"L{i}", "external_order_id": str(1000 + i), "kind": "payment", "amount_minor": 100 * i,
+             "currency": "CNY", "settle_day": "2026-11-29"} for i in range(1, 4)]
+    result = read_bill(write_bill("JD", rows), "JD", "jd.csv", "importer", NOW_MS)
+    feed = Feed()
+    for rec in bill_records(feed, names, result):
+        sink.add(rec)
+    assert scheduler.tick() == []           # nothing landed yet
+    sink.flush(force=True)
+    assert scheduler.tick() == []           # landed, but the file may still be arriving
+    clock[0] += 6
+    reports = scheduler.tick()
+    assert [(r["day"], r["platform"], r["operator"]) for r in reports] == [("2026-11-29", "JD", "scheduler@sink")]
+    # orders the pipeline never saw: every line is a bill line without an order
+    assert Counter(d["class"] for d in reports[0]["differences"]) == {"bill_line_without_order": 3}
+    assert scheduler.tick() == []           # once per landing
+    runs = backend.query("SELECT operator FROM settlement_runs WHERE platform = 'JD'")
+    assert runs == [{"operator": "scheduler@sink"}]
