@@ -380,8 +380,10 @@ def _settlement_backend(s):
     if s.clickhouse_backend == "chdb":
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/health", timeout=2):
-                fail("a sink owns the embedded chDB data directory: stop it (or use the ClickHouse server "
-                     "backend) to run reconciliation from the command line")
+                fail("a sink owns the embedded chDB data directory: it reconciles each imported bill itself; "
+                     "the queue is at /console/api/settlement/queue and resolving at POST "
+                     "/console/api/settlement/resolve (operator token); or stop the sink (or use the "
+                     "ClickHouse server backend) to use these commands")
         except OSError:
             pass
     backend = open_backend(s)

@@ -127,3 +127,60 @@ def test_the_sink_runs_a_reconciliation_after_a_bill_lands(backend, names):
     assert scheduler.tick() == []           # once per landing
     runs = backend.query("SELECT operator FROM settlement_runs WHERE platform = 'JD'")
     assert runs == [{"operator": "scheduler@sink"}]
+
+
+def test_console_resolves_the_queue_only_with_an_operator_token(backend, names):
+    """The manual queue in the console: anyone reads it; resolving needs a token, and the operator
+    recorded is the token's, once per difference."""
+    import asyncio
+
+    from aiohttp import test_utils
+
+    from pipeline.clickhouse.http import make_app
+    from pipeline.config import load_settings
+    from pipeline.console import setup_console
+    from pipeline.console.auth import OperatorTokens
+    from pipeline.devtools.settlement_bills import write_bill
+    token = "t" * 20
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    sink.resume_positions()
+    rows = [{"bill_line_id": "L1", "external_order_id": "555", "kind": "payment", "amount_minor": 99_900,
+             "currency": "CNY", "settle_day": "2026-11-30"}]
+    feed = Feed()
+    for rec in bill_records(feed, names, read_bill(write_bill("TMALL", rows), "TMALL", "t.csv", "imp", NOW_MS)):
+        sink.add(rec)
+    sink.flush(force=True)
+    report = reconcile_platform_day(backend, load_rules(), "2026-11-30", "TMALL", "runner", NOW_MS)
+    (diff,) = report["differences"]
+    assert diff["class"] == "bill_line_without_order" and diff["disposition"] == "manual"
+
+    class NoPublisher:
+        def publish(self, *a, **k):
+            raise AssertionError("settlement resolutions publish nothing")
+
+        def close(self):
+            pass
+
+    app = make_app(backend)
+    setup_console(app, load_settings(), names, publisher=NoPublisher(), tokens=OperatorTokens({token: "erin"}))
+
+    async def scenario(client):
+        queue_before = await (await client.get("/console/api/settlement/queue")).json()
+        path = "/console/api/settlement/resolve"
+        body = {"diff_key": diff["diff_key"], "reason": "platform test order, no goods", "operator": "mallory"}
+        anon = await client.post(path, json=body)
+        ok = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+        again = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+        queue_after = await (await client.get("/console/api/settlement/queue")).json()
+        return queue_before, anon.status, ok.status, await ok.json(), again.status, queue_after
+
+    async def main():
+        async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+            return await scenario(client)
+    before, anon, ok, body, again, after = asyncio.run(main())
+    assert before["count"] == 1 and before["open"][0]["diff_key"] == diff["diff_key"]
+    assert anon == 401 and ok == 200 and again == 409
+    assert body["resolved_by"] == "erin"  # the token's operator, not the name in the body
+    assert after["count"] == 0
+    assert backend.query("SELECT operator, reason FROM settlement_resolutions") == \
+        [{"operator": "erin", "reason": "platform test order, no goods"}]
