@@ -184,3 +184,42 @@ def test_console_resolves_the_queue_only_with_an_operator_token(backend, names):
     assert after["count"] == 0
     assert backend.query("SELECT operator, reason FROM settlement_resolutions") == \
         [{"operator": "erin", "reason": "platform test order, no goods"}]
+
+
+def test_refunds_are_a_ledger_source_a_delayed_refund_resolves_on_a_later_day(backend, names):
+    """A refund the ledger has (ledger_refunds, the refund source) and the bill does not yet is a
+    delayed refund on its day; when the platform bills it on a later day it matches there."""
+    from pipeline.devtools.settlement_bills import write_bill
+    from pipeline.domain.normalize import normalize
+    from pipeline.clickhouse.rows import ch_time
+    order = next(o for o in (normalize(m.platform, m.value, START).order
+                             for m in generate_stream(40, 5, ReplayMix(update=0.0, redelivery=0.0, malformed=0.0),
+                                                      start=START))
+                 if o["paid_at"] is not None and o["platform"] == "JD")
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    sink.resume_positions()
+    feed = Feed()
+    sink.add(feed.record(names.UNIQUE, order_codec().encode(order), order["order_id"]))
+    sink.flush(force=True)
+    refund_ms = int(START.timestamp() * 1000) + 2 * 86_400_000  # 2026-11-29 08:00 in Shanghai
+    backend.insert("ledger_refunds", [{"refund_id": "R1", "order_id": order["order_id"], "platform": "JD",
+                                       "currency": "CNY", "amount_minor": 500, "refunded_at": ch_time(refund_ms),
+                                       "source": "test"}],
+                   ["refund_id", "order_id", "platform", "currency", "amount_minor", "refunded_at", "source"], None)
+    ledger = backend.query("SELECT kind, amount_minor FROM settlement_ledger WHERE order_id = {o:String} "
+                           "ORDER BY kind", {"o": order["order_id"]})
+    assert ledger == [{"kind": "payment", "amount_minor": order["amounts"]["total_minor"]},
+                      {"kind": "refund", "amount_minor": -500}]
+    rules = load_rules()
+    day2 = reconcile_platform_day(backend, rules, "2026-11-29", "JD", "runner", NOW_MS)
+    assert [(d["class"], d["kind"], d["bill_minor"], d["ledger_minor"], d["diff_minor"])
+            for d in day2["differences"]] == [("delayed_refund", "refund", 0, -500, 500)]
+    later = [{"bill_line_id": "RF1", "external_order_id": order["external_order_id"], "kind": "refund",
+              "amount_minor": -500, "currency": "CNY", "settle_day": "2026-11-30"}]
+    for rec in bill_records(feed, names, read_bill(write_bill("JD", later), "JD", "jd.csv", "imp", NOW_MS)):
+        sink.add(rec)
+    sink.flush(force=True)
+    day3 = reconcile_platform_day(backend, rules, "2026-11-30", "JD", "runner", NOW_MS)
+    assert day3["differences"] == []
+    assert day3["totals"] == [{"currency": "CNY", "settled_minor": -500, "ledger_minor": -500, "matched_minor": -500,
+                               "difference_minor": 0, "bill_lines": 1, "differences": 0}]
