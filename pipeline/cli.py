@@ -430,8 +430,10 @@ def settlement_import(file: Path = typer.Argument(..., exists=True, dir_okay=Fal
 def reconcile_settlement(day: str = typer.Option(..., "--day", help="Bill day, YYYY-MM-DD."),
                          platform: str = typer.Option(None, "--platform", help="Only this platform."),
                          operator: str = typer.Option(_default_operator, help="Who runs it (recorded)."),
-                         rules: Path = typer.Option(None, help="Rule set (YAML); default pipeline/settlement/rules.yaml"),
-                         report: Path = typer.Option(None, help="JSON report; default var/settlement/reconcile-<day>.json"),
+                         rules: Path = typer.Option(None, help="Rule set (YAML); default "
+                                                    "pipeline/settlement/rules.yaml"),
+                         report: Path = typer.Option(None, help="JSON report; default "
+                                                     "var/settlement/reconcile-<day>.json"),
                          ) -> None:
     """Match a bill day against the ledger in ClickHouse, classify and record every difference."""
     from .settlement.engine import reconcile_day

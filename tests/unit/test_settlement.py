@@ -4,7 +4,6 @@ differences injected; imported through the bill reader, landed by the sink from 
 records; reconciled by the engine. The engine must find exactly what was injected."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -24,7 +23,7 @@ from pipeline.settlement import queue
 from pipeline.settlement.bills import parse_amount, read_bill
 from pipeline.settlement.engine import reconcile_day, reconcile_platform_day
 from pipeline.settlement.exceptions import LayoutError, ResolveError
-from pipeline.settlement.rules import load_rules, parse_rules
+from pipeline.settlement.rules import RULES_FILE, load_rules, parse_rules
 from pipeline.topics import TopicNames
 
 START = datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc)
@@ -278,7 +277,7 @@ def test_platform_layouts_round_trip_and_refuse_bad_files():
 def test_rules_are_validated():
     good = load_rules()
     assert good.rounding_tolerance_minor == 1
-    text = (load_rules.__globals__["RULES_FILE"]).read_text()
+    text = RULES_FILE.read_text()
     with pytest.raises(Exception, match="unknown difference class"):
         parse_rules(text.replace("class: rounding", "class: roundin"))
     with pytest.raises(Exception, match="non-negative integer"):

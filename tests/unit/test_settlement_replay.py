@@ -91,7 +91,8 @@ def test_cli_refuses_a_resolution_without_operator_and_reports_broken_bill(tmp_p
     assert json.loads((tmp_path / "settlement" / "reconcile-2026-11-27.json").read_text())["operator"] == "carol"
     # a bill of broken rows only: reported line by line, nothing published (no broker needed)
     bad = tmp_path / "bad.csv"
-    bad.write_text("账务流水号,业务订单号,业务类型,收支金额(元),币种,结算日期\nF1,1,交易收款,x,CNY,2026-11-27\n"
+    bad.write_text("账务流水号,业务订单号,业务类型,收支金额(元),币种,结算日期\n"
+                   "F1,1,交易收款,x,CNY,2026-11-27\n"
                    "F2,2,交易收款,1.00,CNY,bad-day\n", encoding="utf-8")
     res = runner.invoke(cli, ["settlement", "import", str(bad), "--platform", "TMALL", "--operator", "dave"])
     assert res.exit_code == 0, res.output
