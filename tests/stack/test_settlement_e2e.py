@@ -1,5 +1,5 @@
-"""Issue 18 end to end: a replay through a real worker and the chDB sink; the replay's bills (written
-from the replay's own raw messages, with injected differences) imported with `orderstream settlement
+"""Issue 18 end to end: `orderstream replay --bills-dir` through a real worker and the chDB sink; the
+replay's bills (written from its own raw messages, with injected differences) imported with `orderstream settlement
 import` onto the real broker, landed by the sink; then `orderstream reconcile settlement` on the
 sink's data must report exactly the injected differences, balanced to the fen."""
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections import Counter
 import pytest
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.devtools.fake_orders import ReplayMix
-from pipeline.devtools.replay import ReplayConfig, produce_replay
-from pipeline.devtools.settlement_bills import INJECTABLE, BillMix, bills_for_replay
-from tests.stack.helpers import distinct_facts, settle, sink_sql, wait_sunk
+from tests.stack.helpers import distinct_facts, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -31,14 +28,17 @@ def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_fac
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_worker()
     p.start_sink()
-    cfg = ReplayConfig(count=500, seed=18, mix=ReplayMix(malformed=0.02, update=0.08))
-    messages, produced = produce_replay(p.s, p.names, cfg)
-    report = settle(p, messages, produced, drain_s=180, holds_s=40)
+    # the replay command itself writes the bills for the replayed days, differences injected
+    res = cli(p, "replay", "--count", "500", "--seed", "18", "--malformed", "0.02", "--update", "0.08",
+              "--report", str(tmp_path / "replay.json"), "--bills-dir", str(tmp_path / "bills"),
+              "--bill-diff-rate", "0.04", "--bill-seed", "7", "--drain-timeout", "180")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "replay.json").read_text())
     assert report["balanced"], report
+    bills = report["settlement_bills"]
     expected = distinct_facts(p)
     assert wait_sunk(p, expected, timeout=60) == expected
 
-    bills = bills_for_replay(messages, 7, BillMix(rates={c: 0.04 for c in INJECTABLE}), tmp_path / "bills")
     injected = json.loads((tmp_path / "bills" / "injected.json").read_text())
     assert len({i["cls"] for i in injected}) >= 6, bills["injected"]
     files = bills["files"]
