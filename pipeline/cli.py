@@ -18,7 +18,8 @@ cli = typer.Typer(help="orderstream: multi-platform order stream processing.", n
 stack_cli = typer.Typer(help="The local stack: Kafka (KRaft) and Redis, no Docker needed.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="Dead letters.", no_args_is_help=True)
 rules_cli = typer.Typer(help="Risk rules as data (compacted topic risk.rules).", no_args_is_help=True)
-reconcile_cli = typer.Typer(help="Consistency checks between the platforms, ClickHouse and Redis.", no_args_is_help=True)
+reconcile_cli = typer.Typer(help="Reconciliation runs: order states (platforms, ClickHouse, Redis) and settlement bills.",
+                            no_args_is_help=True)
 refunds_cli = typer.Typer(help="Refunds: operator decisions, returned goods, re-driving failed instructions, rules.",
                           no_args_is_help=True)
 refund_rules_cli = typer.Typer(help="Refund auto-approval rules as data (compacted topic refunds.rules).",
@@ -28,7 +29,9 @@ cli.add_typer(stack_cli, name="stack")
 cli.add_typer(reconcile_cli, name="reconcile")
 cli.add_typer(refunds_cli, name="refunds")
 cli.add_typer(dlq_cli, name="dlq")
+settlement_cli = typer.Typer(help="Settlement bills and the manual queue of their differences.", no_args_is_help=True)
 cli.add_typer(rules_cli, name="rules")
+cli.add_typer(settlement_cli, name="settlement")
 console = Console()
 
 
@@ -156,8 +159,12 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
            refund_auto: float = typer.Option(0.5, help="Share of refunds written to fit the auto-approval rule."),
            refund_approve: float = typer.Option(0.7, help="Share of the operator's refund queue approved."),
            refund_rotated_key: str = typer.Option("", help="Rotate this platform's refund API key first (seed "
-                                                           "002), then fix it and re-drive (needs refund-service).")
-           ) -> None:
+                                                           "002), then fix it and re-drive (needs refund-service)."),
+           bills_dir: Path = typer.Option(None, help="Also write each platform's settlement bills for the "
+                                          "replayed days here (CSV per platform and day, injected.json)."),
+           bill_diff_rate: float = typer.Option(0.01, help="Chance per billed order of each injected settlement "
+                                                "difference class."),
+           bill_seed: int = typer.Option(18, help="Seed of the settlement bills' injections.")) -> None:
     """Produce a Black Friday replay into the running pipeline and reconcile every message and every unit of stock."""
     from rich.progress import Progress
 
@@ -176,7 +183,17 @@ def replay(count: int = typer.Option(2000, help="Raw messages to produce (all ki
                                          rotated_key=refund_rotated_key.upper()))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=count)
-        result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n))
+        sent: list = []
+        result = run_replay(s, names, names.ns + s.app_id, cfg, lambda n: progress.advance(task, n),
+                            messages_out=sent)
+    if bills_dir is not None:
+        from .devtools.settlement_bills import INJECTABLE, BillMix, bills_for_replay
+        from .settlement.rules import load_rules
+        rules = load_rules()
+        result["settlement_bills"] = bills_for_replay(
+            sent, bill_seed, BillMix(rates={c: bill_diff_rate for c in INJECTABLE},
+                                     tolerance_minor=rules.rounding_tolerance_minor, timezone=rules.timezone),
+            bills_dir)
     write_report(result, report)
     print_report(result, report)
     if not result["balanced"]:
@@ -190,8 +207,8 @@ def print_report(result: dict, path: Path | None) -> None:
                 "rechecked", "accepted_new_orders", "reserved", "out_of_stock", "released", "expired", "shipped",
                 "units_shipped", "ship_skipped", "unique_suspects", "stale_dropped", "raw_lost",
                 "raw_doubled", "new_orders_emitted_twice", "unaccounted_new_orders", "elapsed_s",
-                 "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
-                 "late_payments", "refunds", "balanced"):
+                "throughput_msgs_per_s", "latency_ms", "breaker_transitions", "worker_peak_rss_mb", "suspects",
+                "late_payments", "refunds", "settlement_bills", "balanced"):
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)
@@ -562,6 +579,140 @@ def views(tier: str = typer.Argument(..., help="strategic, tactical or execution
 
     for section, rows in data.items():
         render(f"{tier}: {section}", rows)
+
+
+# ------------------------------------------------------------------------------- settlement
+
+def _default_operator() -> str:
+    import getpass
+    return os.environ.get("ORDERSTREAM_OPERATOR") or getpass.getuser()
+
+
+def _settlement_backend(s):
+    """ClickHouse for the settlement commands. The embedded chDB data directory belongs to one
+    process: while a sink owns it, these commands refuse rather than open it a second time."""
+    import urllib.request
+
+    from .clickhouse.backends import open_backend
+    from .clickhouse.migrate import migrate
+    if s.clickhouse_backend == "chdb":
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/health", timeout=2):
+                fail("a sink owns the embedded chDB data directory: it reconciles each imported bill itself; "
+                     "the queue is at /console/api/settlement/queue and resolving at POST "
+                     "/console/api/settlement/resolve (operator token); or stop the sink (or use the "
+                     "ClickHouse server backend) to use these commands")
+        except OSError:
+            pass
+    backend = open_backend(s)
+    migrate(backend)
+    return backend
+
+
+@settlement_cli.command("import")
+def settlement_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+                      platform: str = typer.Option(..., "--platform", help="TMALL, JD, PINDUODUO, DOUYIN, "
+                                                   "KUAISHOU, SHOPEE or SHOPIFY (its layout in schemas/settlement/)"),
+                      operator: str = typer.Option(_default_operator, help="Who imports the bill (recorded)."),
+                      report: Path = typer.Option(None, help="Dead-letter report (JSON); default "
+                                                  "var/settlement/<file>.import.json")) -> None:
+    """Validate a platform's settlement bill and publish its lines to settlement.bills (the sink lands
+    them). Bad rows go to the report with their line numbers; good rows are published; a re-import of
+    the same file repeats the same line keys, which change nothing."""
+    from . import kafka_io
+    from .settlement.bills import read_bill
+    from .settlement.exceptions import LayoutError
+    from .topics import names
+    s = load_settings()
+    try:
+        result = read_bill(file.read_bytes(), platform, file.name, operator, int(time.time() * 1000))
+    except LayoutError as exc:
+        fail(str(exc))
+    out = report or s.var / "settlement" / f"{file.name}.import.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.report(), ensure_ascii=False, indent=1) + "\n")
+    if result.lines:
+        kafka_io.ensure_topics(s, names)
+        tracker = kafka_io.produce_all(kafka_io.producer(s), ((names.SETTLEMENT_BILLS, line.line_key.encode(),
+                                                                line.encode(), None) for line in result.lines))
+        if tracker.failed or tracker.delivered != len(result.lines):
+            fail(f"{len(result.lines) - tracker.delivered} lines were not acknowledged by the broker: "
+                 f"{tracker.failed[:3]}")
+    for r in result.rejected:
+        console.print(f"[yellow]line {r.line_no}[/yellow]: {r.reason}")
+    console.print(f"{result.platform} {file.name}: {result.lines_read} lines read, {len(result.lines)} published, "
+                  f"{len(result.rejected)} rejected (report {out}), imported by {operator}")
+
+
+@reconcile_cli.command("settlement")
+def reconcile_settlement(day: str = typer.Option(..., "--day", help="Bill day, YYYY-MM-DD."),
+                         platform: str = typer.Option(None, "--platform", help="Only this platform."),
+                         operator: str = typer.Option(_default_operator, help="Who runs it (recorded)."),
+                         rules: Path = typer.Option(None, help="Rule set (YAML); default "
+                                                    "pipeline/settlement/rules.yaml"),
+                         report: Path = typer.Option(None, help="JSON report; default "
+                                                     "var/settlement/reconcile-<day>.json"),
+                         ) -> None:
+    """Match a bill day against the ledger in ClickHouse, classify and record every difference."""
+    from .settlement.engine import reconcile_day
+    from .settlement.exceptions import SettlementError
+    from .settlement.rules import load_rules
+    s = load_settings()
+    backend = _settlement_backend(s)
+    try:
+        result = reconcile_day(backend, load_rules(rules), day, operator, platform)
+    except (SettlementError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        backend.close()
+    out = report or s.var / "settlement" / f"reconcile-{result['day']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+    table = Table("platform", "currency", "settled", "ledger", "matched", "difference", "differences")
+    for run in result["runs"]:
+        for t in run["totals"]:
+            table.add_row(run["platform"], t["currency"], str(t["settled_minor"]), str(t["ledger_minor"]),
+                          str(t["matched_minor"]), str(t["difference_minor"]), str(t["differences"]))
+    console.print(table)
+    console.print(f"balanced: {result['balanced']}; report {out}")
+
+
+@settlement_cli.command("queue")
+def settlement_queue(day: str = typer.Option(None, "--day"), platform: str = typer.Option(None, "--platform"),
+                     as_json: bool = typer.Option(False, "--json")) -> None:
+    """The open manual queue: differences above the write-off thresholds nobody has resolved."""
+    from .settlement.queue import open_queue
+    backend = _settlement_backend(load_settings())
+    try:
+        rows = open_queue(backend, day, platform)
+    finally:
+        backend.close()
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("diff_key", "class", "currency", "diff_minor")
+    for r in rows:
+        table.add_row(r["diff_key"], r["class"], r["currency"], str(r["diff_minor"]))
+    console.print(table)
+
+
+@settlement_cli.command("resolve")
+def settlement_resolve(diff_key: str,
+                       operator: str = typer.Option(..., "--operator", help="Who resolves it (required)."),
+                       reason: str = typer.Option(..., "--reason", help="Why (required).")) -> None:
+    """Resolve one difference of the manual queue, naming who and why."""
+    from .settlement.exceptions import ResolveError
+    from .settlement.queue import resolve
+    if not operator.strip():
+        fail("a resolution names the person who made it (--operator)")
+    backend = _settlement_backend(load_settings())
+    try:
+        done = resolve(backend, diff_key, operator, reason)
+    except ResolveError as exc:
+        fail(str(exc))
+    finally:
+        backend.close()
+    console.print(f"{diff_key} resolved by {done['resolved_by']}: {done['reason']}")
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from typing import Any
 
 from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate,
                         FailedRefundInstruction, InventoryEvent, RefundAction, RefundEvent, RefundRequest, RiskDecision,
-                        RiskEvent, SuspectTransition, WarehouseStock)
+                        RiskEvent, SettlementBillLine, SuspectTransition, WarehouseStock)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 
@@ -111,6 +111,8 @@ _BASE = {
                               "shipped_unreserved / ship_skipped"),
     "CHANNEL_CONTROL": Topic("channel.control", "sku:platform", ChannelEvent, "pause / resume per platform and SKU"),
     "BREAKER_EVENTS": Topic("breaker.events", "worker", BreakerTransition, "breaker transitions"),
+    "SETTLEMENT_BILLS": Topic("settlement.bills", "line key (file sha256 prefix:line number)", SettlementBillLine,
+                              "validated settlement bill lines, one per money movement (orderstream settlement import)"),
     "DLQ": Topic("orders.dlq", "the raw message's key", DEAD_LETTER, "what normalize refused, with the original bytes"),
     "REFUND_REQUESTS": Topic("refunds.requests", "refund id", RefundRequest,
                              "after-sales requests from the platforms (or filed by an operator)"),
@@ -151,5 +153,6 @@ BREAKER_EVENTS = names.BREAKER_EVENTS
 DLQ = names.DLQ
 REFUND_REQUESTS = names.REFUND_REQUESTS
 REFUND_ACTIONS = names.REFUND_ACTIONS
+SETTLEMENT_BILLS = names.SETTLEMENT_BILLS
 COMPACTED = names.COMPACTED
 ALL_TOPICS = names.ALL_TOPICS

@@ -21,6 +21,8 @@ NATURAL_KEYS = {
     "suspect_transitions": (("order_id", "to_status", "to_at"), "detected_at"),
     # a refund event is re-published with the message that caused it: cause names that message
     "refund_events": (("refund_id", "event", "cause"), "at"),
+    # a re-import of the same bill file repeats its line keys
+    "settlement_bills": (("line_key",), "imported_at"),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RefundEvent, RiskEvent, SuspectTransition)
+                                RefundEvent, RiskEvent, SettlementBillLine, SuspectTransition)
 from pipeline.topics import TopicNames
 
 
@@ -159,6 +159,17 @@ def refund_row(msg) -> dict:
     }
 
 
+def settlement_bill_row(msg) -> dict:
+    e: SettlementBillLine = _event(msg, SettlementBillLine)
+    return {
+        "line_key": e.line_key, "file_sha256": e.file_sha256, "file_name": e.file_name, "line_no": e.line_no,
+        "platform": e.platform, "bill_line_id": e.bill_line_id, "external_order_id": e.external_order_id,
+        "order_id": e.order_id, "kind": e.kind, "platform_type": e.platform_type, "amount_minor": e.amount_minor,
+        "currency": e.currency, "settle_day": e.settle_day, "imported_by": e.imported_by,
+        "imported_at": ch_time(e.imported_at_ms), **_source(msg),
+    }
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str
@@ -186,6 +197,9 @@ SUSPECT_COLUMNS = ("order_id", "platform", "rule", "from_status", "to_status", "
 REFUND_COLUMNS = ("event", "refund_id", "order_id", "platform", "status", "previous_status", "at", "actor", "reason",
                   "rule_id", "kind", "reason_code", "amount_minor", "currency", "warehouse", "units", "error",
                   "cause") + _SRC
+SETTLEMENT_BILL_COLUMNS = ("line_key", "file_sha256", "file_name", "line_no", "platform", "bill_line_id",
+                           "external_order_id", "order_id", "kind", "platform_type", "amount_minor", "currency",
+                           "settle_day", "imported_by", "imported_at") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -199,4 +213,5 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.BREAKER_EVENTS: TableSpec("breaker_events", BREAKER_COLUMNS, breaker_row),
         names.SUSPECT: TableSpec("suspect_transitions", SUSPECT_COLUMNS, suspect_row),
         names.REFUND_EVENTS: TableSpec("refund_events", REFUND_COLUMNS, refund_row),
+        names.SETTLEMENT_BILLS: TableSpec("settlement_bills", SETTLEMENT_BILL_COLUMNS, settlement_bill_row),
     }

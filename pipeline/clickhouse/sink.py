@@ -53,6 +53,8 @@ class ClickHouseSink:
         self.stats: Counter = Counter()
         self.natural_keys = NaturalKeyFilter()
         self.last_error: str | None = None
+        # table -> called with the rows of every batch that landed (the settlement scheduler listens)
+        self.on_landed: dict[str, Callable[[list[dict]], None]] = {}
 
     # -- positions ------------------------------------------------------------------------
 
@@ -153,6 +155,11 @@ class ClickHouseSink:
                 self._retry_at.pop(table, None)
                 queue.popleft()
                 landed += len(batch.rows)
+                if table in self.on_landed:
+                    try:
+                        self.on_landed[table](batch.rows)
+                    except Exception as exc:  # noqa: BLE001 - a listener never stops the sink
+                        log.warning("on_landed listener of %s failed: %s", table, exc)
         return landed
 
     def drain(self, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> bool:
@@ -179,7 +186,7 @@ TOPIC_RECHECK_S = 5.0
 
 def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
-    """Consume the source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
+    """Consume the seven source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
     run in the main thread without a stop event). Serves /health, /views, /sql, /metrics and the
     console (/console/<tier>), whose approve/reject/re-drive publish through their own producer, and
     the ClickHouse HTTP interface for analysts on its own port (analyst.service)."""
@@ -205,7 +212,11 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
         sink.resume_positions()
         analyst = start_analyst_service(settings, backend)
-        app = make_app(backend, lambda: {**sink.status(), **analyst.status()})
+        from pipeline.settlement.rules import load_rules
+        from pipeline.settlement.scheduler import SettlementScheduler
+        settlement = SettlementScheduler(backend, load_rules())  # a run after each bill import
+        sink.on_landed["settlement_bills"] = settlement.landed
+        app = make_app(backend, lambda: {**sink.status(), **analyst.status(), "settlement_runs": settlement.runs})
         setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
         server = WebServer(app, settings.bind_host, settings.sink_web_port).start()
         # manual assignment: positions come from ClickHouse, the group id only names the client
@@ -252,6 +263,7 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             else:
                 stop.wait(0.05)
             sink.flush()
+            settlement.tick()
         sink.drain(timeout_s=30.0)
     finally:
         if consumer is not None:

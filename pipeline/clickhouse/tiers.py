@@ -117,6 +117,7 @@ def strategic(backend: Backend, days: int = 7, now: datetime | None = None, tz: 
         orders_by_currency[r["currency"]] = orders_by_currency.get(r["currency"], 0) + int(r["n"])
     total_orders = sum(orders_by_platform.values())
     return {
+        "settlement": settlement_summary(backend, p),
         "tier": "strategic", "refresh": "hourly", "now": _iso(now), "from": window_start, "days": int(days),
         "tz": tz,
         "total_orders": total_orders,
@@ -138,6 +139,40 @@ def strategic(backend: Backend, days: int = 7, now: datetime | None = None, tz: 
         "revenue_share": [{"platform": r["platform"], "currency": r["currency"], "revenue_minor": int(r["revenue"]),
                            "share": int(r["revenue"]) / revenue_by_currency[r["currency"]]
                            if revenue_by_currency[r["currency"]] else 0.0} for r in channels],
+    }
+
+
+_LATEST_SETTLEMENT_RUNS = """
+    SELECT run_id FROM (SELECT day, platform, argMax(run_id, at) AS run_id FROM settlement_runs
+                        GROUP BY day, platform)"""
+
+
+def settlement_summary(backend: Backend, p: dict) -> dict:
+    """Settlement (pipeline.settlement): per bill day of the window, the settled amount and the
+    difference amount by class, from each (day, platform)'s latest run, and the open manual queue."""
+    since = "toDate(" + _NOW + " - toIntervalDay({days:UInt32}), {tz:String})"
+    settled = backend.query(f"""
+        SELECT toString(day) AS day_text, currency, sum(settled_minor) AS settled, sum(matched_minor) AS matched,
+               sum(difference_minor) AS difference
+        FROM settlement_totals WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND day >= {since}
+        GROUP BY day, currency ORDER BY day, currency""", p)
+    by_class = backend.query(f"""
+        SELECT toString(day) AS day_text, class, currency, count() AS n, sum(diff_minor) AS diff,
+               countIf(disposition = 'written_off') AS written_off
+        FROM settlement_differences WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND day >= {since}
+        GROUP BY day, class, currency ORDER BY day, class, currency""", p)
+    open_queue = backend.query(f"""
+        SELECT count() AS n FROM settlement_differences
+        WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND disposition = 'manual'
+          AND diff_key NOT IN (SELECT diff_key FROM settlement_resolutions)""", p)
+    return {
+        "settled_per_day": [{"day": r["day_text"], "currency": r["currency"], "settled_minor": int(r["settled"]),
+                             "matched_minor": int(r["matched"]), "difference_minor": int(r["difference"])}
+                            for r in settled],
+        "differences_by_class": [{"day": r["day_text"], "class": r["class"], "currency": r["currency"],
+                                  "count": int(r["n"]), "diff_minor": int(r["diff"]),
+                                  "written_off": int(r["written_off"])} for r in by_class],
+        "open_queue": int(open_queue[0]["n"]),
     }
 
 

@@ -155,6 +155,29 @@ class ConsoleActions:
     async def _run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
 
+    # -- settlement ---------------------------------------------------------------------------
+
+    async def settlement_resolve(self, operator: str, payload: dict) -> Answer:
+        """Resolve one difference of the settlement queue (pipeline.settlement.queue), named by the
+        token's operator, never a name the request carries; one resolution per difference."""
+        from pipeline.settlement.exceptions import ResolveError
+        from pipeline.settlement.queue import resolve
+        try:
+            diff_key = _text(payload, "diff_key", 300)
+            reason = _text(payload, "reason", 500)
+        except ValueError as exc:
+            return Answer(400, {"error": str(exc)})
+        async with self._exclusive(f"settlement:{diff_key}"):
+            try:
+                done = await self._run(resolve, self.backend, diff_key, operator, reason)
+            except ResolveError as exc:
+                status = 409 if "already resolved" in str(exc) or "written off" in str(exc) else \
+                    404 if "no difference" in str(exc) else 400
+                return Answer(status, {"error": str(exc)})
+            await self._run(self.log.record, f"settlement:{diff_key}", "settlement_resolve", diff_key, operator,
+                            reason, done["class"], int(self.clock() * 1000))
+        return Answer(200, {"status": "resolved", **done})
+
     # -- decisions ----------------------------------------------------------------------------
 
     async def decide(self, operator: str, payload: dict) -> Answer:

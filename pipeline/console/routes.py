@@ -6,6 +6,8 @@
     GET  /console/api/whoami        the operator a token names (401 without one)
     POST /console/api/decisions     {"order_id", "action": approve|reject, "reason"}: operator token required
     POST /console/api/redrive       {"letter_id": "<dlq topic>:<partition>:<offset>"}: operator token required
+    GET  /console/api/settlement/queue    the open settlement differences (?day=, ?platform=)
+    POST /console/api/settlement/resolve  {"diff_key", "reason"}: operator token required
 
 Pages take what /views/<tier> takes (`now`, `days`, `hours`; `tz` for strategic's days) and the
 viewer's `tz` and `lang`. Every response forbids loading anything from elsewhere
@@ -152,6 +154,14 @@ def _action(name: str):
     return handler
 
 
+async def settlement_queue(request: web.Request) -> web.Response:
+    from pipeline.settlement.queue import open_queue
+    console = request.app[CONSOLE]
+    rows = await asyncio.to_thread(open_queue, console.backend, request.query.get("day") or None,
+                                   request.query.get("platform") or None)
+    return json_response({"open": rows, "count": len(rows)})
+
+
 def setup_console(app: web.Application, settings, names: TopicNames, **options) -> Console:
     """Add the console to the sink's application (which already holds the backend)."""
     console = Console(app[BACKEND], settings, names, **options)
@@ -164,6 +174,8 @@ def setup_console(app: web.Application, settings, names: TopicNames, **options) 
     app.router.add_get("/console/api/whoami", whoami)
     app.router.add_post("/console/api/decisions", _action("decide"))
     app.router.add_post("/console/api/redrive", _action("redrive"))
+    app.router.add_get("/console/api/settlement/queue", settlement_queue)
+    app.router.add_post("/console/api/settlement/resolve", _action("settlement_resolve"))
     app.router.add_get("/console/{tier}", page)
     app.router.add_get("/console/{tier}/panel", panel)
 

@@ -14,7 +14,8 @@ from pipeline.codecs import CodecError, codec
 
 from .events import EVENT_TYPES as _CORE_TYPES
 from .events import (BreakerTransition, ChannelEvent, DroppedDuplicate, Event, Hold, HoldVerdict, InventoryEvent,
-                     InventoryLine, RiskDecision, RiskEvent, RuleHit, SuspectTransition)
+                     InventoryLine, RiskDecision, RiskEvent, RuleHit, SettlementBillLine,
+                     SuspectTransition)
 from .refunds import (REFUND_TYPES, FailedRefundInstruction, Refund, RefundAction, RefundEvent, RefundLine,
                       RefundRequest, RefundStep)
 from .stock import StockEventError, StockUpdate, WarehouseStock, parse_stock_event
@@ -26,6 +27,6 @@ DEAD_LETTER = codec("dead_letter")
 
 __all__ = ["CodecError", "ORDER", "DEAD_LETTER", "EVENT_TYPES", "Event", "RiskEvent", "InventoryEvent",
            "InventoryLine", "RiskDecision", "ChannelEvent", "BreakerTransition", "DroppedDuplicate", "Hold", "HoldVerdict",
-           "RuleHit", "SuspectTransition", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event",
+           "RuleHit", "SettlementBillLine", "SuspectTransition", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event",
            "RefundRequest", "RefundAction", "RefundEvent", "RefundLine", "RefundStep", "Refund",
            "FailedRefundInstruction"]

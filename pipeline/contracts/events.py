@@ -225,5 +225,27 @@ class Hold(Event):
     resolution_event: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SettlementBillLine(Event):
+    """One validated line of a platform's settlement bill (pipeline.settlement.bills makes them)."""
+    SCHEMA: ClassVar[str] = "settlement_bill_line"
+    line_key: str
+    file_sha256: str
+    file_name: str
+    line_no: int
+    platform: str
+    bill_line_id: str
+    kind: str
+    platform_type: str
+    amount_minor: int
+    currency: str
+    settle_day: str
+    imported_by: str
+    imported_at_ms: int
+    external_order_id: str = ""
+    order_id: str = ""
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (RiskEvent, InventoryEvent, RiskDecision, ChannelEvent, BreakerTransition,
-                                        DroppedDuplicate, HoldVerdict, Hold, SuspectTransition)
+                                        DroppedDuplicate, HoldVerdict, Hold, SuspectTransition,
+                                        SettlementBillLine)

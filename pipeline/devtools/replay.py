@@ -419,9 +419,10 @@ def worker_peak_rss_mb(s: Settings) -> float | None:
 
 
 def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig, progress=None,
-               settle_holds_s: float = 0.0, check_alive=None) -> dict:
+               settle_holds_s: float = 0.0, check_alive=None, messages_out: list | None = None) -> dict:
     """Produce, wait for the pipeline to drain, reconcile. With settle_holds_s, also wait that long
-    for held orders to be decided or released by the default policy before the final count."""
+    for held orders to be decided or released by the default policy before the final count.
+    messages_out receives the raw messages sent (the settlement bill writer bills their orders)."""
     t0 = time.monotonic()
 
     def drain_first() -> None:  # the late phase's payments must come after the time-outs
@@ -437,6 +438,8 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
             time.sleep(0.2)
 
     messages, produced = produce_replay(s, names, cfg, progress, before_late=drain_first, stock_applied=stock_in_redis)
+    if messages_out is not None:
+        messages_out.extend(messages)
     drain_s = wait_drained(s, names, app_group, cfg.drain_timeout_s, check_alive=check_alive)
     elapsed = time.monotonic() - t0
     report = reconcile(s, names, messages, produced["coordinates"], stock_events(cfg), produced["stock_at_ms"])

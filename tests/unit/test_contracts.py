@@ -13,7 +13,7 @@ from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
 from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate,
                                 FailedRefundInstruction, Hold, HoldVerdict, InventoryEvent, InventoryLine, Refund,
                                 RefundAction, RefundEvent, RefundLine, RefundRequest, RefundStep, RiskDecision, RiskEvent,
-                                RuleHit, StockEventError, StockUpdate, SuspectTransition, WarehouseStock)
+                                RuleHit, SettlementBillLine, StockEventError, StockUpdate, SuspectTransition, WarehouseStock)
 from pipeline.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +55,9 @@ SAMPLES = [
            auto_rule="seven_day_no_reason_small", decided_by="refund_rules", money_committed=True,
            warehouse="WH-SH", instruction="failed", instruction_attempts=1, last_error="Invalid API Key",
            applied="ns.refunds.actions:1:7", published=(b"\xc3\x01event",), parked=b"\xc3\x01parked"),
+    SettlementBillLine("0123456789abcdef:7", "0123456789abcdef" * 4, "天猫-账单.csv", 7, "TMALL", "F-1", "refund",
+                       "交易退款", -1_250, "CNY", "2026-11-27", "alice", T, external_order_id="1001",
+                       order_id="TM-abc"),
 ]
 
 
@@ -156,6 +159,7 @@ JSON_ALLOWED = {
     "pipeline/inventory_store.py": "the Lua script's one JSON argument",
     "pipeline/contracts/stock.py": "the warehouse system's JSON",
     "pipeline/consistency.py": "the consistency check's report file",
+    "pipeline/settlement/engine.py": "a reconciliation run's JSON report, stored with the run",
 }
 
 
