@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
-from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
+from pipeline.contracts import (EVENT_TYPES, Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill,
+                                WaybillRegistered, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
                                 InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, StockEventError,
                                 StockUpdate, WarehouseStock)
 from pipeline.topics import TopicNames
@@ -35,6 +36,16 @@ SAMPLES = [
          hits=(RuleHit("remote_region", "region", "medium", "hold", "西藏"),), amount_minor=5, currency="CNY",
          order=b"\xc3\x01order-bytes\x00\xff", headers={"src": b"t:1:2", "raw_ts": b"17"}, decided_by="1:9",
          resolution_event=RiskEvent("approved", "JD-1", "JD", T + 5, operator="alice").encode()),
+    WaybillRegistered("TM-1", "SF", "SF100", T, replaces="ZT9"),
+    TrackingUpdate("TM-1", "SF100", "SF", "syncing", "in_transit", "conflict", T, T + 5, "yellow", T, "abcd",
+                   source="CAINIAO", code="TRANSPORT", expected_at_ms=T + 86_400_000, on_backup=True, pulls=4,
+                   failed_pulls=3, failovers=1),
+    TrackingReview("TM-1", "SF100", "SF", "CAINIAO says in_transit", {"SF": "signed", "CAINIAO": "in_transit"}, T),
+    Notification("TM-1", "parcel_signed", "SF100", "SF", "abcd", T),
+    Waybill("SF100", "SF", "TM-1", "abcd", T, T, T + 1500, reports=(SourceReport("SF", "signed", "SF80", T),
+            SourceReport("CAINIAO", "in_transit", "TRANSPORT", T - 5, "SF")), seen=("SF:r1",), agreed_state="signed",
+            syncing=True, collected_at_ms=T - 9, failed_pulls=2, pulls=3, failovers=1, on_backup=True, notified=True,
+            badge="red"),
 ]
 
 
