@@ -13,7 +13,7 @@ from typing import Any
 
 from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate, InventoryEvent,
                         Notification, RiskDecision, RiskEvent, TrackingReview, TrackingUpdate, WarehouseStock,
-                        WaybillRegistered)
+                        WaybillCheck, WaybillRegistered)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
 # carriers and aggregators with a logistics.raw.<courier> topic (their codes: pipeline/domain/courier_codes.yaml)
@@ -133,6 +133,8 @@ _BASE = {
                              "waybills whose sources disagree: the manual review queue"),
     "LOGISTICS_DLQ": Topic("logistics.dlq", "the courier message's key", DEAD_LETTER,
                            "courier messages the translator refused (unknown code, ...), with the original bytes"),
+    "TRACKING_CHECKS": Topic("logistics.checks", "waybill number", WaybillCheck,
+                             "the freshness timer's pulls and badge changes, applied by the logistics agent"),
     "NOTIFICATIONS": Topic("notifications.out", "order id", Notification, "buyer notifications: parcel signed, once"),
 }
 
@@ -166,5 +168,6 @@ TRACKING = names.TRACKING
 TRACKING_REVIEW = names.TRACKING_REVIEW
 LOGISTICS_DLQ = names.LOGISTICS_DLQ
 NOTIFICATIONS = names.NOTIFICATIONS
+TRACKING_CHECKS = names.TRACKING_CHECKS
 COMPACTED = names.COMPACTED
 ALL_TOPICS = names.ALL_TOPICS

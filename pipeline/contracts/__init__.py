@@ -13,7 +13,7 @@ from pipeline.codecs import CodecError, codec
 
 from .events import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate, Event, Hold, HoldVerdict,
                      InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit)
-from .logistics import LOGISTICS_TYPES, Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill, WaybillRegistered
+from .logistics import LOGISTICS_TYPES, Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill, WaybillCheck, WaybillRegistered
 from .stock import StockEventError, StockUpdate, WarehouseStock, parse_stock_event
 
 ORDER = codec("order")
@@ -22,5 +22,5 @@ EVENT_TYPES = EVENT_TYPES + LOGISTICS_TYPES
 
 __all__ = ["CodecError", "ORDER", "DEAD_LETTER", "EVENT_TYPES", "Event", "RiskEvent", "InventoryEvent",
            "InventoryLine", "RiskDecision", "ChannelEvent", "BreakerTransition", "DroppedDuplicate", "Hold", "HoldVerdict",
-           "RuleHit", "Notification", "SourceReport", "TrackingReview", "TrackingUpdate", "Waybill", "WaybillRegistered",
+           "RuleHit", "Notification", "SourceReport", "TrackingReview", "TrackingUpdate", "Waybill", "WaybillCheck", "WaybillRegistered",
            "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event"]

@@ -68,6 +68,19 @@ class Notification(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WaybillCheck(Event):
+    """The freshness timer's finding, applied to the waybill by the logistics agent (tables are
+    written from the agent only)."""
+    SCHEMA: ClassVar[str] = "waybill_check"
+    waybill: str
+    kind: str
+    at_ms: int
+    source: str = ""
+    ok: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SourceReport:
     """The latest report of one source (a courier or an aggregator) about a waybill."""
     source: str
@@ -106,4 +119,5 @@ class Waybill(Event):
     badge: str = "green"
 
 
-LOGISTICS_TYPES: tuple[type[Event], ...] = (WaybillRegistered, TrackingUpdate, TrackingReview, Notification, Waybill)
+LOGISTICS_TYPES: tuple[type[Event], ...] = (WaybillRegistered, TrackingUpdate, TrackingReview, Notification, Waybill,
+                                            WaybillCheck)

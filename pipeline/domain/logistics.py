@@ -8,7 +8,8 @@
 - consensus: where the carrier and an aggregator both report, the state shown is the one they
   agree on; when a source reports, at or after another's report, a state the other contradicts
   (or another carrier), the buyer sees "syncing" and the waybill is queued for manual review;
-- freshness: a waybill with no update for `stale_after_s` is re-pulled; 3 failed pulls in a row
+- freshness: a waybill with no update (a new event from any source) for `stale_after_s` is
+  re-pulled, and again `stale_after_s` after each answered pull; 3 failed pulls in a row
   switch it to the carrier's backup aggregator, the first successful pull from the carrier
   switches it back; deadlines are absolute, stored in the waybill record (survive restarts);
 - the health badge: green (current), yellow (1-3 h without update), red (over 3 h);
@@ -227,10 +228,8 @@ def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
     previous = by_source.get(scan.source)
     fresh = replace(w, seen=seen, last_update_ms=int(now_ms), next_pull_ms=int(now_ms + stale_after_s * 1000))
     if previous is not None and (scan.event_at_ms, RANK[scan.state]) <= (previous.event_at_ms, RANK[previous.state]):
-        # late or out of order: kept as seen (and as a sign of life), the parcel does not move back
-        fresh = replace(fresh, badge=badge(fresh, now_ms))
-        update = tracking_update(fresh, "badge", now_ms) if fresh.badge != w.badge else None
-        return Outcome(fresh, "stale", update)
+        # late or out of order: kept as seen, the parcel does not move back, nor is it fresher
+        return Outcome(replace(w, seen=seen), "stale")
     by_source[scan.source] = SourceReport(scan.source, scan.state, scan.code, scan.event_at_ms,
                                           scan.carrier if scan.kind == "aggregator" else "")
     reports = tuple(sorted(by_source.values(), key=lambda r: r.source))
@@ -306,13 +305,12 @@ def after_pull(w: Waybill, source: str, ok: bool, now_ms: int, stale_after_s: fl
     w = replace(w, pulls=w.pulls + 1)
     if ok:
         recovered = w.on_backup and source == w.carrier
+        # an answer is not an update: only new events (folded through apply_scan) make a parcel
+        # current, so a courier that never scans leaves the badge ageing however often it answers
         fresh = replace(w, failed_pulls=0 if source == w.carrier else w.failed_pulls,
-                        on_backup=w.on_backup and not recovered,
-                        last_update_ms=int(now_ms), next_pull_ms=int(now_ms + stale_after_s * 1000))
-        fresh = replace(fresh, badge=badge(fresh, now_ms))
+                        on_backup=w.on_backup and not recovered, next_pull_ms=int(now_ms + stale_after_s * 1000))
         event = "recovered" if recovered else "ok"
-        changed = recovered or fresh.badge != w.badge
-        return PullOutcome(fresh, event, tracking_update(fresh, event, now_ms) if changed else None)
+        return PullOutcome(fresh, event, tracking_update(fresh, event, now_ms) if recovered else None)
     if source != w.carrier:  # the backup failed too: try again later, keep counting nothing new
         return PullOutcome(replace(w, next_pull_ms=int(now_ms + retry_after_s * 1000)), "failed")
     failed = w.failed_pulls + 1
@@ -353,3 +351,12 @@ def page_steps(state: str) -> list[tuple[str, str, bool]]:
     """(state, Chinese label, reached) of the key steps, for the buyer's page."""
     rank = RANK.get(state, 0)
     return [(s, LABELS_ZH[s], rank >= RANK[s]) for s in KEY_STEPS]
+
+
+def dead_letter(source: str, topic: str, partition: int, offset: int, key: bytes | None, payload: bytes,
+                error: TrackingError, now_ms: int) -> dict:
+    """A record for schemas/dead_letter.avsc (logistics.dlq): the courier's original bytes, where
+    they came from and why they were refused; `platform` names the courier."""
+    return {"source_topic": topic, "partition": int(partition), "offset": int(offset), "platform": source,
+            "reason_code": error.reason_code, "reason": str(error)[:1000],
+            "key": None if key is None else bytes(key), "payload": bytes(payload), "failed_at": int(now_ms)}

@@ -758,7 +758,7 @@ def test_chdb_reopen_resumes_from_stored_offsets(tmp_path):
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     b = ChdbBackend(tmp_path_factory.mktemp("chdb") / "data")
-    assert migrate(b) == [1, 2, 3]
+    assert migrate(b) == [1, 2, 3, 4]
     yield b
     b.close()
 

@@ -61,7 +61,7 @@ def server_backend(server_url: str):
     database = f"orderstream_test_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(server_url)
     b = ServerBackend(urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, "")))
-    assert migrate(b) == [1, 2, 3]
+    assert migrate(b) == [1, 2, 3, 4]
     yield b
     b.command(f"DROP DATABASE IF EXISTS {database}")
     b.close()

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
 from pipeline.contracts import (EVENT_TYPES, Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill,
-                                WaybillRegistered, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
+                                WaybillCheck, WaybillRegistered, BreakerTransition, ChannelEvent, DroppedDuplicate, Hold, HoldVerdict,
                                 InventoryEvent, InventoryLine, RiskDecision, RiskEvent, RuleHit, StockEventError,
                                 StockUpdate, WarehouseStock)
 from pipeline.topics import TopicNames
@@ -46,6 +46,7 @@ SAMPLES = [
             SourceReport("CAINIAO", "in_transit", "TRANSPORT", T - 5, "SF")), seen=("SF:r1",), agreed_state="signed",
             syncing=True, collected_at_ms=T - 9, failed_pulls=2, pulls=3, failovers=1, on_backup=True, notified=True,
             badge="red"),
+    WaybillCheck("SF100", "pull", T, source="SF", ok=False, reason="expired_key"),
 ]
 
 

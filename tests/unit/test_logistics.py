@@ -156,6 +156,22 @@ def test_three_failed_pulls_in_a_row_switch_to_the_backup_and_recovery_switches_
     assert back.update.cause == "recovered"
 
 
+def test_an_answered_pull_without_new_events_leaves_the_badge_ageing():
+    w = registered(now=T)
+    for hour in (1, 2, 3, 4):
+        now = T + hour * 3600 * 1000
+        w = lg.after_pull(w, "SF", ok=True, now_ms=now, stale_after_s=STALE_S).waybill
+        assert w.next_pull_ms == now + STALE_S * 1000
+    assert lg.badge(w, T + 4 * 3600 * 1000) == "red"
+    assert w.last_update_ms == T
+
+
+def test_a_late_scan_does_not_make_the_parcel_fresher():
+    w = fold(registered(now=T), "SF", sf("SF204", T + 9000, "r2"), T).waybill
+    late = fold(w, "SF", sf("SF203", T + 1000, "r1"), T + 2 * 3600 * 1000)
+    assert late.result == "stale" and late.waybill.last_update_ms == T
+
+
 def test_a_success_between_failures_resets_the_count():
     w = registered()
     for ok in (False, False, True, False, False):
