@@ -6,6 +6,7 @@
     GET  /console/api/whoami        the operator a token names (401 without one)
     POST /console/api/decisions     {"order_id", "action": approve|reject, "reason"}: operator token required
     POST /console/api/redrive       {"letter_id": "<dlq topic>:<partition>:<offset>"}: operator token required
+    GET  /t/<code>                  the buyer's tracking page (pipeline.console.tracking)
 
 Pages take what /views/<tier> takes (`now`, `days`, `hours`; `tz` for strategic's days) and the
 viewer's `tz` and `lang`. Every response forbids loading anything from elsewhere
@@ -28,6 +29,7 @@ from . import format as fmt
 from .actions import ConsoleActions, KafkaPublisher, Publisher
 from .auth import OperatorTokens
 from .pages import Renderer, compute, parse_options
+from .tracking import setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,7 @@ def setup_console(app: web.Application, settings, names: TopicNames, **options) 
     app.router.add_post("/console/api/redrive", _action("redrive"))
     app.router.add_get("/console/{tier}", page)
     app.router.add_get("/console/{tier}/panel", panel)
+    setup_tracking(app)  # the buyers' /t/<code> pages (no token: the code is the secret)
 
     async def close_publisher(_app: web.Application) -> None:
         await asyncio.to_thread(console.publisher.close)
