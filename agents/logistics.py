@@ -75,7 +75,7 @@ def registered(msg, out: Outputs) -> tuple[str, str]:
         return "", "malformed"
     if waybill_of(reg.waybill) is not None:
         return reg.carrier, "redelivered"
-    w = lg.register(reg, now_ms(), settings.tracking_stale_after_s, settings.tracking_key)
+    w = lg.register(reg, now_ms(), settings.tracking_stale_after_s, settings.tracking_key, thresholds())
     keep(w)
     publish(lg.tracking_update(w, "registered", now_ms(), thresholds=thresholds()), out)
     return reg.carrier, "registered"
@@ -92,7 +92,8 @@ def scanned(msg, out: Outputs) -> tuple[str, str]:
         metrics.LOGISTICS_SCANS.labels(source=source, result="dead_letter").inc()
         log.warning("dead-lettered %s event at %s:%s: %s", source, msg.partition, msg.offset, exc)
         return source, "dead_letter"
-    outcome = lg.apply_scan(waybill_of(scan.waybill), scan, now, settings.tracking_stale_after_s)
+    outcome = lg.apply_scan(waybill_of(scan.waybill), scan, now, settings.tracking_stale_after_s,
+                            thresholds=thresholds())
     metrics.LOGISTICS_SCANS.labels(source=source, result=outcome.result).inc()
     if outcome.result == "unregistered":
         # no registration (yet): the event cannot be placed, so it is kept where it can be re-driven
@@ -122,7 +123,7 @@ def checked(msg, out: Outputs) -> tuple[str, str]:
             publish(outcome.update, out)
         return "", outcome.result
     pulled = lg.after_pull(w, check.source, check.ok, check.at_ms, settings.tracking_stale_after_s,
-                           settings.tracking_retry_after_s)
+                           settings.tracking_retry_after_s, thresholds())
     keep(pulled.waybill)
     metrics.LOGISTICS_PULLS.labels(source=check.source, outcome=pulled.event).inc()
     if pulled.event == "failover":

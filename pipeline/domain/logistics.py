@@ -9,7 +9,8 @@
   agree on; when a source reports, at or after another's report, a state the other contradicts
   (or another carrier), the buyer sees "syncing" and the waybill is queued for manual review;
 - freshness: a waybill with no update (a new event from any source) for `stale_after_s` is
-  re-pulled, and again `stale_after_s` after each answered pull; 3 failed pulls in a row
+  re-pulled, and again `stale_after_s` after each answered pull; a waybill is as current as its
+  newest parcel event (a scan delivered hours late does not make it current); 3 failed pulls in a row
   switch it to the carrier's backup aggregator, the first successful pull from the carrier
   switches it back; deadlines are absolute, stored in the waybill record (survive restarts);
 - the health badge: green (current), yellow (1-3 h without update), red (over 3 h);
@@ -184,10 +185,14 @@ class Outcome:
     notify: bool = False                     # first time signed: one notification
 
 
-def register(reg: WaybillRegistered, now_ms: int, stale_after_s: float, secret: bytes) -> Waybill:
-    return Waybill(waybill=reg.waybill, carrier=reg.carrier, order_id=reg.order_id,
-                   track_code=track_code(secret, reg.order_id), registered_at_ms=int(now_ms),
-                   last_update_ms=int(now_ms), next_pull_ms=int(now_ms + stale_after_s * 1000))
+def register(reg: WaybillRegistered, now_ms: int, stale_after_s: float, secret: bytes,
+             thresholds: tuple[float, float] = (3600, 3 * 3600)) -> Waybill:
+    """A new waybill, as fresh as its creation (a registration replayed hours late is hours old)."""
+    created = min(int(reg.at_ms), int(now_ms))
+    w = Waybill(waybill=reg.waybill, carrier=reg.carrier, order_id=reg.order_id,
+                track_code=track_code(secret, reg.order_id), registered_at_ms=created,
+                last_update_ms=created, next_pull_ms=int(created + stale_after_s * 1000))
+    return replace(w, badge=badge(w, now_ms, thresholds))
 
 
 def shown_state(w: Waybill) -> str:
@@ -217,7 +222,7 @@ def _newest(reports) -> SourceReport:
 
 
 def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
-               cause: str = "scan") -> Outcome:
+               cause: str = "scan", thresholds: tuple[float, float] = (3600, 3 * 3600)) -> Outcome:
     """Fold one translated report into its waybill."""
     if w is None:
         return Outcome(None, "unregistered")
@@ -226,7 +231,9 @@ def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
     seen = (*w.seen, scan.dedupe_key)[-SEEN_KEEP:]
     by_source = {r.source: r for r in w.reports}
     previous = by_source.get(scan.source)
-    fresh = replace(w, seen=seen, last_update_ms=int(now_ms), next_pull_ms=int(now_ms + stale_after_s * 1000))
+    # the parcel is as current as its newest event (a scan delivered hours late is hours old)
+    fresh = replace(w, seen=seen, last_update_ms=max(w.last_update_ms, min(int(scan.event_at_ms), int(now_ms))),
+                    next_pull_ms=int(now_ms + stale_after_s * 1000))
     if previous is not None and (scan.event_at_ms, RANK[scan.state]) <= (previous.event_at_ms, RANK[previous.state]):
         # late or out of order: kept as seen, the parcel does not move back, nor is it fresher
         return Outcome(replace(w, seen=seen), "stale")
@@ -241,7 +248,7 @@ def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
     if collected_at is None and RANK[agreed] >= RANK["collected"]:
         collected_at = min(r.event_at_ms for r in reports if RANK[r.state] >= RANK["collected"])
     new = replace(fresh, reports=reports, agreed_state=agreed, syncing=bool(conflict), collected_at_ms=collected_at)
-    new = replace(new, badge=badge(new, now_ms))
+    new = replace(new, badge=badge(new, now_ms, thresholds))
     review = None
     if conflict and not w.syncing:
         review = TrackingReview(w.order_id, w.waybill, w.carrier, conflict,
@@ -251,7 +258,8 @@ def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
         new = replace(new, notified=True)
     result = "conflict" if conflict else ("agreed" if w.syncing else "new")
     changed = (shown_state(new), new.agreed_state, new.badge) != (shown_state(w), w.agreed_state, w.badge)
-    update = tracking_update(new, cause if not conflict else "conflict", now_ms, scan) if changed else None
+    update = (tracking_update(new, cause if not conflict else "conflict", now_ms, scan, thresholds)
+              if changed else None)
     return Outcome(new, result, update, review, notify)
 
 
@@ -297,7 +305,7 @@ class PullOutcome:
 
 
 def after_pull(w: Waybill, source: str, ok: bool, now_ms: int, stale_after_s: float,
-               retry_after_s: float | None = None) -> PullOutcome:
+               retry_after_s: float | None = None, thresholds: tuple[float, float] = (3600, 3 * 3600)) -> PullOutcome:
     """Count a pull. `ok` means the source answered (its scans, if any, are folded separately
     through apply_scan). 3 failed pulls of the carrier in a row switch to the backup aggregator;
     a successful pull of the carrier while on backup switches back."""
@@ -310,14 +318,14 @@ def after_pull(w: Waybill, source: str, ok: bool, now_ms: int, stale_after_s: fl
         fresh = replace(w, failed_pulls=0 if source == w.carrier else w.failed_pulls,
                         on_backup=w.on_backup and not recovered, next_pull_ms=int(now_ms + stale_after_s * 1000))
         event = "recovered" if recovered else "ok"
-        return PullOutcome(fresh, event, tracking_update(fresh, event, now_ms) if recovered else None)
+        return PullOutcome(fresh, event, tracking_update(fresh, event, now_ms, thresholds=thresholds) if recovered else None)
     if source != w.carrier:  # the backup failed too: try again later, keep counting nothing new
         return PullOutcome(replace(w, next_pull_ms=int(now_ms + retry_after_s * 1000)), "failed")
     failed = w.failed_pulls + 1
     w = replace(w, failed_pulls=failed, next_pull_ms=int(now_ms + retry_after_s * 1000))
     if failed >= FAILOVER_AFTER and not w.on_backup:
         w = replace(w, on_backup=True, failovers=w.failovers + 1, next_pull_ms=int(now_ms))
-        return PullOutcome(w, "failover", tracking_update(w, "failover", now_ms))
+        return PullOutcome(w, "failover", tracking_update(w, "failover", now_ms, thresholds=thresholds))
     return PullOutcome(w, "failed")
 
 

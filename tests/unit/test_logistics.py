@@ -191,8 +191,15 @@ def test_rebadge_says_so_once_and_a_scan_turns_it_green_again():
     o = lg.rebadge(w, T + 4 * 3600 * 1000)
     assert o.update.badge == "red" and o.waybill.badge == "red"
     assert lg.rebadge(o.waybill, T + 5 * 3600 * 1000).update is None
-    back = fold(o.waybill, "SF", sf("SF101", T, "r1"), T + 5 * 3600 * 1000)
+    late = fold(o.waybill, "SF", sf("SF101", T + 60_000, "r0"), T + 5 * 3600 * 1000)
+    assert late.waybill.badge == "red"  # a scan delivered 5 h late is 5 h old news
+    back = fold(late.waybill, "SF", sf("SF203", T + 5 * 3600 * 1000, "r1"), T + 5 * 3600 * 1000)
     assert back.waybill.badge == "green" and back.update.badge == "green"
+
+
+def test_a_registration_replayed_late_is_as_old_as_the_waybill():
+    w = lg.register(WaybillRegistered("TM-9", "SF", "SF9", T - 4 * 3600 * 1000), T, STALE_S, SECRET)
+    assert lg.badge(w, T) == "red" and lg.due_for_pull(w, T)
 
 
 def test_delivered_parcels_stay_green():
