@@ -152,7 +152,10 @@ def publish(update, out: Outputs) -> None:
 
 # -- the freshness timer ------------------------------------------------------------------------
 
-_requested: dict[str, int] = {}
+# waybill -> (its next_pull_ms when this worker pulled it, when): not pulled again until the agent
+# has applied that pull (next_pull_ms moved) or 30 s passed (the check was lost)
+_pulled: dict[str, tuple[int, int]] = {}
+_badged: dict[str, int] = {}
 _client: CourierClient | None = None
 
 
@@ -164,22 +167,27 @@ def client() -> CourierClient:
     return _client
 
 
+def pull_pending(w: Waybill, now: int) -> bool:
+    seen = _pulled.get(w.waybill)
+    return seen is not None and seen[0] == w.next_pull_ms and now - seen[1] < 30_000
+
+
 @app.timer(interval=1.0)
 async def keep_waybills_fresh():
     """Re-pull stale waybills (this worker's partitions), age their badges, count them by badge."""
     out = outputs(settings)
     now = now_ms()
-    forget_older_than(_requested, now, 30_000)
+    forget_older_than(_badged, now, 10_000)
     due: list[Waybill] = []
     by_badge: Counter = Counter({b: 0 for b in lg.BADGES})
     for _, value in list(waybills.items()):
         w = Waybill.decode(value)
         current = lg.badge(w, now, thresholds())
         by_badge[current] += 1
-        if current != w.badge and now - _requested.get(f"badge:{w.waybill}", 0) > 5_000:
-            _requested[f"badge:{w.waybill}"] = now
+        if current != w.badge and w.waybill not in _badged:
+            _badged[w.waybill] = now
             out.send(names.TRACKING_CHECKS, w.waybill.encode(), WaybillCheck(w.waybill, "badge", now).encode())
-        if lg.due_for_pull(w, now) and w.waybill not in _requested:
+        if lg.due_for_pull(w, now) and not pull_pending(w, now):
             due.append(w)
     for badge_name, n in by_badge.items():
         metrics.WAYBILLS_BY_BADGE.labels(badge=badge_name).set(n)
@@ -189,7 +197,7 @@ async def keep_waybills_fresh():
 
 
 async def pull(w: Waybill, now: int, out: Outputs) -> None:
-    _requested[w.waybill] = now
+    _pulled[w.waybill] = (w.next_pull_ms, now)
     source = lg.pull_source(w)
     sources = [w.carrier, source] if w.on_backup and source != w.carrier else [source]
     for name in sources:  # on backup the carrier is probed first: its recovery switches back
