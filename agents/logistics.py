@@ -73,11 +73,13 @@ def registered(msg, out: Outputs) -> tuple[str, str]:
     except CodecError as exc:
         log.error("ignored unreadable waybill registration at %s:%s: %s", msg.partition, msg.offset, exc)
         return "", "malformed"
-    if waybill_of(reg.waybill) is not None:
+    existing = waybill_of(reg.waybill)
+    if existing is not None and not lg.is_provisional(existing):
         return reg.carrier, "redelivered"
-    w = lg.register(reg, now_ms(), settings.tracking_stale_after_s, settings.tracking_key, thresholds())
-    keep(w)
-    publish(lg.tracking_update(w, "registered", now_ms(), thresholds=thresholds()), out)
+    outcome = lg.register_over(reg, existing, now_ms(), settings.tracking_stale_after_s, settings.tracking_key,
+                               thresholds())
+    keep(outcome.waybill)
+    emit(outcome, out)
     return reg.carrier, "registered"
 
 
@@ -95,12 +97,6 @@ def scanned(msg, out: Outputs) -> tuple[str, str]:
     outcome = lg.apply_scan(waybill_of(scan.waybill), scan, now, settings.tracking_stale_after_s,
                             thresholds=thresholds())
     metrics.LOGISTICS_SCANS.labels(source=source, result=outcome.result).inc()
-    if outcome.result == "unregistered":
-        # no registration (yet): the event cannot be placed, so it is kept where it can be re-driven
-        err = lg.TrackingError("unregistered_waybill", f"{source}: waybill {scan.waybill} was never registered")
-        letter = lg.dead_letter(source, msg.topic, msg.partition, msg.offset, msg.key, bytes(msg.value), err, now)
-        out.send(names.LOGISTICS_DLQ, msg.key, DEAD_LETTER.encode(letter))
-        return source, outcome.result
     if outcome.waybill is not None:
         keep(outcome.waybill)
     emit(outcome, out)
@@ -182,6 +178,8 @@ async def keep_waybills_fresh():
     by_badge: Counter = Counter({b: 0 for b in lg.BADGES})
     for _, value in list(waybills.items()):
         w = Waybill.decode(value)
+        if lg.is_provisional(w):
+            continue  # events ahead of their registration: nobody to show them to yet
         current = lg.badge(w, now, thresholds())
         by_badge[current] += 1
         if current != w.badge and w.waybill not in _badged:

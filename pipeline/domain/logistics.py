@@ -225,7 +225,43 @@ def apply_scan(w: Waybill | None, scan: Scan, now_ms: int, stale_after_s: float,
                cause: str = "scan", thresholds: tuple[float, float] = (3600, 3 * 3600)) -> Outcome:
     """Fold one translated report into its waybill."""
     if w is None:
-        return Outcome(None, "unregistered")
+        # an event ahead of its waybill's registration (another topic: no order between them):
+        # kept on a provisional waybill, shown to nobody until the registration arrives
+        w = provisional(scan, now_ms)
+    if not w.order_id:
+        folded = _fold(w, scan, now_ms, stale_after_s, cause, thresholds)
+        return Outcome(folded.waybill, "early" if folded.result not in ("duplicate", "stale") else folded.result)
+    return _fold(w, scan, now_ms, stale_after_s, cause, thresholds)
+
+
+def provisional(scan: Scan, now_ms: int) -> Waybill:
+    return Waybill(waybill=scan.waybill, carrier=scan.carrier, order_id="", track_code="", registered_at_ms=int(now_ms),
+                   last_update_ms=0, next_pull_ms=2**62)
+
+
+def is_provisional(w: Waybill) -> bool:
+    return not w.order_id
+
+
+def register_over(reg: WaybillRegistered, early: Waybill | None, now_ms: int, stale_after_s: float, secret: bytes,
+                  thresholds: tuple[float, float] = (3600, 3 * 3600)) -> Outcome:
+    """Register a waybill; events that came before it (a provisional waybill) are folded in, in
+    event-time order, and what they add up to is announced once."""
+    w = register(reg, now_ms, stale_after_s, secret, thresholds)
+    if early is None:
+        return Outcome(w, "registered", tracking_update(w, "registered", now_ms, thresholds=thresholds))
+    review, notify = None, False
+    for r in sorted(early.reports, key=lambda r: (r.event_at_ms, RANK[r.state])):
+        scan = Scan(r.source, "aggregator" if r.carrier else "courier", r.carrier or r.source, w.waybill, "",
+                    r.code, r.state, r.event_at_ms, f"early-{r.event_at_ms}")
+        o = _fold(w, scan, now_ms, stale_after_s, "scan", thresholds)
+        w, review, notify = o.waybill, review or o.review, notify or o.notify
+    w = replace(w, seen=tuple(dict.fromkeys((*early.seen, *w.seen)))[-SEEN_KEEP:])
+    return Outcome(w, "registered", tracking_update(w, "registered", now_ms, thresholds=thresholds), review, notify)
+
+
+def _fold(w: Waybill, scan: Scan, now_ms: int, stale_after_s: float, cause: str,
+          thresholds: tuple[float, float]) -> Outcome:
     if scan.dedupe_key in w.seen:
         return Outcome(w, "duplicate")
     seen = (*w.seen, scan.dedupe_key)[-SEEN_KEEP:]
@@ -286,7 +322,7 @@ def tracking_update(w: Waybill, cause: str, now_ms: int, scan: Scan | None = Non
 # -- freshness: re-pulls and fail-over ----------------------------------------------------------
 
 def due_for_pull(w: Waybill, now_ms: int) -> bool:
-    return w.agreed_state not in TERMINAL and now_ms >= w.next_pull_ms
+    return not is_provisional(w) and w.agreed_state not in TERMINAL and now_ms >= w.next_pull_ms
 
 
 def pull_source(w: Waybill, table: CodeTable | None = None) -> str:

@@ -187,8 +187,10 @@ def phone():
     options.binary_location = paths["chromium"]
     profile = tempfile.mkdtemp(prefix="orderstream-chromium-")
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=390,844", "--lang=zh-CN"):
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--lang=zh-CN"):
         options.add_argument(arg)
+    # a phone's screen (headless chromium will not make a window narrower than 500 px)
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3}})
     d = webdriver.Chrome(service=Service(paths["chromedriver"]), options=options)
     d.set_page_load_timeout(60)
     yield d
@@ -218,6 +220,7 @@ def test_the_buyers_page_shows_the_parcel_in_the_browser_on_a_phone(settled, pho
         body = phone.find_element(By.TAG_NAME, "body").text
         assert story.order_id not in body and story.waybill not in body
         # readable on a phone: nothing wider than the screen, text not shrunk
+        assert phone.execute_script("return window.innerWidth") == 390
         assert phone.execute_script("return document.documentElement.scrollWidth") <= 390
         size = phone.execute_script("return parseFloat(getComputedStyle(document.getElementById('state')).fontSize)")
         assert size >= 18

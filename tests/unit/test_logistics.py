@@ -88,8 +88,27 @@ def test_scans_move_the_parcel_forward_duplicates_and_late_scans_do_not():
     assert "SF:r2" in late.waybill.seen
 
 
-def test_an_unregistered_waybill_is_reported_not_invented():
-    assert lg.apply_scan(None, lg.translate("SF", sf("SF101", T, "r1")), T, STALE_S).result == "unregistered"
+def test_events_ahead_of_the_registration_wait_for_it_and_count_once_it_comes():
+    early = lg.apply_scan(None, lg.translate("SF", sf("SF204", T + 5000, "r2")), T, STALE_S)
+    assert early.result == "early" and early.update is None and lg.is_provisional(early.waybill)
+    assert not lg.due_for_pull(early.waybill, T + 10**9)
+    w = fold(early.waybill, "SF", sf("SF101", T + 1000, "r1"), T)
+    assert w.result == "stale"  # older than what is already known, early or not
+    again = fold(w.waybill, "SF", sf("SF204", T + 5000, "r2"), T)
+    assert again.result == "duplicate"
+    o = lg.register_over(WaybillRegistered("TM-1", "SF", "SF100", T - 1000), again.waybill, T + 10, STALE_S, SECRET)
+    assert (o.update.state, o.update.cause, o.waybill.order_id) == ("out_for_delivery", "registered", "TM-1")
+    assert o.waybill.collected_at_ms == T + 5000 and {"SF:r1", "SF:r2"} <= set(o.waybill.seen)
+    assert fold(o.waybill, "SF", sf("SF204", T + 5000, "r2"), T + 20).result == "duplicate"
+
+
+def test_an_early_conflict_and_an_early_signature_surface_at_registration():
+    e = lg.apply_scan(None, lg.translate("SF", sf("SF80", T + 100, "r1")), T, STALE_S).waybill
+    o = lg.register_over(WaybillRegistered("TM-1", "SF", "SF100", T), e, T + 10, STALE_S, SECRET)
+    assert o.notify and o.waybill.notified
+    e = lg.apply_scan(None, lg.translate("CAINIAO", cainiao("TRANSPORT", T + 100, "c1", cp="ZTO")), T, STALE_S).waybill
+    o = lg.register_over(WaybillRegistered("TM-2", "SF", "SF100", T), e, T + 10, STALE_S, SECRET)
+    assert o.waybill.syncing and o.review is not None and o.update.state == "syncing"
 
 
 def test_signed_notifies_once():
