@@ -9,6 +9,7 @@ its courier.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -136,7 +137,6 @@ def test_the_sink_lands_states_badges_reviews_and_the_execution_tier_counts_them
     while landed() != {s.waybill: (s.expect.state, s.expect.badge) for s in stories} and time.monotonic() < deadline:
         time.sleep(1)
     assert landed() == {s.waybill: (s.expect.state, s.expect.badge) for s in stories}
-    import json
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/execution", timeout=30) as resp:
         view = json.loads(resp.read())["logistics"]
@@ -230,3 +230,36 @@ def test_the_buyers_page_shows_the_parcel_in_the_browser_on_a_phone(settled, pho
             assert "信息同步中" in phone.find_element(By.ID, "state").text
         if name == "never_scanned":
             assert "超过 3 小时未更新" in phone.find_element(By.ID, "badge").text
+
+
+def test_waybills_and_their_timers_survive_a_worker_killed_and_restarted(settled):
+    p, _, watch, stories, _ = settled
+    n = p.names
+    quiet = next(s for s in stories if s.name == "never_scanned")
+    moving = next(s for s in stories if s.name == "on_time")
+
+    def pulls_of(w, waybill):
+        return sum(1 for r in w.on(n.TRACKING_CHECKS)
+                   if (c := WaybillCheck.decode(r.value())).kind == "pull" and c.waybill == waybill)
+
+    p.procs["worker-0"].kill()            # no shutdown hooks, no final commit
+    watch.settle(1.0)
+    before = pulls_of(watch, quiet.waybill)
+    updates_before = len(watch.on(n.TRACKING))
+    p.start_worker()
+    # the pull deadline lives in the table: the new worker's timer keeps pulling the silent waybill
+    watch.until(lambda w: pulls_of(w, quiet.waybill) >= before + 2, timeout=90,
+                what="re-pulls after the restart", check_alive=p.check_alive)
+    # what the parcel had seen survived too: a repeated scan is a duplicate, the next one moves it
+    start_ms = moving.pushed[0][1]["acceptTime"] + 5 * lr.H
+    p.produce([(n.courier_raw("SF"), moving.waybill.encode(),
+                json.dumps(moving.pushed[-1][1]).encode()),
+               (n.courier_raw("SF"), moving.waybill.encode(),
+                json.dumps(lr._sf("SF80", start_ms, "a4", moving.waybill)).encode())])
+    last = watch.until(lambda w: (u := latest(w, n.TRACKING).get(moving.waybill)) and u.state == "signed" and u,
+                       timeout=60, what="the parcel signed after the restart", check_alive=p.check_alive)
+    assert last.expected_at_ms == moving.pushed[0][1]["acceptTime"] + 24 * lr.H  # collected time kept
+    scans_after = [TrackingUpdate.decode(r.value()) for r in watch.on(n.TRACKING)[updates_before:]]
+    assert [u.state for u in scans_after if u.waybill == moving.waybill and u.cause == "scan"] == ["signed"]
+    notes = [Notification.decode(r.value()) for r in watch.on(n.NOTIFICATIONS)]
+    assert sum(1 for x in notes if x.order_id == moving.order_id) == 1
