@@ -174,6 +174,8 @@ async def keep_waybills_fresh():
     out = outputs(settings)
     now = now_ms()
     forget_older_than(_badged, now, 10_000)
+    for number in [k for k, (_, at) in _pulled.items() if now - at > 60_000]:
+        del _pulled[number]
     due: list[Waybill] = []
     by_badge: Counter = Counter({b: 0 for b in lg.BADGES})
     for _, value in list(waybills.items()):
