@@ -203,7 +203,9 @@ def test_the_buyers_page_shows_the_parcel_in_the_browser_on_a_phone(settled, pho
     p, _, watch, stories, got = settled
     for name, state, reached in (("on_time", "out_for_delivery", ["collected", "in_transit", "out_for_delivery"]),
                                  ("never_scanned", "registered", []),
-                                 ("conflicting", "syncing", ["collected", "in_transit", "out_for_delivery"])):
+                                 # the steps of a conflict are its last agreed state, which depends on
+                                 # whether the courier's or the aggregator's report came first (two topics)
+                                 ("conflicting", "syncing", None)):
         story = next(s for s in stories if s.name == name)
         code = got[story.waybill]["update"].track_code
         deadline = time.monotonic() + 60
@@ -216,7 +218,10 @@ def test_the_buyers_page_shows_the_parcel_in_the_browser_on_a_phone(settled, pho
         assert phone.find_element(By.ID, "state").get_attribute("data-state") == state, name
         assert phone.find_element(By.ID, "badge").get_attribute("data-badge") == story.expect.badge, name
         steps = [e.get_attribute("data-step") for e in phone.find_elements(By.CSS_SELECTOR, "#steps li.reached")]
-        assert steps == reached, name
+        if reached is None:
+            assert steps in (["collected", "in_transit"], ["collected", "in_transit", "out_for_delivery"]), steps
+        else:
+            assert steps == reached, name
         body = phone.find_element(By.TAG_NAME, "body").text
         assert story.order_id not in body and story.waybill not in body
         # readable on a phone: nothing wider than the screen, text not shrunk

@@ -243,3 +243,17 @@ def test_waybill_record_round_trips_through_its_avro_schema():
     w = fold(registered(), "CAINIAO", cainiao("TRANSPORT", T, "e1"), T).waybill
     from pipeline.contracts import Waybill
     assert Waybill.decode(w.encode()) == w
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (2, 0, 1), (2, 1, 0)])
+def test_a_conflict_is_found_whatever_order_the_reports_arrive_in(order):
+    """Courier and aggregator come on two topics: no order between them. The buyer sees syncing
+    and the waybill is reviewed once in every order; the last agreed state may differ."""
+    reports = [("SF", sf("SF101", T - 9 * 3600_000, "s1")), ("SF", sf("SF204", T - 3600_000, "s2")),
+               ("CAINIAO", cainiao("TRANSPORT", T - 600_000, "c1"))]
+    w, reviews = registered(now=T - 10 * 3600_000), 0
+    for i in order:
+        o = fold(w, *reports[i], T)
+        w, reviews = o.waybill, reviews + (o.review is not None)
+    assert w.syncing and lg.shown_state(w) == "syncing" and reviews == 1
+    assert w.agreed_state in ("in_transit", "out_for_delivery")
