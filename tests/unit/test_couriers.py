@@ -65,3 +65,24 @@ def test_a_hung_courier_times_out(service):
     service.configure("EMS", latency_ms=2000)
     result = pull(service, "EMS", "E1", retries=0, timeout_s=0.2)
     assert (result.ok, result.reason) == (False, "timeout")
+
+
+def test_too_few_retries_fail_a_flaky_courier_over_to_the_aggregator_enough_retries_do_not(service):
+    """Seed 000's 'too few retries': the courier's API drops every other call. Pulled 60 times
+    through the freshness logic, one try per pull strings 3 failures together and sends the waybill
+    to the backup aggregator; a few retries per pull keep it on its courier (the service's random
+    errors are seeded; over 60 pulls another seed would miss a fail-over 1 time in 120)."""
+    from pipeline.contracts import WaybillRegistered
+    service.configure("JT", error_rate=0.5)
+
+    def waybill_after_pulls(retries):
+        w = lg.register(WaybillRegistered("DY-1", "JT", "JT1", 0), 0, 1, b"k")
+        for i in range(60):
+            source = lg.pull_source(w)
+            result = pull(service, source, "JT1", retries=retries)
+            w = lg.after_pull(w, source, result.ok, i * 1000, 1).waybill
+        return w
+
+    assert waybill_after_pulls(retries=0).failovers >= 1
+    patient = waybill_after_pulls(retries=6)
+    assert patient.failovers == 0 and not patient.on_backup
