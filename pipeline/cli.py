@@ -134,6 +134,55 @@ def refund_service(latency_ms: float = 10.0, error_rate: float = 0.0) -> None:
     from .devtools.refund_service import run_refund_service
     s = load_settings()
     run_refund_service(s.bind_host, s.refund_service_port, latency_ms=latency_ms, error_rate=error_rate)
+@cli.command()
+def couriers() -> None:
+    """Run the simulated courier and aggregator tracking APIs (SF, ZTO, YTO, JT, EMS, Cainiao, Kuaidi100)."""
+    from .devtools.courier_service import run_courier_service
+    s = load_settings()
+    run_courier_service(s.bind_host, s.courier_api_port)
+
+
+@cli.command("logistics-replay")
+def logistics_replay(mode: str = typer.Option("all", help="all, or one of seed 000's failure stories: "
+                                                          "never_scanned, replaced_carrier, expired_key, unknown_code"),
+                     outages: bool = typer.Option(True, help="Take ZTO's API down and expire YTO's key.")) -> None:
+    """Produce shipments and courier events (late, duplicated, out of order, conflicting, an outage)
+    into the running pipeline, load what the couriers' APIs know into `orderstream couriers`, and
+    print each parcel's expected fate."""
+    import json as _json
+    import time as _time
+    import urllib.request
+
+    from . import kafka_io
+    from .devtools import logistics_replay as lr
+    from .topics import names
+    s = load_settings()
+    start = int(_time.time() * 1000)
+    tag = f"{start % 10_000:04d}"
+    if mode == "all":
+        stories = lr.stories(start, tag)
+    elif mode in lr.STORY_MODES:
+        stories = lr.STORY_MODES[mode](start, tag)
+    else:
+        fail(f"unknown mode {mode!r}: all, {', '.join(lr.STORY_MODES)}")
+
+    def post(path: str, body) -> None:
+        req = urllib.request.Request(f"{s.courier_api}{path}", data=_json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+
+    from .devtools.courier_service import CourierWorld
+    world = CourierWorld()
+    lr.load_api(world, stories)
+    for (source, waybill), events in world.events.items():
+        post("/events", {"source": source, "waybill": waybill, "events": [_json.loads(e) for e in events]})
+    if outages:
+        post("/config", lr.OUTAGES)
+    kafka_io.ensure_topics(s, names)
+    producer = kafka_io.producer(s)
+    kafka_io.produce_all(producer, ((t, k, v, None) for t, k, v in lr.records(stories, names, start)))
+    for story in stories:
+        console.print(f"{story.name:20} {story.waybill:14} expect {story.expect}")
 
 
 # ------------------------------------------------------------------------------- replay

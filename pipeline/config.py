@@ -88,6 +88,16 @@ class Settings:
     operator_tokens_file: str = _setting("", "A file of name:token lines, read as well (keeps tokens out of the environment).")
     console_timezone: str = _setting("Asia/Shanghai", "Time zone the console shows times in, unless the viewer picks another.")
     console_refresh_s: float = _setting(5.0, "How often a console page refreshes its figures by itself.")
+    tracking_stale_after_s: float = _setting(25 * 60, "A waybill with no update for this long is re-pulled from its courier's API (seed 003: 25 min).")
+    tracking_retry_after_s: float = _setting(60.0, "After a failed pull, the next one is tried this much later.")
+    tracking_yellow_after_s: float = _setting(3600.0, "A waybill without update this long gets a yellow badge ...")
+    tracking_red_after_s: float = _setting(3 * 3600.0, "... and beyond this long a red one.")
+    tracking_secret: str = _setting("", "Key of the buyers' short-link codes (/t/<code>); empty: a fixed development key.")
+    courier_api_url: str = _setting("", "Base URL of the couriers' tracking APIs; empty means the local simulated one.")
+    courier_api_port: int = _setting(18090, "Port of the local simulated courier service.")
+    courier_api_key: str = _setting("dev-key", "API key sent to the couriers' tracking APIs.")
+    courier_api_timeout_s: float = _setting(1.0, "Per-call timeout of a courier API pull.")
+    courier_api_retries: int = _setting(2, "Retries of one pull (timeouts, 5xx) before it counts as failed.")
     log_json: bool = _setting(False, "Structured JSON logs.")
     library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka, mode and librdkafka (INFO shows rebalances and the client retries librdkafka heals itself).")
 
@@ -98,6 +108,14 @@ class Settings:
     @property
     def redis(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def courier_api(self) -> str:
+        return self.courier_api_url or f"http://127.0.0.1:{self.courier_api_port}"
+
+    @property
+    def tracking_key(self) -> bytes:
+        return (self.tracking_secret or "orderstream-dev-tracking-key").encode()
 
     @property
     def var(self) -> Path:

@@ -44,6 +44,14 @@ RISK_FLAGS = Counter("orderstream_risk_flags_total", "Rule hits.", ["rule"])
 RISK_VERDICTS = Counter("orderstream_risk_verdicts_total", "Risk outcomes (accept, hold, reject).", ["outcome"])
 RISK_DECISIONS = Counter("orderstream_risk_decisions_total",
                          "Hold resolutions (approved, rejected, auto_released).", ["outcome"])
+LOGISTICS_SCANS = Counter("orderstream_logistics_scans_total",
+                          "Courier and aggregator events by result (new, duplicate, stale, conflict, agreed, "
+                          "unregistered, dead_letter).", ["source", "result"])
+LOGISTICS_PULLS = Counter("orderstream_logistics_pulls_total", "Re-pulls of stale waybills (ok, failed, failover, "
+                          "recovered).", ["source", "outcome"])
+LOGISTICS_FAILOVERS = Counter("orderstream_logistics_failovers_total",
+                              "Waybills switched to the backup aggregator after 3 failed pulls.", ["carrier"])
+WAYBILLS_BY_BADGE = Gauge("orderstream_waybills_by_badge", "Waybills this worker tracks, by health badge.", ["badge"])
 RISK_HELD = Gauge("orderstream_risk_held_orders", "Orders waiting for a decision on this worker.")
 RULESET_VERSION = Gauge("orderstream_risk_ruleset_version", "Version of the active rule set.")
 RULESET_REJECTED = Counter("orderstream_risk_ruleset_rejected_total", "Rule sets that failed to parse.")

@@ -13,9 +13,12 @@ from typing import Any
 
 from .contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, DroppedDuplicate,
                         FailedRefundInstruction, InventoryEvent, RefundAction, RefundEvent, RefundRequest, RiskDecision,
-                        RiskEvent, SettlementBillLine, SuspectTransition, WarehouseStock)
+                        RiskEvent, SettlementBillLine, SuspectTransition, Notification, TrackingReview,
+                        TrackingUpdate, WarehouseStock, WaybillCheck, WaybillRegistered)
 
 PLATFORMS = ("TMALL", "JD", "PINDUODUO", "DOUYIN", "KUAISHOU", "SHOPEE", "SHOPIFY")
+# carriers and aggregators with a logistics.raw.<courier> topic (their codes: pipeline/domain/courier_codes.yaml)
+COURIERS = ("SF", "ZTO", "YTO", "JT", "EMS", "CAINIAO", "KUAIDI100")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,17 @@ class TopicNames:
     def RAW_TOPICS(self) -> tuple[str, ...]:
         return tuple(self.raw(p) for p in PLATFORMS)
 
+    def courier_raw(self, courier: str) -> str:
+        """logistics.raw.<courier>: the courier's or aggregator's own JSON scan events."""
+        return f"{self.ns}logistics.raw.{courier.lower()}"
+
+    def courier_of(self, raw_topic: str) -> str:
+        return raw_topic[len(self.ns) + len("logistics.raw."):].upper()
+
+    @property
+    def COURIER_RAW_TOPICS(self) -> tuple[str, ...]:
+        return tuple(self.courier_raw(c) for c in COURIERS)
+
     def __getattr__(self, name: str) -> str:
         try:
             return self.ns + _BASE[name].base
@@ -43,6 +57,8 @@ class TopicNames:
         """The contract of a full topic name of this namespace (KeyError for a stranger)."""
         if name in self.RAW_TOPICS:
             return RAW
+        if name in self.COURIER_RAW_TOPICS:
+            return COURIER_RAW
         return _BY_BASE[name[len(self.ns):] if name.startswith(self.ns) else name]
 
     @property
@@ -51,7 +67,7 @@ class TopicNames:
 
     @property
     def ALL_TOPICS(self) -> tuple[str, ...]:
-        return (*self.RAW_TOPICS, *(self.ns + t.base for t in _BASE.values()))
+        return (*self.RAW_TOPICS, *self.COURIER_RAW_TOPICS, *(self.ns + t.base for t in _BASE.values()))
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,8 @@ class RuleSetText:
 
 RAW = Topic("orders.raw.<platform>", "the platform's order id", RawPayload,
             "the platform's own JSON, as pushed or polled")
+COURIER_RAW = Topic("logistics.raw.<courier>", "the waybill number", RawPayload,
+                    "the courier's or aggregator's own JSON scan event, as pushed or pulled")
 _BASE = {
     "UNIQUE": Topic("orders.unique", "order id", ORDER,
                     "after dedupe and risk: new orders and real updates only (header change=new|update)"),
@@ -124,6 +142,17 @@ _BASE = {
                            "refund instructions a platform's API did not take, with its error (re-driven by the CLI)"),
     "REFUND_RULES": Topic("refunds.rules", "rule set name", RuleSetText,
                           "compacted: the active refund auto-approval rules (YAML, versioned)"),
+    "WAYBILLS": Topic("logistics.waybills", "waybill number", WaybillRegistered,
+                      "a waybill created for a shipped order (carrier, number, order)"),
+    "TRACKING": Topic("logistics.tracking", "waybill number", TrackingUpdate,
+                      "what the buyer sees of a parcel after each change: translated state, badge, why"),
+    "TRACKING_REVIEW": Topic("logistics.review", "waybill number", TrackingReview,
+                             "waybills whose sources disagree: the manual review queue"),
+    "LOGISTICS_DLQ": Topic("logistics.dlq", "the courier message's key", DEAD_LETTER,
+                           "courier messages the translator refused (unknown code, ...), with the original bytes"),
+    "TRACKING_CHECKS": Topic("logistics.checks", "waybill number", WaybillCheck,
+                             "the freshness timer's pulls and badge changes, applied by the logistics agent"),
+    "NOTIFICATIONS": Topic("notifications.out", "order id", Notification, "buyer notifications: parcel signed, once"),
 }
 
 _BY_BASE = {t.base: t for t in _BASE.values()}
@@ -154,5 +183,12 @@ DLQ = names.DLQ
 REFUND_REQUESTS = names.REFUND_REQUESTS
 REFUND_ACTIONS = names.REFUND_ACTIONS
 SETTLEMENT_BILLS = names.SETTLEMENT_BILLS
+COURIER_RAW_TOPICS = names.COURIER_RAW_TOPICS
+WAYBILLS = names.WAYBILLS
+TRACKING = names.TRACKING
+TRACKING_REVIEW = names.TRACKING_REVIEW
+LOGISTICS_DLQ = names.LOGISTICS_DLQ
+NOTIFICATIONS = names.NOTIFICATIONS
+TRACKING_CHECKS = names.TRACKING_CHECKS
 COMPACTED = names.COMPACTED
 ALL_TOPICS = names.ALL_TOPICS

@@ -67,6 +67,13 @@ def expected_figures(tier: str, view: dict) -> dict[tuple[str, str], str]:
             out[("dead_letters_by_reason", r["reason_code"])] = fmt.count(r["letters"])
         for b in view["breakers"]:
             out[("breaker_state", b["worker"])] = b["state"]
+        lg = view["logistics"]
+        out[("waybills", "")] = fmt.count(lg["waybills"])
+        out[("waybills_syncing", "")] = fmt.count(lg["syncing"])
+        out[("waybill_pulls", "")] = fmt.count(lg["pulls"])
+        out[("waybill_failovers", "")] = fmt.count(lg["failovers"])
+        for badge, n in lg["by_badge"].items():
+            out[("waybills_by_badge", badge)] = fmt.count(n)
     else:
         raise ValueError(tier)
     return out

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts import (DEAD_LETTER, ORDER, BreakerTransition, ChannelEvent, CodecError, InventoryEvent,
-                                RefundEvent, RiskEvent, SettlementBillLine, SuspectTransition)
+                                RefundEvent, RiskEvent, SettlementBillLine, SuspectTransition, TrackingReview,
+                                TrackingUpdate)
 from pipeline.topics import TopicNames
 
 
@@ -170,6 +171,27 @@ def settlement_bill_row(msg) -> dict:
     }
 
 
+def tracking_row(msg) -> dict:
+    e: TrackingUpdate = _event(msg, TrackingUpdate)
+    return {
+        "order_id": e.order_id, "waybill": e.waybill, "carrier": e.carrier, "state": e.state,
+        "agreed_state": e.agreed_state, "cause": e.cause, "source": e.source, "code": e.code,
+        "event_at": ch_time(e.event_at_ms), "at": ch_time(e.at_ms), "badge": e.badge,
+        "last_update": ch_time(e.last_update_ms), "track_code": e.track_code, "expected_at": ch_time(e.expected_at_ms),
+        "on_backup": e.on_backup, "pulls": e.pulls, "failed_pulls": e.failed_pulls, "failovers": e.failovers,
+        **_source(msg),
+    }
+
+
+def review_row(msg) -> dict:
+    e: TrackingReview = _event(msg, TrackingReview)
+    sources = sorted(e.states)
+    return {
+        "order_id": e.order_id, "waybill": e.waybill, "carrier": e.carrier, "reason": e.reason,
+        "sources": sources, "states": [e.states[s] for s in sources], "at": ch_time(e.at_ms), **_source(msg),
+    }
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str
@@ -200,6 +222,10 @@ REFUND_COLUMNS = ("event", "refund_id", "order_id", "platform", "status", "previ
 SETTLEMENT_BILL_COLUMNS = ("line_key", "file_sha256", "file_name", "line_no", "platform", "bill_line_id",
                            "external_order_id", "order_id", "kind", "platform_type", "amount_minor", "currency",
                            "settle_day", "imported_by", "imported_at") + _SRC
+TRACKING_COLUMNS = ("order_id", "waybill", "carrier", "state", "agreed_state", "cause", "source", "code", "event_at",
+                    "at", "badge", "last_update", "track_code", "expected_at", "on_backup", "pulls", "failed_pulls",
+                    "failovers") + _SRC
+REVIEW_COLUMNS = ("order_id", "waybill", "carrier", "reason", "sources", "states", "at") + _SRC
 
 
 def table_specs(names: TopicNames) -> dict[str, TableSpec]:
@@ -214,4 +240,8 @@ def table_specs(names: TopicNames) -> dict[str, TableSpec]:
         names.SUSPECT: TableSpec("suspect_transitions", SUSPECT_COLUMNS, suspect_row),
         names.REFUND_EVENTS: TableSpec("refund_events", REFUND_COLUMNS, refund_row),
         names.SETTLEMENT_BILLS: TableSpec("settlement_bills", SETTLEMENT_BILL_COLUMNS, settlement_bill_row),
+        names.TRACKING: TableSpec("tracking_updates", TRACKING_COLUMNS, tracking_row),
+        names.TRACKING_REVIEW: TableSpec("tracking_reviews", REVIEW_COLUMNS, review_row),
+        # refused courier events land beside the refused orders (the same DeadLetter contract)
+        names.LOGISTICS_DLQ: TableSpec("dead_letters", DEAD_LETTER_COLUMNS, dead_letter_row),
     }

@@ -331,6 +331,63 @@ def open_dead_letters(backend: Backend, now: datetime | None = None, limit: int 
     }
 
 
+# the latest row per waybill (logistics.tracking): its current state and badge
+_WAYBILL_NOW = f"""
+    SELECT waybill, argMax(order_id, (at, src_offset)) AS order_id, argMax(carrier, (at, src_offset)) AS carrier,
+           argMax(state, (at, src_offset)) AS state, argMax(agreed_state, (at, src_offset)) AS agreed_state,
+           argMax(badge, (at, src_offset)) AS badge, argMax(last_update, (at, src_offset)) AS last_update,
+           argMax(track_code, (at, src_offset)) AS track_code, argMax(expected_at, (at, src_offset)) AS expected_at,
+           argMax(on_backup, (at, src_offset)) AS on_backup, max(pulls) AS pulls, max(failovers) AS failovers
+    FROM tracking_updates WHERE at <= {_NOW} GROUP BY waybill"""
+BADGES = ("green", "yellow", "red")
+
+
+def logistics(backend: Backend, now: datetime | None = None, limit: int = 100) -> dict:
+    """Waybills by health badge, the ones that are not green or are syncing (the operators' list),
+    re-pulls and fail-overs so far."""
+    now = _now(now)
+    p = {"now_ms": _ms(now), "limit": int(limit)}
+    by_badge = backend.query(f"SELECT badge, count() AS n FROM ({_WAYBILL_NOW}) GROUP BY badge", p)
+    totals = backend.query(f"""
+        SELECT count() AS waybills, sum(pulls) AS pulls, sum(failovers) AS failovers,
+               countIf(state = 'syncing') AS syncing, countIf(on_backup) AS on_backup FROM ({_WAYBILL_NOW})""", p)[0]
+    attention = backend.query(f"""
+        SELECT waybill, order_id, carrier, state, badge, formatDateTime(last_update, {_ISO}) AS last_update_iso,
+               on_backup, ({{now_ms:Int64}} - toUnixTimestamp64Milli(last_update)) / 1000 AS age_s
+        FROM ({_WAYBILL_NOW}) WHERE badge != 'green' OR state = 'syncing'
+        ORDER BY badge = 'red' DESC, age_s DESC, waybill LIMIT {{limit:UInt32}}""", p)
+    return {
+        "waybills": int(totals["waybills"]), "pulls": int(totals["pulls"] or 0),
+        "failovers": int(totals["failovers"] or 0), "syncing": int(totals["syncing"]),
+        "on_backup": int(totals["on_backup"]),
+        "by_badge": {b: 0 for b in BADGES} | {r["badge"]: int(r["n"]) for r in by_badge},
+        "attention": [{"waybill": r["waybill"], "order_id": r["order_id"], "carrier": r["carrier"], "state": r["state"],
+                       "badge": r["badge"], "last_update": r["last_update_iso"], "on_backup": bool(r["on_backup"]),
+                       "age_s": float(r["age_s"])} for r in attention],
+    }
+
+
+def tracking(backend: Backend, code: str) -> dict | None:
+    """What the buyer's page shows for a short-link code: the carrier, the state, when it last
+    changed, the expected arrival, the key steps reached (when). No personal data: none is stored."""
+    rows = backend.query(f"""
+        SELECT carrier, state, agreed_state, badge, formatDateTime(last_update, {_ISO}) AS last_update_iso,
+               if(expected_at IS NULL, '', formatDateTime(assumeNotNull(expected_at), {_ISO})) AS expected_iso
+        FROM ({_WAYBILL_NOW}) WHERE track_code = {{code:String}}
+        ORDER BY last_update DESC LIMIT 1""",
+        {"code": code, "now_ms": _ms(_now(None))})
+    if not rows:
+        return None
+    steps = backend.query(f"""
+        SELECT agreed_state AS step, formatDateTime(min(event_at), {_ISO}) AS first_iso
+        FROM tracking_updates WHERE track_code = {{code:String}} AND cause IN ('scan', 'pull', 'agreed')
+        GROUP BY agreed_state""", {"code": code})
+    r = rows[0]
+    return {"carrier": r["carrier"], "state": r["state"], "agreed_state": r["agreed_state"], "badge": r["badge"],
+            "last_update": r["last_update_iso"], "expected_at": r["expected_iso"] or None,
+            "steps": {s["step"]: s["first_iso"] for s in steps}}
+
+
 def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 200,
               dead_letter_limit: int = 100) -> dict:
     now = _now(now)
@@ -386,6 +443,7 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
                         "level": sla_level(float(r["hours_left"]))} for r in countdown],
         },
         "dead_letters": open_dead_letters(backend, now, dead_letter_limit),
+        "logistics": logistics(backend, now),
         "breakers": [{"worker": r["worker"], "state": r["state"], "since": r["since"],
                       "rate_per_min": float(r["rate"]), "transitions": int(r["transitions"])} for r in breakers],
         "suspect_transitions": suspects,

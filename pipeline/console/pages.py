@@ -211,8 +211,16 @@ def execution_model(view: dict, opts: Options) -> dict:
     breakers = [{"worker": b["worker"], "state": b["state"], "since": fmt.local(b["since"], tz, TIME),
                  "rate": f"{b['rate_per_min']:,.1f}", "transitions": fmt.count(b["transitions"])}
                 for b in view["breakers"]]
+    lg = view["logistics"]
+    logistics = {"waybills": fmt.count(lg["waybills"]), "pulls": fmt.count(lg["pulls"]),
+                 "failovers": fmt.count(lg["failovers"]), "syncing": fmt.count(lg["syncing"]),
+                 "badges": [{"badge": b, "count": fmt.count(n)} for b, n in lg["by_badge"].items()],
+                 "rows": [{"waybill": r["waybill"], "order_id": r["order_id"], "carrier": r["carrier"],
+                           "state": r["state"], "badge": r["badge"], "since": fmt.duration(r["age_s"]),
+                           "on_backup": r["on_backup"]} for r in lg["attention"]]}
     return {"levels": levels, "todo": todo, "queue": queue, "held_orders": fmt.count(view["held_orders"]),
-            "per_approver": per_approver, "processing": processing, "letters": letters, "breakers": breakers}
+            "per_approver": per_approver, "processing": processing, "letters": letters, "breakers": breakers,
+            "logistics": logistics}
 
 
 MODELS = {"strategic": strategic_model, "tactical": tactical_model, "execution": execution_model}

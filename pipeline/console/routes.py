@@ -8,6 +8,7 @@
     POST /console/api/redrive       {"letter_id": "<dlq topic>:<partition>:<offset>"}: operator token required
     GET  /console/api/settlement/queue    the open settlement differences (?day=, ?platform=)
     POST /console/api/settlement/resolve  {"diff_key", "reason"}: operator token required
+    GET  /t/<code>                  the buyer's tracking page (pipeline.console.tracking)
 
 Pages take what /views/<tier> takes (`now`, `days`, `hours`; `tz` for strategic's days) and the
 viewer's `tz` and `lang`. Every response forbids loading anything from elsewhere
@@ -30,6 +31,7 @@ from . import format as fmt
 from .actions import ConsoleActions, KafkaPublisher, Publisher
 from .auth import OperatorTokens
 from .pages import Renderer, compute, parse_options
+from .tracking import setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ def setup_console(app: web.Application, settings, names: TopicNames, **options) 
     app.router.add_post("/console/api/settlement/resolve", _action("settlement_resolve"))
     app.router.add_get("/console/{tier}", page)
     app.router.add_get("/console/{tier}/panel", panel)
+    setup_tracking(app)  # the buyers' /t/<code> pages (no token: the code is the secret)
 
     async def close_publisher(_app: web.Application) -> None:
         await asyncio.to_thread(console.publisher.close)

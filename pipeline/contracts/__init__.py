@@ -18,15 +18,18 @@ from .events import (BreakerTransition, ChannelEvent, DroppedDuplicate, Event, H
                      SuspectTransition)
 from .refunds import (REFUND_TYPES, FailedRefundInstruction, Refund, RefundAction, RefundEvent, RefundLine,
                       RefundRequest, RefundStep)
+from .logistics import LOGISTICS_TYPES, Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill, WaybillCheck, WaybillRegistered
 from .stock import StockEventError, StockUpdate, WarehouseStock, parse_stock_event
 
 EVENT_TYPES = _CORE_TYPES + REFUND_TYPES
 
 ORDER = codec("order")
 DEAD_LETTER = codec("dead_letter")
+EVENT_TYPES = EVENT_TYPES + LOGISTICS_TYPES
 
 __all__ = ["CodecError", "ORDER", "DEAD_LETTER", "EVENT_TYPES", "Event", "RiskEvent", "InventoryEvent",
            "InventoryLine", "RiskDecision", "ChannelEvent", "BreakerTransition", "DroppedDuplicate", "Hold", "HoldVerdict",
            "RuleHit", "SettlementBillLine", "SuspectTransition", "StockEventError", "StockUpdate", "WarehouseStock", "parse_stock_event",
            "RefundRequest", "RefundAction", "RefundEvent", "RefundLine", "RefundStep", "Refund",
-           "FailedRefundInstruction"]
+           "FailedRefundInstruction", "Notification", "SourceReport", "TrackingReview", "TrackingUpdate",
+           "Waybill", "WaybillCheck", "WaybillRegistered"]

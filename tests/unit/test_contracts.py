@@ -13,7 +13,9 @@ from pipeline.codecs import SCHEMA_DIR, AvroCodec, CodecError, SchemaStore
 from pipeline.contracts import (EVENT_TYPES, BreakerTransition, ChannelEvent, DroppedDuplicate,
                                 FailedRefundInstruction, Hold, HoldVerdict, InventoryEvent, InventoryLine, Refund,
                                 RefundAction, RefundEvent, RefundLine, RefundRequest, RefundStep, RiskDecision, RiskEvent,
-                                RuleHit, SettlementBillLine, StockEventError, StockUpdate, SuspectTransition, WarehouseStock)
+                                RuleHit, SettlementBillLine,
+                                Notification, SourceReport, TrackingReview, TrackingUpdate, Waybill, WaybillCheck,
+                                WaybillRegistered, StockEventError, StockUpdate, SuspectTransition, WarehouseStock)
 from pipeline.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +60,17 @@ SAMPLES = [
     SettlementBillLine("0123456789abcdef:7", "0123456789abcdef" * 4, "天猫-账单.csv", 7, "TMALL", "F-1", "refund",
                        "交易退款", -1_250, "CNY", "2026-11-27", "alice", T, external_order_id="1001",
                        order_id="TM-abc"),
+    WaybillRegistered("TM-1", "SF", "SF100", T, replaces="ZT9"),
+    TrackingUpdate("TM-1", "SF100", "SF", "syncing", "in_transit", "conflict", T, T + 5, "yellow", T, "abcd",
+                   source="CAINIAO", code="TRANSPORT", expected_at_ms=T + 86_400_000, on_backup=True, pulls=4,
+                   failed_pulls=3, failovers=1),
+    TrackingReview("TM-1", "SF100", "SF", "CAINIAO says in_transit", {"SF": "signed", "CAINIAO": "in_transit"}, T),
+    Notification("TM-1", "parcel_signed", "SF100", "SF", "abcd", T),
+    Waybill("SF100", "SF", "TM-1", "abcd", T, T, T + 1500, reports=(SourceReport("SF", "signed", "SF80", T),
+            SourceReport("CAINIAO", "in_transit", "TRANSPORT", T - 5, "SF")), seen=("SF:r1",), agreed_state="signed",
+            syncing=True, collected_at_ms=T - 9, failed_pulls=2, pulls=3, failovers=1, on_backup=True, notified=True,
+            badge="red"),
+    WaybillCheck("SF100", "pull", T, source="SF", ok=False, reason="expired_key"),
 ]
 
 

@@ -19,7 +19,8 @@ DEVTOOLS = "pipeline.devtools"
 RUNTIME = [ROOT / "agents", ROOT / "pipeline"]
 CLI = ROOT / "pipeline" / "cli.py"
 # the `orderstream` commands that are dev tooling; every other command is the runtime's
-DEV_COMMANDS = {"stack_up", "stack_status", "stack_down", "verifiers", "refund_service", "replay", "demo"}
+DEV_COMMANDS = {"stack_up", "stack_status", "stack_down", "verifiers", "refund_service", "couriers", "logistics_replay",
+                "replay", "demo"}
 RUNTIME_COMMANDS = ("worker", "sink")
 
 
