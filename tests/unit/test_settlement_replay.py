@@ -224,3 +224,27 @@ def test_refunds_are_a_ledger_source_a_delayed_refund_resolves_on_a_later_day(ba
     assert day3["differences"] == []
     assert day3["totals"] == [{"currency": "CNY", "settled_minor": -500, "ledger_minor": -500, "matched_minor": -500,
                                "difference_minor": 0, "bill_lines": 1, "differences": 0}]
+
+
+def test_a_refund_paid_by_the_refund_flow_is_a_ledger_refund(backend, names):
+    """refunds.events `refunded` lands in refund_events and, through the materialized view, in
+    ledger_refunds: the settlement ledger sees the refund flow's payouts once, re-published or not."""
+    from pipeline.contracts import RefundEvent
+    order = next(o for o in (normalize(m.platform, m.value, START).order
+                             for m in generate_stream(40, 5, ReplayMix(update=0.0, redelivery=0.0, malformed=0.0),
+                                                      start=START))
+                 if o["paid_at"] is not None)
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    sink.resume_positions()
+    feed = Feed()
+    sink.add(feed.record(names.UNIQUE, order_codec().encode(order), order["order_id"]))
+    at_ms = NOW_MS
+    for event in ("requested", "refunded", "refunded"):  # the second `refunded`: a re-publish after a crash
+        sink.add(feed.record(names.REFUND_EVENTS, RefundEvent(
+            event, "RF-9", order["order_id"], order["platform"], status=event, at_ms=at_ms, actor="refunds",
+            amount_minor=1_234, currency=order["currency"], cause="ns.refunds.actions:0:7").encode(), "RF-9"))
+    sink.flush(force=True)
+    ledger = backend.query("SELECT kind, amount_minor, source FROM settlement_ledger WHERE order_id = {o:String} "
+                           "ORDER BY kind", {"o": order["order_id"]})
+    assert ledger == [{"kind": "payment", "amount_minor": order["amounts"]["total_minor"], "source": "orders.unique"},
+                      {"kind": "refund", "amount_minor": -1_234, "source": "refunds.events"}]

@@ -31,8 +31,8 @@ ENGINE = ReplacingMergeTree
 ORDER BY (line_key)
 SETTINGS non_replicated_deduplication_window = 1000;
 
--- The ledger's refund source. Refunds are not in the pipeline yet (another branch brings them):
--- whatever produces them lands one row per refund here, and the ledger below picks them up.
+-- The ledger's refund source: one row per refund paid out (0008 fills it from refunds.events),
+-- and the ledger below picks them up.
 CREATE TABLE IF NOT EXISTS ledger_refunds
 (
     refund_id    String,
