@@ -22,14 +22,18 @@ from pipeline import metrics
 from pipeline.app import app, changelogged_table, settings
 from pipeline.contracts import DroppedDuplicate, SuspectTransition
 from pipeline.domain.dedupe import PASSED, Change, SeenVersion, judge, version_of
-from pipeline.domain.transitions import SuspectHit, load_transition_file
+from pipeline.domain.transitions import RULES as SUSPECT_RULES, SuspectHit, load_transition_file
 from pipeline.faust_internals import DirectWindowedTable, handling, active_dbs, window_end, without_key_index
 from pipeline.outputs import Outputs
-from pipeline.topics import names
+from pipeline.topics import PLATFORMS, names
 
 from .common import InFlight, now_ms, stage
 
 log = logging.getLogger(__name__)
+# every series exists from the start, so the alerts' increase() sees 0 rather than nothing
+for _platform in PLATFORMS:
+    for _rule in SUSPECT_RULES:
+        metrics.SUSPECT_TRANSITIONS.labels(platform=_platform, rule=_rule)
 WINDOW = timedelta(seconds=settings.dedupe_window_s)
 EXPIRES = WINDOW * 2
 

@@ -37,6 +37,8 @@ from pipeline.topics import PLATFORMS, names
 from .common import InFlight, finish_before_ack, ms_since_raw, now_ms, stage
 
 log = logging.getLogger(__name__)
+for _outcome in ("shipped", "duplicate", "unreserved", "skipped", "refused"):  # series exist from the start
+    metrics.SHIPMENTS.labels(outcome=_outcome)
 RELEASING_STATES = {"CANCELLED"}
 SHIPPED_STATES = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}  # the goods have left the warehouse
 UNPAID = "PENDING_PAYMENT"
