@@ -8,9 +8,12 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
+from pipeline.topics import RuleSetText
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 30.0
@@ -141,3 +144,22 @@ async def finish_before_ack(work) -> None:
     task.result()  # its own exception, if any
     if cancelled:
         raise asyncio.CancelledError()
+
+
+async def follow_rule_texts(bootstrap: str, topic: str, offer: Callable[[str], object]) -> None:
+    """Hand every rule set on a one-partition compacted topic to `offer`, from its beginning and
+    then as new versions come (no consumer group: every worker reads it all)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.value:
+                        offer(RuleSetText.decode(record.value))
+    finally:
+        await consumer.stop()

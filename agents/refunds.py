@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
 from pipeline.app import app, changelogged_table, refund_inputs, settings
@@ -34,9 +33,9 @@ from pipeline.faust_internals import keys_in_order
 from pipeline.outputs import Outputs, outputs
 from pipeline.refund_api import AUTH_FAILED, REJECTED, UNAVAILABLE, Credentials, RefundApiClient, failure_kind
 from pipeline.refund_ledger import RefundLedger
-from pipeline.topics import PLATFORMS, RuleSetText, names
+from pipeline.topics import PLATFORMS, names
 
-from .common import finish_before_ack, stage
+from .common import finish_before_ack, follow_rule_texts, stage
 from .inventory import publish_channel_states, store, with_redis_retry
 
 log = logging.getLogger(__name__)
@@ -97,21 +96,8 @@ def api() -> RefundApiClient:
 
 @app.task
 async def follow_refund_rules():
-    """Every worker reads the whole compacted refund-rules topic (no consumer group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(names.REFUND_RULES, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    if record.value:
-                        active.offer(RuleSetText.decode(record.value))
-    finally:
-        await consumer.stop()
+    """Every worker reads the whole compacted refund-rules topic: the same version everywhere."""
+    await follow_rule_texts(settings.bootstrap, names.REFUND_RULES, active.offer)
 
 
 # --------------------------------------------------------------------------- the table

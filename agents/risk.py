@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline import metrics
@@ -19,11 +19,11 @@ from pipeline.contracts import ORDER, HoldVerdict, RiskDecision, RiskEvent
 from pipeline.outputs import Outputs, outputs
 from pipeline.velocity import IpVelocity
 from pipeline.domain.risk import RiskContext, RuleSet, RuleSetError, evaluate, load_rule_file, verifiers_needed
-from pipeline.topics import RuleSetText, names
+from pipeline.topics import names
 from pipeline.verifiers import VerifierClient
 
 from .breaker import breaker
-from .common import InFlight, now_ms, stage, with_header
+from .common import InFlight, follow_rule_texts, now_ms, stage, with_header
 from .inventory import publish_channel_states, release_order, store, with_redis_retry
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,8 @@ def verifier() -> VerifierClient:
 
 @app.task
 async def follow_rule_topic():
-    """Every worker reads the whole compacted rules topic (no consumer group): same version everywhere."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(names.RISK_RULES, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    if record.value:
-                        active.offer(RuleSetText.decode(record.value))
-    finally:
-        await consumer.stop()
+    """Every worker reads the whole compacted rules topic: the same version everywhere."""
+    await follow_rule_texts(settings.bootstrap, names.RISK_RULES, active.offer)
 
 
 async def full_check(order: dict, ip_count: int) -> tuple:
