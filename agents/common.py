@@ -163,3 +163,30 @@ async def follow_rule_texts(bootstrap: str, topic: str, offer: Callable[[str], o
                         offer(RuleSetText.decode(record.value))
     finally:
         await consumer.stop()
+
+
+class ActiveRules:
+    """The rule set (risk or refund) this worker applies, replaced only by a newer valid version
+    from its compacted topic; its version and refusals are exported as metrics."""
+
+    def __init__(self, rules, parse: Callable[[str], Any], error: type[Exception], topic: str,
+                 version_gauge, rejected_counter) -> None:
+        self.rules, self._parse, self._error, self._topic = rules, parse, error, topic
+        self._version, self._rejected = version_gauge, rejected_counter
+        version_gauge.set(rules.version)
+
+    def offer(self, text: str) -> bool:
+        try:
+            candidate = self._parse(text)
+        except self._error as exc:
+            self._rejected.inc()
+            log.error("rejected rules from %s, keeping version %s: %s", self._topic, self.rules.version, exc)
+            return False
+        if candidate.version <= self.rules.version and candidate.source_text != self.rules.source_text:
+            log.warning("ignored rules version %s from %s (active is %s)", candidate.version, self._topic,
+                        self.rules.version)
+            return False
+        self.rules = candidate
+        self._version.set(candidate.version)
+        log.info("rules version %s from %s active (%d rules)", candidate.version, self._topic, len(candidate.rules))
+        return True

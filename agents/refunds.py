@@ -35,7 +35,7 @@ from pipeline.refund_api import AUTH_FAILED, REJECTED, UNAVAILABLE, Credentials,
 from pipeline.refund_ledger import RefundLedger
 from pipeline.topics import PLATFORMS, names
 
-from .common import finish_before_ack, follow_rule_texts, stage
+from .common import ActiveRules, finish_before_ack, follow_rule_texts, stage
 from .inventory import publish_channel_states, store, with_redis_retry
 
 log = logging.getLogger(__name__)
@@ -46,31 +46,8 @@ refunds = changelogged_table("refunds", values="raw")  # Refund records (Avro), 
 open_refunds = changelogged_table("refunds-open")
 
 
-class ActiveRefundRules:
-    """The refund rules this worker applies; replaced only by a newer, valid version."""
-
-    def __init__(self, rules: RefundRules) -> None:
-        self.rules = rules
-        metrics.REFUND_RULES_VERSION.set(rules.version)
-
-    def offer(self, text: str) -> bool:
-        try:
-            candidate = RefundRules.parse(text)
-        except RefundRuleError as exc:
-            metrics.REFUND_RULES_REJECTED.inc()
-            log.error("rejected refund rules from %s, keeping version %s: %s", names.REFUND_RULES,
-                      self.rules.version, exc)
-            return False
-        if candidate.version <= self.rules.version and candidate.source_text != self.rules.source_text:
-            log.warning("ignored refund rules version %s (active is %s)", candidate.version, self.rules.version)
-            return False
-        self.rules = candidate
-        metrics.REFUND_RULES_VERSION.set(candidate.version)
-        log.info("refund rules version %s active (%d auto-approval rules)", candidate.version, len(candidate.rules))
-        return True
-
-
-active = ActiveRefundRules(load_refund_rules(settings.refund_rules_file))
+active = ActiveRules(load_refund_rules(settings.refund_rules_file), RefundRules.parse, RefundRuleError,
+                     names.REFUND_RULES, metrics.REFUND_RULES_VERSION, metrics.REFUND_RULES_REJECTED)
 # every series exists from the start, so the alerts' increase() sees 0 rather than nothing
 for _platform in PLATFORMS:
     for _outcome in ("accepted", "duplicate", AUTH_FAILED, REJECTED, UNAVAILABLE):

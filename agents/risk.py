@@ -23,37 +23,15 @@ from pipeline.topics import names
 from pipeline.verifiers import VerifierClient
 
 from .breaker import breaker
-from .common import InFlight, follow_rule_texts, now_ms, stage, with_header
+from .common import ActiveRules, InFlight, follow_rule_texts, now_ms, stage, with_header
 from .inventory import publish_channel_states, release_order, store, with_redis_retry
 
 log = logging.getLogger(__name__)
 ORDER_CODEC = ORDER
 
 
-class ActiveRules:
-    """The rule set this worker applies; replaced only by a newer, valid version."""
-
-    def __init__(self, rules: RuleSet) -> None:
-        self.rules = rules
-        metrics.RULESET_VERSION.set(rules.version)
-
-    def offer(self, text: str) -> bool:
-        try:
-            candidate = RuleSet.parse(text)
-        except RuleSetError as exc:
-            metrics.RULESET_REJECTED.inc()
-            log.error("rejected rule set from %s, keeping version %s: %s", names.RISK_RULES, self.rules.version, exc)
-            return False
-        if candidate.version <= self.rules.version and candidate.source_text != self.rules.source_text:
-            log.warning("ignored rule set version %s (active is %s)", candidate.version, self.rules.version)
-            return False
-        self.rules = candidate
-        metrics.RULESET_VERSION.set(candidate.version)
-        log.info("risk rule set version %s active (%d rules)", candidate.version, len(candidate.rules))
-        return True
-
-
-active = ActiveRules(load_rule_file(settings.risk_rules_file))
+active = ActiveRules(load_rule_file(settings.risk_rules_file), RuleSet.parse, RuleSetError, names.RISK_RULES,
+                     metrics.RULESET_VERSION, metrics.RULESET_REJECTED)
 _verifier: VerifierClient | None = None
 
 
