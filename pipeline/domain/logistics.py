@@ -250,6 +250,9 @@ def register_over(reg: WaybillRegistered, early: Waybill | None, now_ms: int, st
     w = register(reg, now_ms, stale_after_s, secret, thresholds)
     if early is None:
         return Outcome(w, "registered", tracking_update(w, "registered", now_ms, thresholds=thresholds))
+    # the provisional waybill keeps one report per source, the newest: the collection time it
+    # saw (possibly from an older report) would be lost if it were not carried over
+    w = replace(w, collected_at_ms=early.collected_at_ms)
     review, notify = None, False
     for r in sorted(early.reports, key=lambda r: (r.event_at_ms, RANK[r.state])):
         scan = Scan(r.source, "aggregator" if r.carrier else "courier", r.carrier or r.source, w.waybill, "",
@@ -271,8 +274,9 @@ def _fold(w: Waybill, scan: Scan, now_ms: int, stale_after_s: float, cause: str,
     fresh = replace(w, seen=seen, last_update_ms=max(w.last_update_ms, min(int(scan.event_at_ms), int(now_ms))),
                     next_pull_ms=int(now_ms + stale_after_s * 1000))
     if previous is not None and (scan.event_at_ms, RANK[scan.state]) <= (previous.event_at_ms, RANK[previous.state]):
-        # late or out of order: kept as seen, the parcel does not move back, nor is it fresher
-        return Outcome(replace(w, seen=seen), "stale")
+        # late or out of order: kept as seen, the parcel does not move back, nor is it fresher;
+        # a late collection scan still dates the collection (the expected arrival counts from it)
+        return Outcome(replace(w, seen=seen, collected_at_ms=earlier_collection(w.collected_at_ms, scan)), "stale")
     by_source[scan.source] = SourceReport(scan.source, scan.state, scan.code, scan.event_at_ms,
                                           scan.carrier if scan.kind == "aggregator" else "")
     reports = tuple(sorted(by_source.values(), key=lambda r: r.source))
@@ -280,7 +284,7 @@ def _fold(w: Waybill, scan: Scan, now_ms: int, stale_after_s: float, cause: str,
     if conflict or RANK[agreed] < RANK[w.agreed_state]:
         # a conflict keeps the last agreed state (shown as syncing); never backwards otherwise
         agreed = w.agreed_state
-    collected_at = w.collected_at_ms
+    collected_at = earlier_collection(w.collected_at_ms, scan)
     if collected_at is None and RANK[agreed] >= RANK["collected"]:
         collected_at = min(r.event_at_ms for r in reports if RANK[r.state] >= RANK["collected"])
     new = replace(fresh, reports=reports, agreed_state=agreed, syncing=bool(conflict), collected_at_ms=collected_at)
@@ -297,6 +301,14 @@ def _fold(w: Waybill, scan: Scan, now_ms: int, stale_after_s: float, cause: str,
     update = (tracking_update(new, cause if not conflict else "conflict", now_ms, scan, thresholds)
               if changed else None)
     return Outcome(new, result, update, review, notify)
+
+
+def earlier_collection(collected_at_ms: int | None, scan: Scan) -> int | None:
+    """The collection time, moved earlier by a scan that shows the parcel already on its way then.
+    Only a time is refined: whether the parcel counts as collected is the sources' consensus."""
+    if collected_at_ms is None or RANK[scan.state] < RANK["collected"]:
+        return collected_at_ms
+    return min(collected_at_ms, int(scan.event_at_ms))
 
 
 def expected_at_ms(w: Waybill, table: CodeTable | None = None) -> int | None:

@@ -2,6 +2,7 @@
 consensus, freshness with fail-over, badge, short link."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -85,6 +86,7 @@ def test_scans_move_the_parcel_forward_duplicates_and_late_scans_do_not():
     late = fold(o2.waybill, "SF", sf("SF203", T + 5000, "r2"), T + 11_000)  # in transit, arriving after
     assert late.result == "stale" and late.update is None
     assert late.waybill.agreed_state == "out_for_delivery"
+    assert late.waybill.collected_at_ms == T + 1000  # a later scan never moves the collection
     assert "SF:r2" in late.waybill.seen
 
 
@@ -98,8 +100,24 @@ def test_events_ahead_of_the_registration_wait_for_it_and_count_once_it_comes():
     assert again.result == "duplicate"
     o = lg.register_over(WaybillRegistered("TM-1", "SF", "SF100", T - 1000), again.waybill, T + 10, STALE_S, SECRET)
     assert (o.update.state, o.update.cause, o.waybill.order_id) == ("out_for_delivery", "registered", "TM-1")
-    assert o.waybill.collected_at_ms == T + 5000 and {"SF:r1", "SF:r2"} <= set(o.waybill.seen)
+    # collected when the late collection scan says, not when the first report to arrive was made
+    assert o.waybill.collected_at_ms == T + 1000 and {"SF:r1", "SF:r2"} <= set(o.waybill.seen)
+    assert o.update.expected_at_ms == T + 1000 + 24 * 3_600_000
     assert fold(o.waybill, "SF", sf("SF204", T + 5000, "r2"), T + 20).result == "duplicate"
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["reg", "r1", "r2", "r3"])))
+def test_the_collection_time_does_not_depend_on_the_order_events_arrive_in(order):
+    """Registration and scans come on different topics: any interleaving, one collection time."""
+    scans = {"r1": sf("SF101", T + 1000, "r1"), "r2": sf("SF203", T + 5000, "r2"), "r3": sf("SF204", T + 9000, "r3")}
+    w = None
+    for step in order:
+        if step == "reg":
+            w = lg.register_over(WaybillRegistered("TM-1", "SF", "SF100", T), w, T + 10, STALE_S, SECRET).waybill
+        else:
+            w = lg.apply_scan(w, lg.translate("SF", scans[step]), T + 20_000, STALE_S).waybill
+    assert (w.agreed_state, w.collected_at_ms) == ("out_for_delivery", T + 1000)
+    assert lg.expected_at_ms(w) == T + 1000 + 24 * 3_600_000
 
 
 def test_an_early_conflict_and_an_early_signature_surface_at_registration():
