@@ -94,7 +94,7 @@ class Settings:
     tracking_red_after_s: float = _setting(3 * 3600.0, "... and beyond this long a red one.")
     tracking_secret: str = _setting("", "Key of the buyers' short-link codes (/t/<code>); empty: a fixed development key.")
     courier_api_url: str = _setting("", "Base URL of the couriers' tracking APIs; empty means the local simulated one.")
-    courier_api_port: int = _setting(18090, "Port of the local simulated courier service.")
+    courier_api_port: int = _setting(18091, "Port of the local simulated courier service.")
     courier_api_key: str = _setting("dev-key", "API key sent to the couriers' tracking APIs.")
     courier_api_timeout_s: float = _setting(1.0, "Per-call timeout of a courier API pull.")
     courier_api_retries: int = _setting(2, "Retries of one pull (timeouts, 5xx) before it counts as failed.")

@@ -117,7 +117,7 @@ def create_courier_app(world: CourierWorld | None = None) -> web.Application:
     return app
 
 
-def run_courier_service(host: str = "127.0.0.1", port: int = 18090) -> None:
+def run_courier_service(host: str = "127.0.0.1", port: int = 18091) -> None:
     """Serve the simulated couriers until interrupted (CLI: `orderstream couriers`)."""
     web.run_app(create_courier_app(), host=host, port=port, print=None, shutdown_timeout=1.0)
 
