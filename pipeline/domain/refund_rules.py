@@ -14,11 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from pipeline.contracts import RefundRequest
 
 from .risk import RuleSetError, _fx_table, to_cny_minor
+from .rule_files import versioned_mapping
 
 DEFAULT_REFUND_RULES_FILE = Path(__file__).with_name("refund_rules.yaml")
 DAY_MS = 24 * 3600 * 1000
@@ -150,24 +150,8 @@ class RefundRules:
     @classmethod
     def parse(cls, text: str | bytes) -> "RefundRules":
         """Validate and compile YAML text; any problem raises RefundRuleError."""
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RefundRuleError(f"refund rules are not UTF-8: {exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RefundRuleError(f"refund rules are not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise RefundRuleError("refund rules must be a YAML mapping with 'version' and 'auto_approve'")
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise RefundRuleError(f"refund rules: unknown top-level keys {sorted(unknown)} "
-                                  f"(allowed: {sorted(_TOP_KEYS)})")
-        version = data.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise RefundRuleError(f"refund rules: 'version' must be a positive integer, got {version!r}")
+        data, version, text = versioned_mapping(text, "refund rules", _TOP_KEYS, RefundRuleError,
+                                          "'version' and 'auto_approve'")
         try:
             fx = _fx_table(data.get("fx_to_cny"), "refund rules")
         except RuleSetError as exc:

@@ -23,6 +23,7 @@ import yaml
 from pipeline.contracts import RuleHit
 
 from .platforms import currency_exponent  # the same minor-unit table normalize uses
+from .rule_files import versioned_mapping
 
 SEVERITIES = ("low", "medium", "high")
 ACTIONS = ("flag", "hold", "reject")
@@ -542,23 +543,7 @@ class RuleSet:
     @classmethod
     def parse(cls, text: str | bytes) -> "RuleSet":
         """Validate and compile YAML text; any problem raises RuleSetError."""
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RuleSetError(f"rule set is not UTF-8: {exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RuleSetError(f"rule set is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise RuleSetError("rule set must be a YAML mapping with 'version' and 'rules'")
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise RuleSetError(f"rule set: unknown top-level keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
-        version = data.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise RuleSetError(f"rule set: 'version' must be a positive integer, got {version!r}")
+        data, version, text = versioned_mapping(text, "rule set", _TOP_KEYS, RuleSetError, "'version' and 'rules'")
         fx = _fx_table(data.get("fx_to_cny"), "rule set")
         raw_rules = data.get("rules")
         if not isinstance(raw_rules, list):

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 
 from .platforms import STANDARD_STATES
+from .rule_files import versioned_mapping
 
 DEFAULT_TRANSITIONS_FILE = Path(__file__).with_name("transitions.yaml")
 RULES = ("backwards", "illegal_skip", "too_fast", "too_slow")
@@ -107,19 +107,9 @@ class TransitionRules:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def parse(cls, text: str) -> "TransitionRules":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise TransitionRulesError(f"not YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise TransitionRulesError("the rule file must be a mapping with `version`, `next` and `windows`")
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise TransitionRulesError(f"unknown top-level keys {sorted(unknown)}; allowed {sorted(_TOP_KEYS)}")
-        version = data.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise TransitionRulesError(f"version must be a positive integer, got {version!r}")
+    def parse(cls, text: str | bytes) -> "TransitionRules":
+        data, version, text = versioned_mapping(text, "transition rules", _TOP_KEYS, TransitionRulesError,
+                                          "'version', 'next' and 'windows'")
         return cls(version, _parse_next(data.get("next")), _parse_windows(data.get("windows") or []), text)
 
 

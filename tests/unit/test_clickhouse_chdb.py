@@ -68,6 +68,22 @@ def canonical_order(rng: random.Random, order_id: str, platform: str, created_ms
     }
 
 
+class FailingFirstInserts:
+    """The real backend, whose first `failures` inserts fail as a refused connection would."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures, self.calls = inner, failures, 0
+
+    def insert(self, *args):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise BackendError("connection refused (simulated)")
+        return self.inner.insert(*args)
+
+    def query(self, *a, **k):
+        return self.inner.query(*a, **k)
+
+
 class Feed:
     """Messages with Kafka coordinates: offsets count up per (topic, partition)."""
 
@@ -524,21 +540,8 @@ class SinkSuite:
                                                           "available": i, "threshold": 10, "at_ms": NOW_MS}).encode(),
                       NOW_MS, f"S{i}")
 
-        class Flaky:
-            def __init__(self, inner, failures):
-                self.inner, self.failures, self.calls = inner, failures, 0
-
-            def insert(self, *args):
-                self.calls += 1
-                if self.calls <= self.failures:
-                    raise BackendError("connection refused (simulated)")
-                return self.inner.insert(*args)
-
-            def query(self, *a, **k):
-                return self.inner.query(*a, **k)
-
         clock = [0.0]
-        flaky = Flaky(backend, failures=2)
+        flaky = FailingFirstInserts(backend, failures=2)
         sink = ClickHouseSink(flaky, names, max_rows=3, max_seconds=60, clock=lambda: clock[0],
                               backoff_base_s=1.0)
         for m in feed.messages:
@@ -564,16 +567,6 @@ class SinkSuite:
                                                           "available": i, "threshold": 10, "at_ms": NOW_MS}).encode(),
                       NOW_MS, f"D{i}")
 
-        class Failing:
-            def __init__(self, inner, failures):
-                self.inner, self.failures, self.calls = inner, failures, 0
-
-            def insert(self, *args):
-                self.calls += 1
-                if self.calls <= self.failures:
-                    raise BackendError("connection refused (simulated)")
-                return self.inner.insert(*args)
-
         now = [0.0]
         slept = []
 
@@ -582,7 +575,7 @@ class SinkSuite:
             now[0] += seconds
 
         monkeypatch.setattr(tenacity, "time", SimpleNamespace(monotonic=lambda: now[0]))
-        flaky = Failing(backend, failures=2)
+        flaky = FailingFirstInserts(backend, failures=2)
         sink = ClickHouseSink(flaky, names, max_rows=100, max_seconds=60, clock=lambda: now[0], backoff_base_s=0.5)
         for m in feed.messages:
             sink.add(m)
@@ -592,7 +585,7 @@ class SinkSuite:
                              {"t": names.CHANNEL_CONTROL})[0]["n"] == 4
 
         # ClickHouse stays away: the drain gives up before a back-off would end past the timeout
-        down = Failing(backend, failures=10**6)
+        down = FailingFirstInserts(backend, failures=10**6)
         stuck = ClickHouseSink(down, TopicNames("stuck."), max_rows=100, max_seconds=60, backoff_base_s=1.0,
                                backoff_max_s=4.0)
         stuck.add(Record("stuck.channel.control", 0, 0, None, feed.messages[0].value, {}, NOW_MS))
