@@ -98,8 +98,10 @@ def worker(loglevel: str = "info") -> None:
 
     import agents  # noqa: F401  - registers the agents on the app
     from .app import app, changelog_topics
-    from .kafka_io import ensure_changelogs
-    ensure_changelogs(s, changelog_topics())  # before the group join: see changelog_topics
+    from .kafka_io import ensure_changelogs, wait_until_visible
+    changelogs = changelog_topics()
+    ensure_changelogs(s, changelogs)  # before the group join: see changelog_topics
+    wait_until_visible(s, [*names.ALL_TOPICS, *(name for name, _, _ in changelogs)])
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back

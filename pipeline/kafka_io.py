@@ -222,6 +222,35 @@ def ensure_changelogs(s: Settings, specs: Iterable[tuple[str, int, Mapping[str, 
                 raise TopicError(f"could not create changelog topic {topic}: {exc}") from exc
 
 
+def unready_topics(metadata, topics: Iterable[str]) -> list[str]:
+    """Topics the broker's metadata does not list yet, or lists without a leader for a partition."""
+    out = []
+    for name in topics:
+        t = metadata.topics.get(name)
+        if t is None or t.error is not None or not t.partitions or any(p.leader < 0 for p in t.partitions.values()):
+            out.append(name)
+    return out
+
+
+def wait_until_visible(s: Settings, topics: Iterable[str], timeout_s: float = 60.0) -> None:
+    """Return once the broker's metadata shows every topic with its partition leaders.
+
+    A created topic reaches a KRaft broker's metadata cache a little later (seconds on a loaded
+    machine). A worker whose group join reads the metadata before that gets nothing assigned for
+    those topics (Faust: "Ignoring missing topic") until the next refresh, minutes later."""
+    client, wanted = admin(s), list(topics)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = unready_topics(client.list_topics(timeout=10), wanted)
+        client.poll(0)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TopicError(f"{len(missing)} topics not visible in the broker's metadata after {timeout_s:.0f}s: "
+                             f"{', '.join(sorted(missing)[:5])}")
+        time.sleep(0.2)
+
+
 def delete_topics(s: Settings, topics: list[str]) -> None:
     client = admin(s)
     existing = set(client.list_topics(timeout=10).topics)

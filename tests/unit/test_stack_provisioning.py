@@ -82,3 +82,19 @@ def test_redis_server_is_installed_the_same_way(monkeypatch):
     machine = FakeMachine(monkeypatch, root=True, provides={"redis-server": ["redis-server"]})
     assert stack.ensure_redis_installed() == "/usr/bin/redis-server"
     assert machine.ran[-1] == ["apt-get", "install", "-y", "-qq", "redis-server"]
+
+
+def test_a_topic_counts_as_visible_only_listed_without_error_and_with_every_leader():
+    from types import SimpleNamespace as NS
+
+    from pipeline.kafka_io import unready_topics
+    part = lambda leader: NS(leader=leader)  # noqa: E731
+    metadata = NS(topics={
+        "ready": NS(error=None, partitions={0: part(1), 1: part(1)}),
+        "leaderless": NS(error=None, partitions={0: part(1), 1: part(-1)}),
+        "erroneous": NS(error="UNKNOWN_TOPIC_OR_PART", partitions={}),
+        "empty": NS(error=None, partitions={}),
+    })
+    assert unready_topics(metadata, ["ready", "leaderless", "erroneous", "empty", "absent"]) == \
+        ["leaderless", "erroneous", "empty", "absent"]
+    assert unready_topics(metadata, ["ready"]) == []
