@@ -36,6 +36,20 @@ def expected_figures(tier: str, view: dict) -> dict[tuple[str, str], str]:
             key = f"{r['platform']}|{r['currency']}"
             out[("platform_revenue", key)] = fmt.money(r["revenue_minor"], r["currency"])
             out[("revenue_share", key)] = fmt.percent(r["share"])
+        s = view["settlement"]
+        out[("settlement_open", "")] = fmt.count(s["open_queue"])
+        for d in s["settled_per_day"]:
+            key = f"{d['day']}|{d['currency']}"
+            out[("settled", key)] = fmt.money(d["settled_minor"], d["currency"])
+            out[("settled_matched", key)] = fmt.money(d["matched_minor"], d["currency"])
+            out[("settled_difference", key)] = fmt.money(d["difference_minor"], d["currency"])
+        for c in s["differences_by_class"]:
+            key = f"{c['day']}|{c['class']}|{c['currency']}"
+            out[("diff_class_count", key)] = fmt.count(c["count"])
+            out[("diff_class_amount", key)] = fmt.money(c["diff_minor"], c["currency"])
+            out[("diff_class_written_off", key)] = fmt.count(c["written_off"])
+        for d in s["open_differences"]:
+            out[("open_difference", d["diff_key"])] = fmt.money(d["diff_minor"], d["currency"])
     elif tier == "tactical":
         for kind, total in view["exception_totals"].items():  # every kind the view counts
             out[("exception_total", kind)] = fmt.count(total)

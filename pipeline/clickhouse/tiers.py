@@ -147,6 +147,9 @@ _LATEST_SETTLEMENT_RUNS = """
                         GROUP BY day, platform)"""
 
 
+OPEN_DIFFERENCES_SHOWN = 100  # in the queue's order; the CLI and /console/api/settlement/queue list all
+
+
 def settlement_summary(backend: Backend, p: dict) -> dict:
     """Settlement (pipeline.settlement): per bill day of the window, the settled amount and the
     difference amount by class, from each (day, platform)'s latest run, and the open manual queue."""
@@ -161,10 +164,8 @@ def settlement_summary(backend: Backend, p: dict) -> dict:
                countIf(disposition = 'written_off') AS written_off
         FROM settlement_differences WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND day >= {since}
         GROUP BY day, class, currency ORDER BY day, class, currency""", p)
-    open_queue = backend.query(f"""
-        SELECT count() AS n FROM settlement_differences
-        WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND disposition = 'manual'
-          AND diff_key NOT IN (SELECT diff_key FROM settlement_resolutions)""", p)
+    from pipeline.settlement.queue import open_queue  # the queue's one definition (settlement imports us)
+    waiting = open_queue(backend)
     return {
         "settled_per_day": [{"day": r["day_text"], "currency": r["currency"], "settled_minor": int(r["settled"]),
                              "matched_minor": int(r["matched"]), "difference_minor": int(r["difference"])}
@@ -172,7 +173,10 @@ def settlement_summary(backend: Backend, p: dict) -> dict:
         "differences_by_class": [{"day": r["day_text"], "class": r["class"], "currency": r["currency"],
                                   "count": int(r["n"]), "diff_minor": int(r["diff"]),
                                   "written_off": int(r["written_off"])} for r in by_class],
-        "open_queue": int(open_queue[0]["n"]),
+        "open_queue": len(waiting),
+        "open_differences": [{"diff_key": r["diff_key"], "day": r["day"], "platform": r["platform"], "class": r["class"],
+                              "order_id": r["order_id"], "kind": r["kind"], "currency": r["currency"],
+                              "diff_minor": int(r["diff_minor"])} for r in waiting[:OPEN_DIFFERENCES_SHOWN]],
     }
 
 

@@ -165,8 +165,21 @@ def strategic_model(view: dict, opts: Options) -> dict:
                      for r in view["revenue_share"]]
     return {"total_orders": fmt.count(view["total_orders"]), "currencies": currencies, "main_currency": main,
             "hour_chart": hour_chart, "aov_chart": aov_chart, "days": days, "channels": channels,
-            "share_chart": share_chart, "revenue_share": revenue_share,
+            "share_chart": share_chart, "revenue_share": revenue_share, "settlement": settlement_model(view["settlement"]),
             "window": f"{fmt.local(view['from'], tz, TIME)} — {fmt.local(view['now'], tz, TIME)}"}
+
+
+def settlement_model(s: dict) -> dict:
+    days = [{"key": f"{d['day']}|{d['currency']}", "day": d["day"], "currency": d["currency"],
+             "settled": fmt.money(d["settled_minor"], d["currency"]), "matched": fmt.money(d["matched_minor"], d["currency"]),
+             "difference": fmt.money(d["difference_minor"], d["currency"])} for d in s["settled_per_day"]]
+    classes = [{"key": f"{c['day']}|{c['class']}|{c['currency']}", "day": c["day"], "class": c["class"],
+                "count": fmt.count(c["count"]), "diff": fmt.money(c["diff_minor"], c["currency"]),
+                "written_off": fmt.count(c["written_off"])} for c in s["differences_by_class"]]
+    waiting = [{"diff_key": d["diff_key"], "day": d["day"], "platform": d["platform"], "class": d["class"],
+                "order_id": d["order_id"], "kind": d["kind"], "diff": fmt.money(d["diff_minor"], d["currency"])}
+               for d in s["open_differences"]]
+    return {"open": fmt.count(s["open_queue"]), "days": days, "classes": classes, "queue": waiting}
 
 
 def tactical_model(view: dict, opts: Options) -> dict:

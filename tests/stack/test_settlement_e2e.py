@@ -15,6 +15,8 @@ import pytest
 
 from pipeline.config import PROJECT_ROOT
 from tests.stack.helpers import distinct_facts, sink_sql, wait_sunk
+from tests.stack.test_console_browser import (OPERATOR, TOKEN, action_message, browser_paths, driver,  # noqa: F401
+                                              sign_in, wait_for)
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -24,10 +26,59 @@ def cli(p, *args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, **p.env, **env})
 
 
-def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_factory, tmp_path):
+REASON = "checked with the platform: re-billed next day"
+
+
+def resolutions_of(p, diff_key: str) -> list[tuple[str, str]]:
+    quoted = diff_key.replace("\\", "\\\\").replace("'", "\\'")
+    return [(r["operator"], r["reason"]) for r in
+            sink_sql(p, f"SELECT operator, reason FROM settlement_resolutions WHERE diff_key = '{quoted}'")]
+
+
+def resolve_in_the_console(p, d) -> str:
+    """An operator resolves the first open difference on the strategic page, in chromium: refused
+    before signing in, then recorded under the token's operator, and the row leaves the queue."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    d.get(f"http://127.0.0.1:{p.sink_port}/console/strategic?tz=UTC&lang=en")
+    rows = wait_for(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#settlement-queue tr.difference"), 30,
+                    "the settlement queue")
+    key = rows[0].get_attribute("data-diff-key")
+
+    def row_action(k):
+        row = d.find_element(By.CSS_SELECTOR, f'#settlement-queue tr[data-diff-key="{k}"]')
+        return row.find_element(By.CSS_SELECTOR, "input.reason"), row.find_element(By.CSS_SELECTOR, "button.resolve")
+
+    def resolve_with_reason():
+        for _ in range(5):  # the panel is replaced on each refresh: find the row right before
+            try:
+                reason, button = row_action(key)
+                if not reason.get_attribute("value"):
+                    reason.send_keys(REASON)
+                button.click()
+                return
+            except StaleElementReferenceException:
+                time.sleep(0.1)
+        raise AssertionError("the settlement queue kept being replaced")
+
+    resolve_with_reason()
+    wait_for(d, lambda d: action_message(d)[1] == "401", 15, "the refusal without a token")
+    assert not resolutions_of(p, key)
+    sign_in(d, TOKEN)
+    wait_for(d, lambda d: d.find_element(By.ID, "operator-name").get_attribute("data-operator") == OPERATOR, 15,
+             "the sign-in")
+    resolve_with_reason()
+    wait_for(d, lambda d: action_message(d)[1] == "200", 15, "the resolution")
+    wait_for(d, lambda d: not d.find_elements(By.CSS_SELECTOR, f'#settlement-queue tr[data-diff-key="{key}"]'), 20,
+             "the resolved difference to leave the queue")
+    return key
+
+
+def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_factory, tmp_path, driver):  # noqa: F811
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_worker()
-    p.start_sink()
+    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_CONSOLE_REFRESH_S="2")
     # the replay command itself writes the bills for the replayed days, differences injected
     res = cli(p, "replay", "--count", "500", "--seed", "18", "--malformed", "0.02", "--update", "0.08",
               "--report", str(tmp_path / "replay.json"), "--bills-dir", str(tmp_path / "bills"),
@@ -67,6 +118,8 @@ def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_fac
             break
         time.sleep(1)
     assert scheduled == pairs > 0
+    resolved = resolve_in_the_console(p, driver)
+    assert resolutions_of(p, resolved) == [(OPERATOR, REASON)]
 
     # the embedded data directory has one owner: stop the sink, reconcile on its data
     chdb_path = str(p.s.var / f"chdb-{p.ns.rstrip('.')}")

@@ -204,6 +204,39 @@ def test_strategic_tier_shows_settlement(world):
     assert s["open_queue"] == queue.open_count(world["backend"])
 
 
+def test_the_console_shows_settlement_and_an_operator_resolves_from_its_queue(world):
+    """The strategic page carries the tier's settlement figures and the open queue; a resolution
+    needs the operator token, names the token's operator and takes the row off the queue."""
+    from tests.console_figures import expected_figures, page_figures
+    from tests.unit.test_console import ALICE, Client, FakePublisher, get_text, post
+
+    run_all(world, NOW_MS + 8)
+    at = datetime.fromtimestamp(NOW_MS / 1000 + 3600, timezone.utc).isoformat()
+    waiting = queue.open_queue(world["backend"])
+    target = waiting[0]["diff_key"]
+
+    async def scenario(client):
+        _, before = await get_text(client, "/console/strategic/panel", now=at, days="30", tz="UTC")
+        view = await (await client.get("/views/strategic", params={"now": at, "days": "30", "tz": "UTC"})).json()
+        refused = await post(client, "/console/api/settlement/resolve", {"diff_key": target, "reason": "x"})
+        no_reason = await post(client, "/console/api/settlement/resolve", {"diff_key": target, "reason": " "}, ALICE)
+        done = await post(client, "/console/api/settlement/resolve",
+                          {"diff_key": target, "reason": "platform re-bills it tomorrow"}, ALICE)
+        again = await post(client, "/console/api/settlement/resolve", {"diff_key": target, "reason": "again"}, ALICE)
+        _, after = await get_text(client, "/console/strategic/panel", now=at, days="30", tz="UTC")
+        return before, view, refused, no_reason, done, again, after
+
+    before, view, refused, no_reason, done, again, after = Client(world["backend"], FakePublisher()).run(scenario)
+    assert page_figures(before) == expected_figures("strategic", view)
+    assert view["settlement"]["open_queue"] == len(waiting) > 0
+    assert f'data-action="resolve" data-diff-key="{target}"' in before
+    assert refused[0] == 401 and no_reason[0] == 400
+    assert done[0] == 200 and done[1]["resolved_by"] == "alice"
+    assert again[0] == 409
+    assert f'data-diff-key="{target}"' not in after
+    assert page_figures(after)[("settlement_open", "")] == str(len(waiting) - 1)
+
+
 def test_reconcile_day_runs_every_platform_with_a_bill(world):
     day = sorted({d for _, d in world["bills"]})[1]
     report = reconcile_day(world["backend"], world["rules"], day, "test-runner", now_ms=NOW_MS + 7)

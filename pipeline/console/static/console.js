@@ -1,5 +1,5 @@
 // orderstream console: refreshes the page's panel by itself, signs an operator in with a token,
-// sends approve / reject / re-drive. Plain browser JavaScript, no library, nothing loaded from outside.
+// sends approve / reject / re-drive / settlement resolutions. Plain browser JavaScript, no library, nothing loaded from outside.
 (function () {
   "use strict";
   var root = document.getElementById("console");
@@ -91,16 +91,19 @@
     whoami();
   }
 
-  // approve / reject / re-drive
+  // approve / reject / re-drive / resolve a settlement difference
   function send(button) {
     var action = button.getAttribute("data-action");
     var url, body;
+    var row = button.closest("tr");
+    var reason = row ? row.querySelector("input.reason") : null;
     if (action === "redrive") {
       url = "/console/api/redrive";
       body = { letter_id: button.getAttribute("data-letter-id") };
+    } else if (action === "resolve") {
+      url = "/console/api/settlement/resolve";
+      body = { diff_key: button.getAttribute("data-diff-key"), reason: reason ? reason.value : "" };
     } else {
-      var row = button.closest("tr");
-      var reason = row ? row.querySelector("input.reason") : null;
       url = "/console/api/decisions";
       body = { order_id: button.getAttribute("data-order-id"), action: action, reason: reason ? reason.value : "" };
     }
