@@ -7,11 +7,11 @@ workers can never oversell or ship twice; the batch's reservations, payments and
 ONE script call, in batch order (an order's own reservation comes before its payment or its
 shipment), then the cancellations. A shipped-state update also registers its waybill on
 logistics.waybills (courier tracking starts there). Suspect updates (dedupe did not trust the
-state change) have no stock or logistics effect. This stage only ranks warehouses, calls the store, retries while Redis is
-unreachable (the stream pauses, nothing is skipped) and publishes what happened on
-inventory.events, each event naming who did it (`actor`). Re-processing an order version
-after a crash re-publishes what that version did (the store records the version), so nothing
-is lost and nothing is doubled.
+state change) have no stock or logistics effect. This stage only ranks warehouses, calls the
+store, retries while Redis is unreachable (the stream pauses, nothing is skipped) and publishes
+what happened on inventory.events, each event naming who did it (`actor`). Re-processing an
+order version after a crash re-publishes what that version did (the store records the version),
+so nothing is lost and nothing is doubled.
 Warehouse stock updates and unpaid time-outs are low-volume paths with their own agent and timer.
 """
 from __future__ import annotations

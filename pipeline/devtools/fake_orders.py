@@ -17,6 +17,7 @@ from typing import Iterator
 
 from ..domain.normalize import CHINA_TZ, UTC, VALID_ID, _TIME_PARSERS, global_order_id
 from ..domain.platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, carrier_code, currency_exponent
+from ..domain.stock_ledger import SHIPPED_STATES
 
 # -- catalogue and geography ------------------------------------------------------------------------
 
@@ -87,7 +88,6 @@ COURIERS_NAMED = {
     "SHOPEE": ("J&T Express", "SF Express", "SPX Express"),
     "SHOPIFY": ("SF Express", "YTO Express", "J&T Express", "UPS"),
 }
-SHIPPED_STATES = ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
 _WAYBILL_PREFIX = {"SF": "SF", "ZTO": "7", "YTO": "YT", "JT": "JT", "EMS": "1"}
 
 
@@ -109,7 +109,9 @@ def _put(obj: dict, path: str, value) -> None:
         else:
             obj = obj.setdefault(key, [] if after.isdigit() else {})
     if isinstance(obj, list):
-        obj.append(value)
+        while len(obj) <= int(keys[-1]):
+            obj.append(None)
+        obj[int(keys[-1])] = value
     else:
         obj[keys[-1]] = value
 
@@ -683,7 +685,7 @@ def _suspect(rng: random.Random, history: list[list], version, room: int = 2) ->
     platform, state = entry[0], standard_status(entry[0], entry[1])
     supported = supported_states(platform)
     made: list[RawMessage] = []
-    if state in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"):
+    if state in SHIPPED_STATES:
         made.append(version(entry, "PAID", "suspect", rule="backwards"))
     elif state == "PAID" and "PACKED" in supported and room >= 2:
         # packed, then "shipped" sooner than the 3-minute window

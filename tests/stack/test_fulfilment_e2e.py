@@ -17,8 +17,9 @@ import redis
 from pipeline.codecs import order_codec
 from pipeline.config import PROJECT_ROOT
 from pipeline.consistency import check_states, sink_query
-from pipeline.contracts import InventoryEvent, StockUpdate, SuspectTransition, WarehouseStock
-from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix
+from pipeline.contracts import (InventoryEvent, StockUpdate, SuspectTransition, TrackingUpdate, WarehouseStock,
+                                WaybillRegistered)
+from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix, drop_shipment
 from pipeline.devtools.replay import ReplayConfig, reconcile, run_replay, stock_events
 from pipeline.domain.normalize import global_order_id
 from pipeline.inventory_store import InventoryStore
@@ -113,9 +114,6 @@ SHIPMENTS = [
 
 
 def test_a_shipped_update_registers_its_waybill_once_and_courier_scans_track_it(pipeline_factory):
-    from pipeline.contracts import TrackingUpdate, WaybillRegistered
-    from pipeline.devtools.fake_orders import drop_shipment
-
     p = pipeline_factory(**QUIET)
     p.start_worker()
     n = p.names
