@@ -5,12 +5,13 @@ of the warehouse once, cancellations release.
 Every one of those is a Lua script (all lines or none, idempotent by order id), so several
 workers can never oversell or ship twice; the batch's reservations, payments and shipments go in
 ONE script call, in batch order (an order's own reservation comes before its payment or its
-shipment), then the cancellations. Suspect updates (dedupe did not trust the state change) have
-no stock effect. This stage only ranks warehouses, calls the store, retries while Redis is
-unreachable (the stream pauses, nothing is skipped) and publishes what happened on
-inventory.events, each event naming who did it (`actor`). Re-processing an order version
-after a crash re-publishes what that version did (the store records the version), so nothing
-is lost and nothing is doubled.
+shipment), then the cancellations. A shipped-state update also registers its waybill on
+logistics.waybills (courier tracking starts there). Suspect updates (dedupe did not trust the
+state change) have no stock or logistics effect. This stage only ranks warehouses, calls the
+store, retries while Redis is unreachable (the stream pauses, nothing is skipped) and publishes
+what happened on inventory.events, each event naming who did it (`actor`). Re-processing an
+order version after a crash re-publishes what that version did (the store records the version),
+so nothing is lost and nothing is doubled.
 Warehouse stock updates and unpaid time-outs are low-volume paths with their own agent and timer.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline import metrics
 from pipeline.app import app, inventory_stock, settings
 from pipeline.contracts import InventoryEvent, InventoryLine, StockEventError, WarehouseStock
 from pipeline.domain.channels import channel_events
+from pipeline.domain.logistics import waybill_registration
 from pipeline.domain.warehouse import DEFAULT_WAREHOUSES, Ranker, Weights
 from pipeline.inventory_store import AsyncInventoryStore, Reservation, ReserveRequest, depth_over
 from pipeline.outputs import Outputs, outputs
@@ -198,10 +200,23 @@ async def stock_batch(requests: list[StockRequest], out: Outputs, actor: str = A
     results = await with_redis_retry(store().reserve_many, calls)
     touched: set[str] = set()
     for request, call, result in zip(requests, calls, results):
+        if request.mode == "ship":
+            register_waybill(request.order, call.version_ms, out)
         publish = {"reserve": publish_reservation, "pay": publish_payment, "ship": publish_shipment}[request.mode]
         if publish(request, call.version_ms, result, out, actor):
             touched |= {sku for _, sku, _ in result.allocations}
     return touched
+
+
+def register_waybill(order: dict, version: int, out: Outputs) -> None:
+    """The shipped order's waybill on logistics.waybills, whatever the stock outcome (the parcel
+    left either way). Every shipped-state version sends it, re-processing too: the logistics agent
+    keeps the first and counts the rest as redelivered, so no state is kept here. Keyed by
+    waybill, like the couriers' events, so the logistics agent sees both on one partition."""
+    reg, outcome = waybill_registration(order, version)
+    metrics.WAYBILL_REGISTRATIONS.labels(platform=order["platform"], outcome=outcome).inc()
+    if reg is not None:
+        out.send(names.WAYBILLS, reg.waybill.encode(), reg.encode())
 
 
 def _send(order: dict, kind: str, result: Reservation, out: Outputs, actor: str, reason: str = "",

@@ -64,6 +64,10 @@ RESERVATIONS = Counter("orderstream_reservations_total",
 SHIPMENTS = Counter("orderstream_shipments_total",
                     "Shipped-state updates: stock deducted (shipped), already deducted (duplicate) or skipped "
                     "(no reservation, or the warehouse reports less than the order takes).", ["outcome"])
+WAYBILL_REGISTRATIONS = Counter("orderstream_waybill_registrations_total",
+                                "Shipped-state updates by what they registered on logistics.waybills: registered, "
+                                "no_waybill (the platform sent none), unknown_carrier (a courier the code table "
+                                "does not know).", ["platform", "outcome"])
 LATE_PAYMENTS = Counter("orderstream_late_payments_total",
                         "Orders paid after their unpaid reservation expired: reserved again or out of stock.",
                         ["outcome"])

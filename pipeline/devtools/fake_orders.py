@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Iterator
 
 from ..domain.normalize import CHINA_TZ, UTC, VALID_ID, _TIME_PARSERS, global_order_id
-from ..domain.platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
+from ..domain.platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, carrier_code, currency_exponent
+from ..domain.stock_ledger import SHIPPED_STATES
 
 # -- catalogue and geography ------------------------------------------------------------------------
 
@@ -71,11 +72,23 @@ _EXTRAS = {
     "PINDUODUO": {"trade_type": 0, "confirm_status": 1, "is_lucky_flag": 1, "shipping_type": 0},
     "DOUYIN": {"shop_id": 4463798, "order_type": 0, "b_type": 2, "c_biz": 1},
     "KUAISHOU": {"sellerOpenId": "f19a0ce1c7d3", "payType": 1, "cpsType": 0},
-    "SHOPEE": {"cod": False, "shipping_carrier": "Standard Delivery", "payment_method": "Credit Card",
-               "days_to_ship": 3},
+    "SHOPEE": {"cod": False, "payment_method": "Credit Card", "days_to_ship": 3},
     "SHOPIFY": {"email": "buyer@example.com", "gateway": "shopify_payments", "test": False,
                 "tags": "", "source_name": "web"},
 }
+
+# What each platform calls the couriers its shipments go with (pipeline/domain/courier_names.yaml
+# maps them to carrier codes); the last of each is one the code table does not know.
+COURIERS_NAMED = {
+    "TMALL": ("顺丰速运", "中通快递", "圆通速递", "极兔速递", "EMS", "德邦快递"),
+    "JD": ("顺丰快递", "中通快递", "圆通快递", "京东快递"),
+    "PINDUODUO": ("中通快递", "圆通快递", "极兔快递", "邮政EMS", "韵达快递"),
+    "DOUYIN": ("中通快递", "圆通速递", "极兔速递", "顺丰速运", "韵达速递"),
+    "KUAISHOU": ("中通", "圆通", "极兔", "顺丰", "申通"),
+    "SHOPEE": ("J&T Express", "SF Express", "SPX Express"),
+    "SHOPIFY": ("SF Express", "YTO Express", "J&T Express", "UPS"),
+}
+_WAYBILL_PREFIX = {"SF": "SF", "ZTO": "7", "YTO": "YT", "JT": "JT", "EMS": "1"}
 
 
 # -- rendering through the spec ---------------------------------------------------------------------
@@ -88,24 +101,37 @@ def _put(obj: dict, path: str, value) -> None:
     keys = _first(path)
     if not keys:
         return
-    for key in keys[:-1]:
-        obj = obj.setdefault(key, {})
-    obj[keys[-1]] = value
+    for key, after in zip(keys, keys[1:]):
+        if isinstance(obj, list):  # "fulfillments.0.tracking_number": an array's item
+            while len(obj) <= int(key):
+                obj.append({})
+            obj = obj[int(key)]
+        else:
+            obj = obj.setdefault(key, [] if after.isdigit() else {})
+    if isinstance(obj, list):
+        while len(obj) <= int(keys[-1]):
+            obj.append(None)
+        obj[int(keys[-1])] = value
+    else:
+        obj[keys[-1]] = value
 
 
 def _lookup(obj: dict, path: str):
     for key in _first(path):
-        if not isinstance(obj, dict):
+        if isinstance(obj, list) and key.isdigit():
+            obj = obj[int(key)] if int(key) < len(obj) else None
+        elif not isinstance(obj, dict):
             return None
-        obj = obj.get(key)
+        else:
+            obj = obj.get(key)
     return obj
 
 
 def _delete(obj: dict, path: str) -> None:
     keys = _first(path)
-    for key in keys[:-1]:
-        obj = obj.get(key, {})
-    obj.pop(keys[-1], None)
+    parent = _lookup(obj, ".".join(keys[:-1])) if len(keys) > 1 else obj
+    if isinstance(parent, dict):
+        parent.pop(keys[-1], None)
 
 
 def _ref(spec: PlatformSpec, path: str, value: str):
@@ -148,6 +174,35 @@ def _set_status(spec: PlatformSpec, obj: dict, state: str) -> None:
             _put(obj, path, None)
         else:
             _put(obj, path, int(part) if path in spec.numeric_fields else part)
+
+
+def put_shipment(platform: str, payload: dict, courier: str, waybill: str) -> None:
+    """Write the courier and waybill into `payload` where `platform` sends them."""
+    spec = SPECS[platform]
+    _put(payload, spec.courier, courier)
+    _put(payload, spec.waybill, waybill)
+
+
+def drop_shipment(platform: str, payload: dict) -> None:
+    """A shipped order that came without its waybill (the platform did not send one)."""
+    for path in (SPECS[platform].courier, SPECS[platform].waybill):
+        if _lookup(payload, path) is not None:
+            _delete(payload, path)
+
+
+def shipment_of(platform: str, payload: dict) -> tuple[str | None, str | None]:
+    """(courier name, waybill) as the payload carries them."""
+    spec = SPECS[platform]
+    return _lookup(payload, spec.courier), _lookup(payload, spec.waybill)
+
+
+def derived_shipment(platform: str, payload: dict) -> tuple[str, str]:
+    """A courier and waybill for the order, derived from its id: the same in every run, and the
+    factory's own random sequence (the seeded streams) is left as it was."""
+    rng = random.Random(f"ship:{platform}:{_lookup(payload, SPECS[platform].order_id)}")
+    courier = rng.choice(COURIERS_NAMED[platform])
+    prefix = _WAYBILL_PREFIX.get(carrier_code(courier), "X")
+    return courier, f"{prefix}{rng.randrange(10 ** 12, 10 ** 13)}"
 
 
 def standard_status(platform: str, payload: dict) -> str:
@@ -320,13 +375,19 @@ class RawOrderFactory:
         _put(p, spec.postal_code, postal)
         if note is not None:
             _put(p, spec.note, note)
+        if status in SHIPPED_STATES:
+            put_shipment(platform, p, *derived_shipment(platform, p))
         return p
 
-    def update(self, payload: dict, status: str, after_s: int | None = None) -> dict:
+    def update(self, payload: dict, status: str, after_s: int | None = None,
+               shipment: tuple[str, str] | None = None) -> dict:
         """The same order in standard state `status`, modified later than before (`after_s`
-        seconds later, or a random minute to three hours)."""
+        seconds later, or a random minute to three hours). The first shipped state carries the
+        courier and waybill (`shipment`, or ones derived from the order id); later ones keep them."""
         spec = SPECS[self._platform_of(payload)]
         out = copy.deepcopy(payload)
+        if status in SHIPPED_STATES and (shipment is not None or shipment_of(spec.platform, out)[1] is None):
+            put_shipment(spec.platform, out, *(shipment or derived_shipment(spec.platform, out)))
         was = standard_status(spec.platform, payload)
         _set_status(spec, out, status)
         updated = _read_time(spec, _lookup(payload, spec.updated))
@@ -624,7 +685,7 @@ def _suspect(rng: random.Random, history: list[list], version, room: int = 2) ->
     platform, state = entry[0], standard_status(entry[0], entry[1])
     supported = supported_states(platform)
     made: list[RawMessage] = []
-    if state in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"):
+    if state in SHIPPED_STATES:
         made.append(version(entry, "PAID", "suspect", rule="backwards"))
     elif state == "PAID" and "PACKED" in supported and room >= 2:
         # packed, then "shipped" sooner than the 3-minute window

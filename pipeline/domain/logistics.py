@@ -195,6 +195,20 @@ def register(reg: WaybillRegistered, now_ms: int, stale_after_s: float, secret: 
     return replace(w, badge=badge(w, now_ms, thresholds))
 
 
+def waybill_registration(order: dict, at_ms: int, table: CodeTable | None = None
+                         ) -> tuple[WaybillRegistered | None, str]:
+    """What a shipped-state order registers: (the registration, "registered"), or (None,
+    "no_waybill" | "unknown_carrier"). Sent for every shipped-state version: the logistics agent
+    takes a waybill's first registration and calls the repeats "redelivered", so nothing is kept
+    here. A carrier the code table does not know is not registered: no courier would ever report it."""
+    waybill, carrier = order.get("waybill"), order.get("carrier")
+    if not waybill:
+        return None, "no_waybill"
+    if carrier not in (table or code_table()).carriers():
+        return None, "unknown_carrier"
+    return WaybillRegistered(order["order_id"], carrier, waybill, int(at_ms)), "registered"
+
+
 def shown_state(w: Waybill) -> str:
     return SYNCING if w.syncing else w.agreed_state
 

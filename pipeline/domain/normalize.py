@@ -18,11 +18,11 @@ import orjson
 
 from .note_flags import is_custom_title, is_gift_card_title, note_flags
 from .provinces import normalize_province
-from .platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, currency_exponent
+from .platforms import SPECS, MoneyFormat, PlatformSpec, TimeFormat, carrier_code, currency_exponent
 
 UTC = timezone.utc
 CHINA_TZ = timezone(timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991: a fixed offset is exact
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_DEPTH = 32
 MAX_FIELD_CHARS = 4096
 MAX_MINOR = 10 ** 9            # above this an amount is absurd for one order, whatever the currency
@@ -64,12 +64,13 @@ class _Reject(Exception):
 
 # -- compiled specs -------------------------------------------------------------------------------
 
-Path = tuple[tuple[str, ...], ...]
+Path = tuple[tuple[str | int, ...], ...]
 
 
 def compile_path(path: str) -> Path:
-    """"a.b|c" -> (("a", "b"), ("c",)); "" -> ()."""
-    return tuple(tuple(alt.split(".")) for alt in path.split("|") if alt) if path else ()
+    """"a.b|c" -> (("a", "b"), ("c",)); "a.0.b" -> (("a", 0, "b"),) (an array's item); "" -> ()."""
+    return tuple(tuple(int(k) if k.isdigit() else k for k in alt.split(".")) for alt in path.split("|") if alt) \
+        if path else ()
 
 
 class _Compiled:
@@ -79,7 +80,8 @@ class _Compiled:
         self.spec = spec
         for name in ("order_id", "alt_id", "created", "paid", "updated", "total", "goods", "discount",
                      "coupon", "shipping", "currency_field", "buyer_id", "buyer_name", "buyer_phone", "ip",
-                     "country_field", "province", "city", "district", "detail", "postal_code", "note"):
+                     "country_field", "province", "city", "district", "detail", "postal_code", "note",
+                     "courier", "waybill"):
             setattr(self, name, compile_path(getattr(spec, name)))
         self.status = tuple(compile_path(p) for p in spec.status)
         self.line_items = compile_path(spec.lines.items)
@@ -102,8 +104,11 @@ def _get(obj, path: Path):
         cur = obj
         for key in alt:
             if type(cur) is not dict:
-                cur = None
-                break
+                # an array's item (Shopify's fulfillments): only reached by paths that name one
+                cur = cur[key] if type(cur) is list and type(key) is int and key < len(cur) else None
+                if cur is None:
+                    break
+                continue
             cur = cur.get(key)
             if cur is None:
                 break
@@ -439,6 +444,8 @@ def _order(c: _Compiled, obj: dict, now: datetime) -> tuple[dict, bool]:
     note = _opt_text(obj, c.note, spec.note) or None
     invoice, gift, urgent = note_flags(note)
     ip = _opt_text(obj, c.ip, spec.ip) or None
+    courier = _opt_text(obj, c.courier, spec.courier).strip()
+    waybill = _opt_text(obj, c.waybill, spec.waybill).strip() or None
 
     order = {
         "schema_version": SCHEMA_VERSION,
@@ -475,6 +482,8 @@ def _order(c: _Compiled, obj: dict, now: datetime) -> tuple[dict, bool]:
         "ship_by": ship_by,
         "risk_flags": [],
         "checked_lightly": False,
+        "carrier": carrier_code(courier) if courier else None,
+        "waybill": waybill,
         "ingest_time": _ms(now),
     }
     return order, id_fallback
@@ -527,6 +536,8 @@ def dead_letter_record(platform: str, topic: str, partition: int, offset: int, k
 
 # Not business content: they change on every delivery or are set by later stages.
 _NOT_CONTENT = frozenset({"ingest_time", "schema_version", "risk_flags", "checked_lightly"})
+# order v3's fields are left out while empty, so what dedupe stored before the upgrade still matches
+_V3_FIELDS = ("carrier", "waybill")
 
 
 _ONE_MS = timedelta(milliseconds=1)
@@ -547,6 +558,9 @@ _FINGERPRINT_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 def content_fingerprint(order: dict) -> str:
     """Hash of what the platform said about the order; redeliveries (any key order/whitespace) match."""
     content = {k: v for k, v in order.items() if k not in _NOT_CONTENT}
+    for k in _V3_FIELDS:
+        if content.get(k) is None:
+            content.pop(k, None)
     try:
         blob = orjson.dumps(content, option=_FINGERPRINT_JSON, default=_json_default)
     except orjson.JSONEncodeError:  # a lone surrogate (from a \ud800 escape): only json writes it

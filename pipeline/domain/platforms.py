@@ -6,16 +6,20 @@ specs (compiled once at import); the fake-order generator (`pipeline.devtools.fa
 renders payloads from the same specs. Adding a platform or a renamed field is an edit here, not
 a new branch of code.
 
-Field paths: "a.b" walks nested objects; "x|y" lists alternatives, first non-empty wins (the
-seeds' field table and the platforms' APIs do not always agree on a name, e.g. JD consignee vs
-buyer_name). An empty path means the platform does not send that field.
+Field paths: "a.b" walks nested objects, a number ("fulfillments.0.tracking_number") an array's
+item; "x|y" lists alternatives, first non-empty wins (the seeds' field table and the platforms'
+APIs do not always agree on a name, e.g. JD consignee vs buyer_name). An empty path means the
+platform does not send that field.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+
+import yaml
 
 STANDARD_STATES = ("PENDING_PAYMENT", "PAID", "RISK_HOLD", "APPROVED", "ALLOCATED", "PICKING", "PACKED",
                    "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED", "CANCELLED")
@@ -88,6 +92,10 @@ class PlatformSpec:
     detail: str = ""
     postal_code: str = ""
     note: str = ""
+    # the shipment: the courier as the platform names it (courier_names.yaml maps it to a carrier
+    # code) and the waybill number; platforms send them with the shipped state
+    courier: str = ""
+    waybill: str = ""
     # fields the platform writes as JSON numbers rather than strings (the generator mimics this)
     numeric_fields: frozenset[str] = field(default_factory=frozenset)
 
@@ -203,6 +211,7 @@ TMALL = PlatformSpec(
     country_field="receiver_country", province="receiver_state", city="receiver_city",
     district="receiver_district", detail="receiver_address", postal_code="receiver_zip",
     note="buyer_message", sla_hours=72,
+    courier="logistics_company", waybill="out_sid",
     numeric_fields=frozenset({"tid"}),
 )
 
@@ -220,6 +229,7 @@ JD = PlatformSpec(
     buyer_phone="consignee_info.mobile|mobile", ip="ip",
     province="consignee_info.province", city="consignee_info.city", district="consignee_info.county",
     detail="consignee_info.full_address", note="customer_remark", sla_hours=72,
+    courier="carrier", waybill="waybill_code",
 )
 
 PINDUODUO = PlatformSpec(
@@ -234,6 +244,7 @@ PINDUODUO = PlatformSpec(
                    title="goods_name"),
     buyer_name="receiver_name|consignee", buyer_phone="receiver_phone|mobile_no", ip="buyer_ip",
     province="province", city="city", district="town", detail="address", note="buyer_memo", sla_hours=48,
+    courier="shipping_company", waybill="tracking_number",
     numeric_fields=frozenset({"order_status", "refund_status"}),
 )
 
@@ -250,6 +261,7 @@ DOUYIN = PlatformSpec(
     ip="buyer_ip",
     province="post_addr.province.name", city="post_addr.city.name", district="post_addr.town.name",
     detail="post_addr.detail", note="buyer_words", sla_hours=48,
+    courier="logistics_info.0.company_name", waybill="logistics_info.0.tracking_no",
     numeric_fields=frozenset({"order_status"}),
 )
 
@@ -266,6 +278,7 @@ KUAISHOU = PlatformSpec(
     ip="buyerIp",
     province="addressInfo.province", city="addressInfo.city", district="addressInfo.district",
     detail="addressInfo.address", note="remark", sla_hours=48,
+    courier="logisticsInfo.expressCompany", waybill="logisticsInfo.expressNo",
     numeric_fields=frozenset({"oid", "status"}),
 )
 
@@ -285,6 +298,7 @@ SHOPEE = PlatformSpec(
     province="recipient_address.state", city="recipient_address.city",
     district="recipient_address.district", detail="recipient_address.full_address",
     postal_code="recipient_address.zipcode", note="message_to_seller|note_to_seller", sla_hours=72,
+    courier="shipping_carrier", waybill="tracking_number",
     numeric_fields=frozenset({"buyer_user_id"}),
 )
 
@@ -304,8 +318,37 @@ SHOPIFY = PlatformSpec(
     country_field="shipping_address.country_code", province="shipping_address.province",
     city="shipping_address.city", detail="shipping_address.address1", postal_code="shipping_address.zip",
     note="note", sla_hours=72,
+    courier="fulfillments.0.tracking_company", waybill="fulfillments.0.tracking_number",
     numeric_fields=frozenset({"id", "order_number", "customer.id", "variant_id"}),
 )
 
 SPECS: Mapping[str, PlatformSpec] = MappingProxyType(
     {s.platform: s for s in (TMALL, JD, PINDUODUO, DOUYIN, KUAISHOU, SHOPEE, SHOPIFY)})
+
+
+# -- couriers ---------------------------------------------------------------------------------------
+
+COURIER_NAMES_FILE = Path(__file__).with_name("courier_names.yaml")
+
+
+def _fold(name: str) -> str:
+    return name.strip().casefold()
+
+
+def parse_courier_names(text: str) -> Mapping[str, str]:
+    """courier_names.yaml -> {folded courier name: carrier code}; a name two carriers claim is refused."""
+    names: dict[str, str] = {}
+    for code, aliases in (yaml.safe_load(text) or {}).items():
+        for alias in aliases or ():
+            if names.setdefault(_fold(str(alias)), str(code)) != str(code):
+                raise ValueError(f"courier name {alias!r} is listed under {names[_fold(str(alias))]} and {code}")
+    return MappingProxyType(names)
+
+
+COURIER_NAMES = parse_courier_names(COURIER_NAMES_FILE.read_text(encoding="utf-8"))
+
+
+def carrier_code(courier: str) -> str:
+    """The logistics code table's carrier code for a platform's courier name; a name the table
+    does not list is returned as sent (never guessed)."""
+    return COURIER_NAMES.get(_fold(courier), courier)

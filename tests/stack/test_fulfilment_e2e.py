@@ -17,8 +17,9 @@ import redis
 from pipeline.codecs import order_codec
 from pipeline.config import PROJECT_ROOT
 from pipeline.consistency import check_states, sink_query
-from pipeline.contracts import InventoryEvent, StockUpdate, SuspectTransition, WarehouseStock
-from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix
+from pipeline.contracts import (InventoryEvent, StockUpdate, SuspectTransition, TrackingUpdate, WarehouseStock,
+                                WaybillRegistered)
+from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix, drop_shipment
 from pipeline.devtools.replay import ReplayConfig, reconcile, run_replay, stock_events
 from pipeline.domain.normalize import global_order_id
 from pipeline.inventory_store import InventoryStore
@@ -91,6 +92,112 @@ def test_a_shipment_deducts_stock_once_whatever_the_redeliveries(pipeline_factor
     assert record["state"] == "shipped" and record["shipped_units"] == 3
     assert len(p.read(p.names.DUPLICATES)) == 2                    # the two redeliveries were dropped
     assert scrape_counter(p.worker_url(), "orderstream_shipments_total") >= 2  # shipped + the DELIVERED no-op
+
+
+# -- 1b. the shipment registers its waybill: order -> shipped -> registered -> courier scan -> tracking
+
+# (platform, external id, courier as the platform names it or None, the carrier code, the courier's
+# first scan as that courier pushes it): the platforms name couriers in their own fields and words
+SHIPMENTS = [
+    ("TMALL", "W1", "顺丰速运", "SF", lambda wb, t: {"mailno": wb, "opCode": "SF50", "acceptTime": t, "routeId": "r1"}),
+    ("JD", "W2", "中通快递", "ZTO", lambda wb, t: {"billCode": wb, "scanType": "收件", "scanTime": t // 1000,
+                                                 "scanId": "z1"}),
+    ("DOUYIN", "W3", "圆通速递", "YTO", lambda wb, t: {"waybillNo": wb, "infoContent": "GOT", "upload_Time": t,
+                                                   "traceId": "y1"}),
+    ("SHOPIFY", "W4", "J&T Express", "JT", lambda wb, t: {"billCode": wb, "scanTypeCode": "10", "scanTimeMs": t,
+                                                          "id": "j1"}),
+    ("KUAISHOU", "W5", "邮政EMS", "EMS", lambda wb, t: {"waybillNo": wb, "opCode": "203", "opTime": t // 1000,
+                                                     "traceNo": "e1"}),
+    ("PINDUODUO", "W6", None, None, None),            # shipped, but the platform sent no waybill
+    ("SHOPEE", "W7", "SPX Express", "SPX Express", None),  # a courier the code table does not know
+]
+
+
+def test_a_shipped_update_registers_its_waybill_once_and_courier_scans_track_it(pipeline_factory):
+    p = pipeline_factory(**QUIET)
+    p.start_worker()
+    n = p.names
+    watch = Watch(p, n.WAYBILLS, n.TRACKING)
+    sku = "SKU-0015"
+    stock(p, "WH-SH", sku, 50)
+    f = RawOrderFactory(seed=1719)
+    tag = p.ns.strip(".")[-4:].upper()
+    paid, shipped, waybill_of = {}, {}, {}
+    for platform, ext, courier, _, _ in SHIPMENTS:
+        country = {"SHOPEE": "SG", "SHOPIFY": "US"}.get(platform)
+        paid[ext] = f.order(platform, external_id=ext, status="PAID", skus=[(sku, 1)],
+                            **({"country": country} if country else {"province": "上海"}))
+        waybill_of[ext] = f"{ext}{tag}0001" if courier else None
+        shipped[ext] = f.update(paid[ext], "SHIPPED", after_s=3600,
+                                shipment=(courier, waybill_of[ext]) if courier else None)
+        if courier is None:
+            drop_shipment(platform, shipped[ext])
+    p.produce([raw(p, platform, ext, f.to_bytes(paid[ext])) for platform, ext, *_ in SHIPMENTS])
+    p.drain()
+    # webhook and polling: the Tmall shipment three times (two in one batch), then a later state
+    p.produce([raw(p, platform, ext, f.to_bytes(shipped[ext])) for platform, ext, *_ in SHIPMENTS]
+              + [raw(p, "TMALL", "W1", f.redelivery_bytes(shipped["W1"]))])
+    p.drain()
+    p.produce([raw(p, "TMALL", "W1", f.redelivery_bytes(shipped["W1"])),
+               raw(p, "TMALL", "W1", f.to_bytes(f.update(shipped["W1"], "DELIVERED", after_s=7200)))])
+    p.drain()
+
+    ids = {ext: global_order_id(platform, ext) for platform, ext, *_ in SHIPMENTS}
+    tracked = {ext: code for _, ext, courier, code, scan in SHIPMENTS if scan is not None}
+
+    def registered_once(w):
+        shown = [TrackingUpdate.decode(r.value()) for r in w.on(n.TRACKING)]
+        return len(shown) >= len(tracked) and shown
+
+    registered = watch.until(registered_once, timeout=60, what="a tracking update per registered waybill",
+                             check_alive=p.check_alive)
+    regs = [WaybillRegistered.decode(r.value()) for r in watch.on(n.WAYBILLS)]
+    # keyed by waybill like the couriers' events; stamped with the shipped version's own time
+    assert all(r.key() == WaybillRegistered.decode(r.value()).waybill.encode() for r in watch.on(n.WAYBILLS))
+    assert {(r.order_id, r.carrier, r.waybill) for r in regs} == {
+        (ids[ext], code, waybill_of[ext]) for ext, code in tracked.items()}
+    shipped_at = CODEC.decode(next(r.value for r in p.read(n.UNIQUE) if CODEC.decode(r.value)["order_id"] == ids["W1"]
+                                   and CODEC.decode(r.value)["status"] == "SHIPPED"))["updated_at"]
+    assert min(r.at_ms for r in regs if r.waybill == waybill_of["W1"]) == int(shipped_at.timestamp() * 1000)
+    # the redelivered shipment was dropped by dedupe; the DELIVERED update sent the registration
+    # again, and the logistics agent kept the first: one "registered" update per waybill
+    assert Counter(r.waybill for r in regs)[waybill_of["W1"]] == 2
+    watch.settle(3)
+    first = Counter(u.waybill for u in (TrackingUpdate.decode(r.value()) for r in watch.on(n.TRACKING))
+                    if u.cause == "registered")
+    assert first == Counter({waybill_of[ext]: 1 for ext in tracked}), first
+    assert {u.waybill for u in registered} == {waybill_of[ext] for ext in tracked}
+
+    # the couriers scan the parcels: each becomes a tracking update for its order
+    now = int(time.time() * 1000)
+    p.produce([(n.courier_raw(code), waybill_of[ext].encode(),
+                json.dumps(scan(waybill_of[ext], now), ensure_ascii=False).encode())
+               for _, ext, _, code, scan in SHIPMENTS if scan is not None])
+
+    def collected(w):
+        latest = {}
+        for r in w.on(n.TRACKING):
+            u = TrackingUpdate.decode(r.value())
+            latest[u.waybill] = u
+        return all(ext_wb in latest and latest[ext_wb].state == "collected"
+                   for ext_wb in (waybill_of[ext] for ext in tracked)) and latest
+
+    latest = watch.until(collected, timeout=60, what="every parcel collected", check_alive=p.check_alive)
+    for ext, code in tracked.items():
+        u = latest[waybill_of[ext]]
+        assert (u.order_id, u.carrier, u.source) == (ids[ext], code, code), ext
+    assert waybill_of["W7"] not in latest  # an unknown courier registers nothing: no courier reports it
+    counts = {s.labels["outcome"]: s.value for fam in _families(p.worker_url()) for s in fam.samples
+              if s.name == "orderstream_waybill_registrations_total" and s.labels.get("platform") in (
+                  "PINDUODUO", "SHOPEE")}
+    assert counts.get("no_waybill") == 1 and counts.get("unknown_carrier") == 1, counts
+    watch.close()
+
+
+def _families(url: str):
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        return list(text_string_to_metric_families(resp.read().decode()))
 
 
 # -- 2. late payment: reserved again once; out of stock once; a cancelled order never ------------

@@ -79,7 +79,7 @@ def test_valid_generated_orders_roundtrip_unchanged(platform, seed, status, amou
     assert result.rejection is None, result.rejection
     order = result.order
     assert order["status"] == status and order["amounts"]["total_minor"] == amount
-    assert order["schema_version"] == 2 and order["risk_flags"] == [] and order["checked_lightly"] is False
+    assert order["schema_version"] == 3 and order["risk_flags"] == [] and order["checked_lightly"] is False
     assert order["ingest_time"] == NOW
     for key in ("created_at", "updated_at", "ingest_time"):
         assert order[key].tzinfo is not None and order[key].microsecond % 1000 == 0
