@@ -316,13 +316,16 @@ def read_returns(s: Settings, names: TopicNames) -> tuple[list[stock_balance.Ret
     """The refunds that reached returned_to_stock (refunds.events) with their requests' lines
     (refunds.requests), and the ids of returns the requests do not explain."""
     requests: dict[str, tuple] = {}
-    for r in read_all(s, names.REFUND_REQUESTS):
+    events: list[dict] = []
+    for r in kafka_io.read_topics(s, [names.REFUND_REQUESTS, names.REFUND_EVENTS], idle_s=1.5, max_s=600):
+        if r.topic == names.REFUND_EVENTS:
+            events.append(RefundEvent.decode(r.value).as_dict())
+            continue
         try:
             req = RefundRequest.decode(r.value)
         except CodecError:
             continue   # an unreadable request opened no refund (its `invalid` event says so)
         requests.setdefault(req.refund_id, req.lines)   # a repeated request is ignored by the agent
-    events = (RefundEvent.decode(r.value).as_dict() for r in read_all(s, names.REFUND_EVENTS))
     return stock_balance.returned_facts(events, requests)
 
 
