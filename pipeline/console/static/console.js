@@ -1,5 +1,6 @@
 // orderstream console: refreshes the page's panel by itself, signs an operator in with a token,
-// sends approve / reject / re-drive. Plain browser JavaScript, no library, nothing loaded from outside.
+// sends approve / reject (held orders, refunds) / re-drive. Plain browser JavaScript, no library,
+// nothing loaded from outside.
 (function () {
   "use strict";
   var root = document.getElementById("console");
@@ -95,12 +96,15 @@
   function send(button) {
     var action = button.getAttribute("data-action");
     var url, body;
+    var row = button.closest("tr");
+    var reason = row ? row.querySelector("input.reason") : null;
     if (action === "redrive") {
       url = "/console/api/redrive";
       body = { letter_id: button.getAttribute("data-letter-id") };
+    } else if (button.hasAttribute("data-refund-id")) {  // the refund queue: same token, its own endpoint
+      url = "/console/api/refunds/decisions";
+      body = { refund_id: button.getAttribute("data-refund-id"), action: action, reason: reason ? reason.value : "" };
     } else {
-      var row = button.closest("tr");
-      var reason = row ? row.querySelector("input.reason") : null;
       url = "/console/api/decisions";
       body = { order_id: button.getAttribute("data-order-id"), action: action, reason: reason ? reason.value : "" };
     }
