@@ -263,9 +263,10 @@ def print_report(result: dict, path: Path | None) -> None:
         if key in result:
             table.add_row(key, json.dumps(result[key]) if isinstance(result[key], (dict, list)) else str(result[key]))
     console.print(table)
-    stock = result.get("stock")
-    if stock:
-        console.print("stock: " + json.dumps({k: v for k, v in stock.items() if not k.endswith("_sample")}))
+    for key in ("stock", "stock_after_refunds"):   # after the refunds: the returned units counted too
+        stock = result.get(key)
+        if stock:
+            console.print(f"{key}: " + json.dumps({k: v for k, v in stock.items() if not k.endswith("_sample")}))
     if path:
         console.print(f"report: {path}")
 

@@ -18,8 +18,8 @@ the warehouse system's figure and a snapshot overwrites it, (2) units still coun
 `reserved` would have to be released by hand or kept forever, and (3) with `total` reduced the
 hash says what is physically left until the warehouse's next snapshot replaces `total` with its
 own count (which no longer has those units either). `shipped` is never touched by snapshots, so
-every unit is accounted for: units put in = available + locked + presale + reserved + shipped as
-long as no snapshot has re-based `total`. A shipment is idempotent by order id (the record
+every unit is accounted for: units put in + returned = available + locked + presale + reserved +
+shipped as long as no snapshot has re-based `total` (`returned`: below, under Returns). A shipment is idempotent by order id (the record
 becomes `shipped`; a redelivered or later shipped-state update changes nothing) and never takes
 any figure below 0: if the warehouse reports less `total` (or we hold less `reserved`) than the
 order takes, nothing changes and the answer is "refused".
@@ -107,7 +107,7 @@ EXPIRED, SHIPPED, SETTLED, RERESERVED, ABSENT, REFUSED, UNRESERVED = (
 MODES = ("reserve", "pay", "ship")
 RECORD_GRACE_S = 24 * 3600
 STOCK_FIELDS = ("total", "locked", "presale", "reserved")
-LEVEL_FIELDS = STOCK_FIELDS + ("shipped",)
+LEVEL_FIELDS = STOCK_FIELDS + ("shipped", "returned")
 
 # KEYS[1] order record, KEYS[2] deadlines zset, KEYS[3..] stock hashes, candidate-major:
 #   key(c, l) = KEYS[2 + (c-1)*nlines + l]
@@ -334,7 +334,8 @@ return out
 
 # KEYS: the warehouse set of each SKU. ARGV: key prefix, then the SKUs. One call reads every
 # warehouse's level of every SKU (stock hash keys are derived here: a single Redis, not a cluster).
-# Returns, per SKU: number of warehouses, then (warehouse, total, locked, presale, reserved, shipped) each.
+# Returns, per SKU: number of warehouses, then (warehouse, total, locked, presale, reserved, shipped,
+# returned) each.
 LEVELS_LUA = r"""
 local out = {}
 for i, set in ipairs(KEYS) do
@@ -342,9 +343,9 @@ for i, set in ipairs(KEYS) do
   table.sort(whs)
   out[#out + 1] = #whs
   for _, wh in ipairs(whs) do
-    local v = redis.call('HMGET', ARGV[1] .. ':stock:' .. wh .. ':' .. ARGV[1 + i], 'total', 'locked', 'presale', 'reserved', 'shipped')
+    local v = redis.call('HMGET', ARGV[1] .. ':stock:' .. wh .. ':' .. ARGV[1 + i], 'total', 'locked', 'presale', 'reserved', 'shipped', 'returned')
     out[#out + 1] = wh
-    for f = 1, 5 do out[#out + 1] = v[f] or false end
+    for f = 1, 6 do out[#out + 1] = v[f] or false end
   end
 end
 return out
@@ -511,6 +512,7 @@ class StockLevel:
     presale: int = 0
     reserved: int = 0
     shipped: int = 0           # units this pipeline shipped out of the warehouse (never reset by snapshots)
+    returned: int = 0          # units refunds put back on the shelf (in `total` too; never reset by snapshots)
 
     @property
     def available(self) -> int:
@@ -719,8 +721,8 @@ class AsyncInventoryStore:
             count, at = int(flat[at]), at + 1
             out[sku] = {}
             for _ in range(count):
-                out[sku][_text(flat[at])] = _level(flat[at + 1:at + 6])
-                at += 6
+                out[sku][_text(flat[at])] = _level(flat[at + 1:at + 1 + len(LEVEL_FIELDS)])
+                at += 1 + len(LEVEL_FIELDS)
         return out
 
     async def available_by_warehouse(self, sku: str) -> dict[str, int]:
@@ -904,7 +906,7 @@ class AsyncInventoryStore:
 
     async def returned_units(self, warehouse: str, sku: str) -> int:
         """Units returned into this (warehouse, sku) by refunds, ever."""
-        return _int(await self.redis.hget(self.keys.stock(warehouse, sku), "returned"))
+        return (await self.stock(warehouse, sku)).returned
 
     # ------------------------------------------------------------ channels
     async def set_channel_paused(self, sku: str, paused: bool) -> bool:

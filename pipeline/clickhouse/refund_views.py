@@ -9,6 +9,7 @@ refunding / instruction_failed / refunded event, ranked in that order.
   platform's last error, and what was refunded in the window (per currency).
 - execution: the operators' queue (refunds waiting for review, oldest first, with why no rule
   approved them) and the parked instructions waiting for `orderstream refunds redrive`.
+- one refund's state now (`refund_now`), which the console checks before an operator's decision.
 """
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ def tactical_refunds(backend: Backend, params: dict, start: str) -> dict:
         "refunded_in_window": [{"currency": r["currency"], "refunds": int(r["n"]), "amount_minor": int(r["amount"])}
                                for r in refunded],
     }
+
+
+def refund_now(backend: Backend, refund_id: str) -> dict | None:
+    """One refund's state now, who moved it there and when (None: the sink has no such refund): what
+    the console checks before it sends an operator's decision."""
+    rank = f"(at, indexOf({_array(STATES)}, status))"
+    rows = backend.query(f"""
+        SELECT count() AS n, argMax(status, {rank}) AS state, argMax(actor, {rank}) AS actor,
+               formatDateTime(max(at), {_ISO}) AS last_at
+        FROM refund_events WHERE refund_id = {{refund_id:String}} AND event NOT IN ('ignored', 'invalid')""",
+                         {"refund_id": refund_id})
+    return None if not rows or not int(rows[0]["n"]) else {
+        "state": rows[0]["state"], "actor": rows[0]["actor"], "at": rows[0]["last_at"]}
 
 
 def execution_refunds(backend: Backend, params: dict, limit: int = 200) -> dict:

@@ -1,9 +1,10 @@
-"""The console's write actions: decide on a held order, re-drive a dead letter.
+"""The console's write actions: decide on a held order, re-drive a dead letter, decide on a refund.
 
 Each action is checked against ClickHouse before anything is published:
 - a decision needs an open hold for the order (tiers.open_holds, the execution tier's own risk
   queue); an unknown order id is 404, an order no longer held 409 with who resolved it;
-- a re-drive needs a dead letter that exists and has not been re-driven (tiers.open_dead_letters).
+- a re-drive needs a dead letter that exists and has not been re-driven (tiers.open_dead_letters);
+- a refund decision needs a refund waiting for review (refund_views.refund_now), one per refund.
 Each action has a key: one decision per hold (`decide:<order>:<held at ms>`, approve and reject
 alike), one re-drive per dead letter. The key is looked up in `console_actions` and written there
 after the broker acknowledged the message, under a per-key lock, so a double click, a retried
@@ -31,10 +32,12 @@ from typing import Callable, Protocol
 
 from pipeline import kafka_io
 from pipeline.clickhouse.backends import Backend
+from pipeline.clickhouse.refund_views import refund_now
 from pipeline.clickhouse.rows import ch_time
 from pipeline.clickhouse.tiers import last_resolution, open_dead_letters, open_holds
-from pipeline.contracts import RiskDecision
+from pipeline.contracts import RefundAction, RiskDecision
 from pipeline.domain.holds import DECISION_ACTIONS, DecisionError, parse_decision
+from pipeline.domain.refunds import CANCELLED, REJECTED, REVIEWING, RefundError, parse_action
 from pipeline.redrive import redrive_record
 from pipeline.topics import TopicNames
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 ACTIONS_COLUMNS = ["key", "action", "target", "operator", "reason", "detail", "at"]
 MAX_ORDER_ID = 128
 RESOLVED_AS = {"approve": "approved", "reject": "rejected"}
+REFUND_DECISIONS = ("approve", "reject")   # what an operator may do to a refund in review
 MAX_REASON = 500
 _LETTER_ID = re.compile(r"^(?P<topic>[A-Za-z0-9._-]{1,249}):(?P<partition>\d{1,9}):(?P<offset>\d{1,19})$")
 
@@ -177,6 +181,69 @@ class ConsoleActions:
             await self._run(self.log.record, f"settlement:{diff_key}", "settlement_resolve", diff_key, operator,
                             reason, done["class"], int(self.clock() * 1000))
         return Answer(200, {"status": "resolved", **done})
+
+    # -- refund decisions -----------------------------------------------------------------------
+
+    async def refund_decide(self, operator: str, payload: dict) -> Answer:
+        """Approve or reject a refund waiting for review (the execution tier's refund queue), as
+        `orderstream refunds approve|reject` does: a RefundAction on refunds.actions, named by the
+        token's operator; one decision per refund (a refund is reviewed once)."""
+        try:
+            refund_id = _text(payload, "refund_id", MAX_ORDER_ID)
+            action = _text(payload, "action", 16)
+            reason = _text(payload, "reason", MAX_REASON)
+        except ValueError as exc:
+            return Answer(400, {"error": str(exc)})
+        if action not in REFUND_DECISIONS:
+            return Answer(400, {"error": f"action must be one of {list(REFUND_DECISIONS)}, not {action!r}"})
+        try:  # the checks the CLI makes (a rejection needs a reason), so the agent never sees an invalid one
+            decision = parse_action(RefundAction(refund_id, action, operator, int(self.clock() * 1000), reason=reason))
+        except RefundError as exc:
+            return Answer(400, {"error": str(exc)})
+        key = f"refund:{refund_id}"
+        async with self._exclusive(key):
+            prior = await self._run(self.log.find, key)
+            if prior is not None:
+                sent = prior["action"].removeprefix("refund_")   # console_actions says refund_approve | refund_reject
+                return Answer(200 if sent == action else 409, {
+                    "status": "already_sent", "refund_id": refund_id, "action": sent,
+                    "operator": prior["operator"], "at": prior["at_iso"],
+                    "message": f"{sent} of {refund_id} was already sent by {prior['operator']} at "
+                               f"{prior['at_iso']}; nothing was sent again"})
+            now = await self._run(refund_now, self.backend, refund_id)
+            if now is None:
+                return Answer(404, {"error": f"unknown refund {refund_id!r}", "refund_id": refund_id})
+            if now["state"] != REVIEWING:
+                # what was asked has happened (e.g. decided from the CLI) or the refund went the other way
+                done = now["state"] == REJECTED if action == "reject" else now["state"] not in (REJECTED, CANCELLED)
+                why = f"{refund_id} is {now['state']} (by {now['actor']} at {now['at']}): it is not waiting for review"
+                if done:
+                    return Answer(200, {"status": "already_done", "refund_id": refund_id, **now,
+                                        "message": why + "; nothing was sent"})
+                return Answer(409, {"error": why, "refund_id": refund_id, **now})
+            try:
+                await self._run(self.publisher.publish, self.names.REFUND_ACTIONS, refund_id.encode(), decision.encode())
+            except PublishError as exc:
+                log.warning("console: %s of refund %s by %s not published: %s", action, refund_id, operator, exc)
+                return Answer(503, {"error": f"not published, try again: {exc}"})
+            await self._run(self.log.record, key, f"refund_{action}", refund_id, operator, reason, "", decision.at_ms)
+        log.info("console: refund %s %s by %s published", refund_id, action, operator)
+        outcome = await self._refund_outcome(refund_id)
+        body = {"status": "sent", "refund_id": refund_id, "action": action, "operator": operator, "outcome": outcome}
+        body["message"] = (f"{action} of {refund_id} sent by {operator}; the worker has not applied it yet"
+                           if outcome is None else f"{refund_id} {outcome['state']} by {outcome['actor']}")
+        return Answer(200, body)
+
+    async def _refund_outcome(self, refund_id: str) -> dict | None:
+        """The refund's state once the sink has the worker's step past review (at most outcome_wait_s)."""
+        deadline = time.monotonic() + self.outcome_wait_s
+        while True:
+            now = await self._run(refund_now, self.backend, refund_id)
+            if now is not None and now["state"] != REVIEWING:
+                return now
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.25)
 
     # -- decisions ----------------------------------------------------------------------------
 

@@ -231,9 +231,13 @@ def execution_model(view: dict, opts: Options) -> dict:
                  "rows": [{"waybill": r["waybill"], "order_id": r["order_id"], "carrier": r["carrier"],
                            "state": r["state"], "badge": r["badge"], "since": fmt.duration(r["age_s"]),
                            "on_backup": r["on_backup"]} for r in lg["attention"]]}
+    refunds = [{"refund_id": r["refund_id"], "order_id": r["order_id"], "platform": r["platform"], "kind": r["kind"],
+                "reason_code": r["reason_code"], "amount": fmt.money(r["amount_minor"], r["currency"]),
+                "since": fmt.local(r["since"], tz, TIME), "waiting": fmt.duration(r["age_s"]), "why": r["why"]}
+               for r in view["refunds"]["awaiting_review"]]
     return {"levels": levels, "todo": todo, "queue": queue, "held_orders": fmt.count(view["held_orders"]),
             "per_approver": per_approver, "processing": processing, "letters": letters, "breakers": breakers,
-            "logistics": logistics}
+            "logistics": logistics, "refunds": refunds}
 
 
 MODELS = {"strategic": strategic_model, "tactical": tactical_model, "execution": execution_model}

@@ -6,6 +6,7 @@
     GET  /console/api/whoami        the operator a token names (401 without one)
     POST /console/api/decisions     {"order_id", "action": approve|reject, "reason"}: operator token required
     POST /console/api/redrive       {"letter_id": "<dlq topic>:<partition>:<offset>"}: operator token required
+    POST /console/api/refunds/decisions  {"refund_id", "action": approve|reject, "reason"}: operator token required
     GET  /console/api/settlement/queue    the open settlement differences (?day=, ?platform=)
     POST /console/api/settlement/resolve  {"diff_key", "reason"}: operator token required
     GET  /t/<code>                  the buyer's tracking page (pipeline.console.tracking)
@@ -176,6 +177,7 @@ def setup_console(app: web.Application, settings, names: TopicNames, **options) 
     app.router.add_get("/console/api/whoami", whoami)
     app.router.add_post("/console/api/decisions", _action("decide"))
     app.router.add_post("/console/api/redrive", _action("redrive"))
+    app.router.add_post("/console/api/refunds/decisions", _action("refund_decide"))
     app.router.add_get("/console/api/settlement/queue", settlement_queue)
     app.router.add_post("/console/api/settlement/resolve", _action("settlement_resolve"))
     app.router.add_get("/console/{tier}", page)

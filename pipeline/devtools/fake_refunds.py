@@ -236,7 +236,8 @@ def _read_keys(s: Settings) -> dict[str, str]:
 
 def reconcile_refunds(s: Settings, names: TopicNames, plans: list[RefundPlan], orders: list[dict]) -> dict:
     """Account for each planned refund (its end state against its fate), each fen (per order, refunded
-    never more than paid; what the platform paid equals what the events say, once per refund) and
+    never more than paid; what the platform paid equals what the events say, once per refund), each
+    instruction (received once per refund paid: the refund service must not inject 5xx errors) and
     each returned unit (Redis holds one return record per refunded return, and the per-cell counters
     equal the records)."""
     from ..inventory_store import InventoryStore
@@ -261,8 +262,13 @@ def reconcile_refunds(s: Settings, names: TopicNames, plans: list[RefundPlan], o
         platform_wrong = sorted(r for r, p in by_id.items() if (r in applied) != (p.expect == "refunded")
                                 or (r in applied and applied[r]["amount_minor"] != p.request.amount_minor))
         platform_stats = platform["stats"]
+        # sent once: the platform received one instruction with a valid key per refund paid (a refused
+        # key is not retried, and the re-drive sends each parked instruction once), none for the others
+        sent_wrong = sorted(r for r, p in by_id.items()
+                            if platform["received"].get(r, 0) != (1 if p.expect == "refunded" else 0)
+                            or platform["auth_failures"].get(r, 0) > 1)
     except OSError:
-        platform_wrong, platform_stats = None, None    # no refund service to ask
+        platform_wrong, platform_stats, sent_wrong = None, None, None    # no refund service to ask
     returns = [p for p in plans if p.expect == "refunded" and p.returns]
     units_returned = sum(line.quantity for p in returns for line in p.request.lines)
     with InventoryStore(s.redis, prefix=f"{names.ns}inv") as store:
@@ -310,12 +316,15 @@ def reconcile_refunds(s: Settings, names: TopicNames, plans: list[RefundPlan], o
         "facts_twice": len(facts_twice), "over_refunded_orders": len(over_refunded),
         "platform_mismatch": None if platform_wrong is None else len(platform_wrong),
         "platform_stats": platform_stats,
+        "instructions_not_sent_once": None if sent_wrong is None else len(sent_wrong),
+        "instructions_sample": [] if not sent_wrong else [
+            (r, platform["received"].get(r, 0), platform["auth_failures"].get(r, 0)) for r in sent_wrong[:5]],
         "restock_mismatch": len(restock_wrong), "restock_sample": restock_wrong[:5],
         "returned_counters_short": len(counters_wrong), "ledger_mismatch": len(ledger_wrong),
         "ledger_sample": ledger_wrong[:5],
     }
-    report["balanced"] = not (wrong_end or facts_twice or over_refunded or platform_wrong or restock_wrong
-                              or counters_wrong or ledger_wrong)
+    report["balanced"] = not (wrong_end or facts_twice or over_refunded or platform_wrong or sent_wrong
+                              or restock_wrong or counters_wrong or ledger_wrong)
     return report
 
 

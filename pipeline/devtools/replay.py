@@ -4,10 +4,12 @@ The generator (pipeline.devtools.fake_orders) knows what each message should bec
 reconciliation is exact: every produced message must come out once, as a new order or update
 (orders.unique), a dropped copy (orders.duplicates) or a dead letter, every new order must reach
 exactly one terminal risk/inventory outcome. The stock is reconciled too (issue 17): every unit
-of every SKU put in by the replay's snapshots is available, locked, presale, reserved or shipped
-in Redis, nothing is negative, each cell and each order's record is exactly what
-inventory.events say (pipeline.domain.stock_ledger), every late payment got one outcome, and
-exactly the updates meant to be suspect were flagged, with the rule meant.
+of every SKU put in by the replay's snapshots or returned by a refund is available, locked,
+presale, reserved or shipped in Redis, nothing is negative, each cell and each order's record is
+exactly what inventory.events (and refunds.events for the returns) say (pipeline.domain.stock_ledger,
+pipeline.domain.stock_balance), every late payment got one outcome, and
+exactly the updates meant to be suspect were flagged, with the rule meant. After the refunds the
+stock is audited again, the returned units counted (pipeline.domain.stock_balance).
 
 Late payments need wall-clock time: their paid updates (the generator's `late` phase) are
 produced after the main phase has drained and `late_after_s` has passed, which must be longer
@@ -29,10 +31,11 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from .. import kafka_io
-from ..codecs import dead_letter_codec, order_codec
+from ..codecs import CodecError, dead_letter_codec, order_codec
 from ..config import Settings
-from ..contracts import BreakerTransition, DroppedDuplicate, InventoryEvent, RiskEvent, StockUpdate, SuspectTransition, WarehouseStock
-from ..domain import stock_ledger
+from ..contracts import (BreakerTransition, DroppedDuplicate, InventoryEvent, RefundEvent, RefundRequest, RiskEvent,
+                         StockUpdate, SuspectTransition, WarehouseStock)
+from ..domain import stock_balance, stock_ledger
 from ..inventory_store import InventoryStore
 from ..topics import TopicNames
 from .fake_orders import SKUS, RawMessage, ReplayMix, generate_stream
@@ -309,47 +312,54 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     }
 
 
+def read_returns(s: Settings, names: TopicNames) -> tuple[list[stock_balance.Return], list[str]]:
+    """The refunds that reached returned_to_stock (refunds.events) with their requests' lines
+    (refunds.requests), and the ids of returns the requests do not explain."""
+    requests: dict[str, tuple] = {}
+    events: list[dict] = []
+    for r in kafka_io.read_topics(s, [names.REFUND_REQUESTS, names.REFUND_EVENTS], idle_s=1.5, max_s=600):
+        if r.topic == names.REFUND_EVENTS:
+            events.append(RefundEvent.decode(r.value).as_dict())
+            continue
+        try:
+            req = RefundRequest.decode(r.value)
+        except CodecError:
+            continue   # an unreadable request opened no refund (its `invalid` event says so)
+        requests.setdefault(req.refund_id, req.lines)   # a repeated request is ignored by the agent
+    return stock_balance.returned_facts(events, requests)
+
+
 def stock_audit(s: Settings, names: TopicNames, inventory: list[InventoryEvent],
                 initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
-    """Redis against the inventory events, cell by cell and order by order, and every unit put in
-    accounted for as available, locked, presale, reserved or shipped, none negative.
+    """Redis against the inventory and refund events, cell by cell and order by order, and every
+    unit put in or returned accounted for as available, locked, presale, reserved or shipped, none
+    negative (pipeline.domain.stock_balance).
 
-    A snapshot re-bases `total` (the `shipped` field keeps counting), so the units put in by the
-    replay's snapshots are balanced against what shipped after them (`stock_at_ms`): a replay
-    into a namespace that already had orders still balances."""
+    A snapshot re-bases `total` (`shipped` and `returned` keep counting), so the units put in by
+    the replay's snapshots are balanced against what shipped and came back after them
+    (`stock_at_ms`): a replay into a namespace that already had orders and refunds still balances."""
     ledgers = stock_ledger.fold(ev.as_dict() for ev in inventory)
     want_reserved, want_shipped = stock_ledger.expected_cells(ledgers.values())
     shipped_since = stock_ledger.expected_cells(
         ledger for ledger in stock_ledger.fold(ev.as_dict() for ev in inventory
                                                if stock_at_ms is None or ev.event != "shipped"
                                                or ev.at_ms >= stock_at_ms).values())[1]
+    returns, unexplained = read_returns(s, names)
+    want_returned, unknown_cells = stock_balance.returned_cells(returns, ledgers)
+    returned_since = stock_balance.returned_cells(returns, ledgers, stock_at_ms)[0]
     initial = {(u.warehouse, u.sku): u for u in initial_stock or ()}
     skus = sorted({sku for _, sku in initial} | {sku for _, sku in want_reserved} | {sku for _, sku in want_shipped}
-                  | set(SKUS))
+                  | {sku for _, sku in want_returned} | set(SKUS))
     with InventoryStore(s.redis, prefix=f"{names.ns}inv") as store:
         levels = {sku: store.stock_by_warehouse(sku) for sku in skus}
         records = store.reservations(ledgers)
     cells = {(wh, sku): level for sku, by_wh in levels.items() for wh, level in by_wh.items()}
-    differing, negative, unbalanced = {}, [], []
-    for cell in sorted(set(cells) | set(want_reserved) | set(want_shipped) | set(initial)):
-        level = cells.get(cell)
-        got = (level.reserved, level.shipped) if level else (0, 0)
-        want = (want_reserved[cell], want_shipped[cell])
-        name = f"{cell[0]}:{cell[1]}"
-        if got != want:
-            differing[name] = {"redis_reserved_shipped": got, "events_say": want}
-        if level and min(level.total, level.locked, level.presale, level.reserved, level.shipped) < 0:
-            negative.append(name)
-        if cell in initial:
-            put_in = initial[cell].total
-            left = shipped_since[cell]
-            accounted = (level.available + level.locked + level.presale + level.reserved + left) if level else 0
-            if accounted != put_in or (level and level.total != put_in - left):
-                unbalanced.append({"cell": name, "put_in": put_in, "accounted": accounted,
-                                   "total": level.total if level else None, "shipped_since_put_in": left})
+    audit = stock_balance.audit_cells(cells, want_reserved, want_shipped, want_returned,
+                                      {cell: u.total for cell, u in initial.items()}, shipped_since, returned_since)
+    differing, negative, unbalanced = audit["differing"], audit["negative"], audit["unbalanced"]
     order_mismatch = [oid for oid, ledger in ledgers.items() if not stock_ledger.record_agrees(ledger, records[oid])]
     inconsistent = sorted(oid for oid, ledger in ledgers.items() if ledger.inconsistent)
-    units = {k: sum(getattr(l, k) for l in cells.values()) for k in ("total", "locked", "presale", "reserved", "shipped")}
+    units = {k: sum(getattr(l, k) for l in cells.values()) for k in stock_balance.LEVEL_NAMES}
     return {
         "cells": len(cells), "cells_differing": len(differing), "cell_diff_sample": dict(list(differing.items())[:5]),
         "negative": negative, "unbalanced": len(unbalanced), "unbalanced_sample": unbalanced[:5],
@@ -360,10 +370,17 @@ def stock_audit(s: Settings, names: TopicNames, inventory: list[InventoryEvent],
         "units_put_in": sum(u.total for u in initial.values()) if initial else None,
         "units_available": sum(max(0, l.available) for l in cells.values()),
         "units_locked": units["locked"], "units_presale": units["presale"],
-        "units_reserved": units["reserved"], "units_shipped": units["shipped"],
+        "units_reserved": units["reserved"], "units_shipped": units["shipped"], "units_returned": units["returned"],
         "units_reserved_by_events": sum(want_reserved.values()),
         "units_shipped_by_events": sum(want_shipped.values()),
-        "balanced": not differing and not negative and not unbalanced and not order_mismatch and not inconsistent,
+        "units_returned_by_events": sum(want_returned.values()),
+        "units_returned_since_put_in": sum(returned_since.values()),
+        "returns": len(returns),
+        "returns_of_shipped_orders": sum(1 for ret in returns
+                                         if ret.order_id in ledgers and "shipped" in ledgers[ret.order_id].kinds),
+        "returns_unexplained": unexplained[:5], "returns_without_cells": unknown_cells[:5],
+        "balanced": not (differing or negative or unbalanced or order_mismatch or inconsistent or unexplained
+                         or unknown_cells),
     }
 
 
@@ -452,10 +469,16 @@ def run_replay(s: Settings, names: TopicNames, app_group: str, cfg: ReplayConfig
         # after the orders: refund requests for reserved ones, decisions, receipts, a key rotation
         # and its re-drive (pipeline.devtools.fake_refunds), each refund and fen accounted for
         report["refunds"] = run_refunds(s, names, cfg.refunds, cfg.seed, timeout_s=cfg.drain_timeout_s)
-        report["balanced"] = report["balanced"] and report["refunds"]["balanced"]
+        # the returned goods are back in `total`: every unit again, now with the returns counted
+        report["stock_after_refunds"] = stock_audit(
+            s, names, [InventoryEvent.decode(r.value) for r in read_all(s, names.INVENTORY_EVENTS)],
+            stock_events(cfg), produced["stock_at_ms"])
+        report["balanced"] = (report["balanced"] and report["refunds"]["balanced"]
+                              and report["stock_after_refunds"]["balanced"])
     report.update({
         "config": {**asdict(cfg), "mix": asdict(cfg.mix)},
         "namespace": names.ns,
+        "stock_at_ms": produced["stock_at_ms"],   # the snapshots were in Redis: the audits count from here
         "produce_s": round(produced["produce_s"], 3),
         "drain_after_produce_s": round(drain_s, 3),
         "elapsed_s": round(elapsed, 3),
@@ -472,4 +495,4 @@ def write_report(report: dict, path: Path) -> None:
 
 
 __all__ = ["ReplayConfig", "run_replay", "reconcile", "produce_replay", "wait_drained", "write_report",
-           "stock_audit", "stock_events", "dead_letter_codec"]
+           "stock_audit", "read_returns", "stock_events", "dead_letter_codec"]

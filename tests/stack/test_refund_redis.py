@@ -42,8 +42,10 @@ def test_returned_goods_go_back_to_stock_once_per_refund(store):
     for lines in ([("WH-SH", "TEE-01", 2)], [("WH-GZ", "TEE-01", 5)]):
         again = store.return_to_stock("JD:RF1", "O1", lines)
         assert not again.restocked and again.lines == [("WH-SH", "TEE-01", 2)]
-    assert store.stock("WH-SH", "TEE-01") == StockLevel(total=12, locked=0, presale=0, reserved=2)
+    assert store.stock("WH-SH", "TEE-01") == StockLevel(total=12, locked=0, presale=0, reserved=2, returned=2)
     assert store.returned_units("WH-SH", "TEE-01") == 2
+    # the batch agents' one-call read sees the returned units too
+    assert store.stock_levels(["TEE-01"])["TEE-01"]["WH-SH"].returned == 2
     assert store.stock("WH-GZ", "TEE-01") == StockLevel()
     record = store.returned_record("JD:RF1")
     assert record["order_id"] == "O1" and record["lines"] == [["WH-SH", "TEE-01", 2]]

@@ -21,14 +21,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.contracts import (FailedRefundInstruction, RefundAction, RefundLine, RefundRequest, StockUpdate,
-                                WarehouseStock)
+from pipeline.contracts import (FailedRefundInstruction, InventoryEvent, RefundAction, RefundLine, RefundRequest,
+                                StockUpdate, WarehouseStock)
 from pipeline.devtools.fake_orders import GOODS_SKUS, RawOrderFactory, ReplayMix
 from pipeline.devtools.fake_refunds import (RefundMix, RefundPlan, reconcile_refunds, refund_states,
                                             refundable_orders)
 from pipeline.devtools.refund_service import (INVALID_KEY, current_keys, initial_keys, received, rotate_key,
                                               write_credentials)
-from pipeline.devtools.replay import ReplayConfig, run_replay
+from pipeline.devtools.replay import ReplayConfig, run_replay, stock_audit, stock_events
 from pipeline.domain.normalize import global_order_id
 from pipeline.domain.refund_rules import DAY_MS
 from pipeline.inventory_store import InventoryStore
@@ -516,23 +516,44 @@ def test_sigkill_in_the_middle_of_refunds_pays_and_restocks_each_exactly_once(pi
 # --------------------------------------------------------------------------- the replay
 
 
-def test_replay_with_refunds_and_a_rotated_key_balances_to_the_fen(pipeline_factory):
-    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
+# shipments, late payments and refunds in one replay (issue 17's "Done when")
+FULFILMENT_AND_REFUNDS = ReplayMix(ship=0.08, late_payment=0.04)
+
+
+def test_replay_with_shipments_late_payments_and_refunds_balances_every_unit_and_fen(pipeline_factory):
+    p = pipeline_factory(ORDERSTREAM_RESERVATION_TIMEOUT_S="3", ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3",
+                         ORDERSTREAM_BREAKER_OPEN_PER_MIN="100000")   # the replay's bursts must not degrade it
     p.start_verifiers("--latency-ms", "2")
     p.start_refund_service("--latency-ms", "2")
     p.start_worker()
-    cfg = ReplayConfig(count=400, seed=17, mix=ReplayMix(), drain_timeout_s=240,
+    cfg = ReplayConfig(count=400, seed=17, mix=FULFILMENT_AND_REFUNDS, late_after_s=6.0, drain_timeout_s=240,
                        refunds=RefundMix(rate=0.25, auto=0.6, approve=0.7, excess=0.1, rotated_key="JD"))
     report = run_replay(p.s, p.names, p.group, cfg, settle_holds_s=30, check_alive=p.check_alive)
-    r = report["refunds"]
-    assert r["balanced"] and report["balanced"], r
+    r, after = report["refunds"], report["stock_after_refunds"]
+    assert report["balanced"], json.dumps({k: report.get(k) for k in ("stock", "stock_after_refunds", "refunds",
+                                                                      "late_payments")}, default=str)[:4000]
+    assert r["balanced"] and after["balanced"] and report["stock"]["balanced"]
     assert r["requested"] >= 20 and r["auto_approved"] and r["operator_approved"] and r["operator_rejected"]
     assert r["refused_over_paid"] and r["parked_on_rotated_key"] and r["redriven"] == r["parked_on_rotated_key"]
     assert r["refunded"] == r["auto_approved"] + r["operator_approved"] == r["platform_stats"]["applied"]
     assert r["platform_stats"]["requests"] == r["refunded"] + r["platform_stats"]["auth_failures"]  # sent once each
-    assert r["still_parked"] == 0 and r["over_refunded_orders"] == 0
+    assert r["instructions_not_sent_once"] == 0 and r["still_parked"] == 0 and r["over_refunded_orders"] == 0
+    # the shipments and late payments happened, and the returns are counted in the stock
+    assert report["shipped"] > 5 and report["late_payments"]["expired_before_payment"] > 0
+    assert after["units_shipped"] == after["units_shipped_by_events"] > 0
+    assert after["units_returned"] == after["units_returned_by_events"] == after["units_returned_since_put_in"] \
+        == r["units_returned_to_stock"] > 0
+    assert after["returns_of_shipped_orders"] > 0     # goods that left with a shipment came back
+    assert after["units_put_in"] + after["units_returned"] == (after["units_available"] + after["units_locked"]
+                                                               + after["units_presale"] + after["units_reserved"]
+                                                               + after["units_shipped"])
+    assert after["negative"] == [] and after["cells_differing"] == 0 and after["unbalanced"] == 0
+    print(f"put in {after['units_put_in']} + returned {after['units_returned']} = available "
+          f"{after['units_available']} + reserved {after['units_reserved']} + shipped {after['units_shipped']}; "
+          f"{r['refunded']} refunds paid once, {r['parked_on_rotated_key']} after the re-drive; "
+          f"{after['returns_of_shipped_orders']} of {after['returns']} returns were shipped orders")
 
-    # the reconciliation is not a formality: a unit put back for a refund that was rejected is caught
+    # the reconciliations are not a formality: a unit put back for a refund that was rejected is caught
     plans = plans_as_they_ended(p)
     assert reconcile_refunds(p.s, p.names, plans, refundable_orders(p.s, p.names))["balanced"]
     rejected = next(plan.refund_id for plan in plans if plan.expect == "rejected")
@@ -540,6 +561,12 @@ def test_replay_with_refunds_and_a_rotated_key_balances_to_the_fen(pipeline_fact
         s.return_to_stock(rejected, "X", [("WH-SH", "SKU-0001", 1)])
     again = reconcile_refunds(p.s, p.names, plans, refundable_orders(p.s, p.names))
     assert not again["balanced"] and again["restock_mismatch"] == 1 and again["restock_sample"] == [rejected]
+    # ... and by the stock audit, which no refund event explains it to
+    inventory = [InventoryEvent.decode(m.value) for m in p.read(p.names.INVENTORY_EVENTS)]
+    audit = stock_audit(p.s, p.names, inventory, stock_events(cfg), report["stock_at_ms"])
+    assert not audit["balanced"] and audit["units_returned"] == audit["units_returned_by_events"] + 1
+    assert [c["cell"] for c in audit["unbalanced_sample"]] == ["WH-SH:SKU-0001"]
+    assert list(audit["cell_diff_sample"]) == ["WH-SH:SKU-0001"]
 
 
 def plans_as_they_ended(p):

@@ -1,5 +1,6 @@
 // orderstream console: refreshes the page's panel by itself, signs an operator in with a token,
-// sends approve / reject / re-drive / settlement resolutions. Plain browser JavaScript, no library, nothing loaded from outside.
+// sends approve / reject (held orders, refunds) / re-drive / settlement resolutions. Plain browser
+// JavaScript, no library, nothing loaded from outside.
 (function () {
   "use strict";
   var root = document.getElementById("console");
@@ -91,7 +92,7 @@
     whoami();
   }
 
-  // approve / reject / re-drive / resolve a settlement difference
+  // approve / reject (held orders, refunds) / re-drive / resolve a settlement difference
   function send(button) {
     var action = button.getAttribute("data-action");
     var url, body;
@@ -103,6 +104,9 @@
     } else if (action === "resolve") {
       url = "/console/api/settlement/resolve";
       body = { diff_key: button.getAttribute("data-diff-key"), reason: reason ? reason.value : "" };
+    } else if (button.hasAttribute("data-refund-id")) {  // the refund queue: same token, its own endpoint
+      url = "/console/api/refunds/decisions";
+      body = { refund_id: button.getAttribute("data-refund-id"), action: action, reason: reason ? reason.value : "" };
     } else {
       url = "/console/api/decisions";
       body = { order_id: button.getAttribute("data-order-id"), action: action, reason: reason ? reason.value : "" };
