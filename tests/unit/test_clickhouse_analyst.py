@@ -520,7 +520,9 @@ def test_inserts_do_not_wait_behind_a_heavy_analyst_query(server, data):
         assert not heavy.done(), "the heavy query ended before the inserts: nothing was measured"
         answer = heavy.result(timeout=30)
     assert answer.code == 159, answer.text
-    assert max(latencies) < 0.5, latencies
+    # held behind the query, the first insert would wait ~1.7 s (until its 2 s limit): 1 s leaves
+    # room for a loaded machine and still tells the two apart
+    assert max(latencies) < 1.0, latencies
     assert int(data.query("SELECT count() AS n FROM breaker_events WHERE src_topic = 'during.breaker.events'")
                [0]["n"]) == 8
     # control: the same query in the backend's session holds its lock, and an insert waits for it
