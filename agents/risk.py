@@ -72,12 +72,13 @@ def hold_verdict(order: dict, verdict) -> HoldVerdict:
                        ruleset_version=active.rules.version)
 
 
-def risk_event(kind: str, order: dict, verdict) -> bytes:
+def risk_event(kind: str, order: dict, verdict, checked_at_ms: int | None = None) -> bytes:
     return RiskEvent(
         # at = the order's ingest time: identical when a crash makes this event go out twice,
-        # so the sink recognises the copy; checked_at_ms is the wall clock of this check
+        # so the sink recognises the copy; checked_at_ms is the wall clock of this check (its start)
         event=kind, order_id=order["order_id"], platform=order["platform"],
-        at_ms=int(order["ingest_time"].timestamp() * 1000), checked_at_ms=now_ms(),
+        at_ms=int(order["ingest_time"].timestamp() * 1000),
+        checked_at_ms=now_ms() if checked_at_ms is None else checked_at_ms,
         rule_ids=tuple(h.rule_id for h in verdict.hits), severity=verdict.severity or "",
         approvers=tuple(verdict.approvers), reason="; ".join(h.reason for h in verdict.hits),
         amount_minor=order["amounts"]["total_minor"], currency=order["currency"],
@@ -197,6 +198,8 @@ async def recheck_records(records) -> int:
     out = outputs(settings)
     done = 0
     for record in records:
+        if recheck_must_wait():  # the breaker opened (or a verifier went away) during this batch
+            break
         if record.value and not await recheck(ORDER_CODEC.decode(record.value), dict(record.headers or ()), out):
             break
         done += 1
@@ -207,10 +210,11 @@ async def recheck_records(records) -> int:
 async def recheck(order: dict, headers: dict[str, bytes], out: Outputs) -> bool:
     """The full check of a light-path order; False (nothing emitted) when it would be light again."""
     key = order["order_id"].encode()
+    started_ms = now_ms()  # when it was decided to check fully (the breaker was closed then)
     verdict, still_light = await full_check(order, ip_count=0)
     if still_light and verdict.action != "reject":
         return False
-    out.send(names.RISK_EVENTS, key, risk_event("rechecked", order, verdict))
+    out.send(names.RISK_EVENTS, key, risk_event("rechecked", order, verdict, checked_at_ms=started_ms))
     if verdict.action == "hold" and headers.get("risk") == b"accept":
         order["checked_lightly"] = still_light
         out.send(names.RISK_QUEUE, key, ORDER_CODEC.encode(order), verdict_headers(headers, order, verdict))
