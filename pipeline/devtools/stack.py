@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from ..config import PROJECT_ROOT, Settings, load_settings
 from ..kafka_io import TopicError, ensure_topics
+
+log = logging.getLogger(__name__)
 
 POM = PROJECT_ROOT / "stack" / "pom.xml"
 KAFKA_LIBS = PROJECT_ROOT / "stack" / ".cache" / "kafka-libs"
@@ -383,9 +386,31 @@ def browser_status() -> ComponentStatus:
                            f"missing: {', '.join(w for w, p in paths.items() if not p)}")
 
 
+def ephemeral_ports(proc_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range | None:
+    """The ports the kernel hands out to outgoing connections (None where it does not say)."""
+    try:
+        low, high = (int(x) for x in proc_file.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return range(low, high + 1)
+
+
+def warn_if_ephemeral(s: Settings, ports: range | None = None) -> list[int]:
+    """The stack's listening ports inside the ephemeral range, each logged: while the broker (or
+    Redis) restarts, any outgoing connection may be given its port, and the restart fails with
+    "Address already in use" (seen with ORDERSTREAM_KAFKA_PORT=49092)."""
+    ports = ephemeral_ports() if ports is None else ports
+    risky = [p for p in (s.kafka_port, s.kafka_port + 1, s.redis_port) if ports is not None and p in ports]
+    for port in risky:
+        log.warning("port %d is inside the ephemeral port range %d-%d: a restart can find it taken by an "
+                    "outgoing connection; choose a port below %d", port, ports.start, ports.stop - 1, ports.start)
+    return risky
+
+
 def up(s: Settings | None = None, browser: bool = False) -> list[ComponentStatus]:
     """Kafka, Redis (and with `browser`, Debian's Chromium for the console's browser tests)."""
     s = s or load_settings()
+    warn_if_ephemeral(s)
     rows = [redis_up(s), kafka_up(s), clickhouse_status(s)]
     if browser:
         ensure_browser_installed()

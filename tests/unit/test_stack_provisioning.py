@@ -98,3 +98,20 @@ def test_a_topic_counts_as_visible_only_listed_without_error_and_with_every_lead
     assert unready_topics(metadata, ["ready", "leaderless", "erroneous", "empty", "absent"]) == \
         ["leaderless", "erroneous", "empty", "absent"]
     assert unready_topics(metadata, ["ready"]) == []
+
+
+def test_stack_ports_inside_the_ephemeral_range_are_named(tmp_path, caplog):
+    from dataclasses import replace
+
+    from pipeline.config import load_settings
+    from pipeline.devtools.stack import ephemeral_ports, warn_if_ephemeral
+    proc = tmp_path / "range"
+    proc.write_text("32768\t60999\n")
+    ports = ephemeral_ports(proc)
+    assert ports is not None and 32768 in ports and 60999 in ports and 61000 not in ports
+    assert ephemeral_ports(tmp_path / "absent") is None
+    s = load_settings()
+    assert warn_if_ephemeral(replace(s, kafka_port=19092, redis_port=16379), ports) == []
+    with caplog.at_level("WARNING"):
+        assert warn_if_ephemeral(replace(s, kafka_port=49092, redis_port=46379), ports) == [49092, 49093, 46379]
+    assert "49092 is inside the ephemeral port range 32768-60999" in caplog.text
