@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-
 from pipeline import metrics
 from pipeline.app import app, changelogged_table, refund_inputs, settings
 from pipeline.contracts import Refund, RefundEvent

@@ -142,29 +142,27 @@ def strategic(backend: Backend, days: int = 7, now: datetime | None = None, tz: 
     }
 
 
-_LATEST_SETTLEMENT_RUNS = """
-    SELECT run_id FROM (SELECT day, platform, argMax(run_id, at) AS run_id FROM settlement_runs
-                        GROUP BY day, platform)"""
-
-
 OPEN_DIFFERENCES_SHOWN = 100  # in the queue's order; the CLI and /console/api/settlement/queue list all
 
 
 def settlement_summary(backend: Backend, p: dict) -> dict:
     """Settlement (pipeline.settlement): per bill day of the window, the settled amount and the
     difference amount by class, from each (day, platform)'s latest run, and the open manual queue."""
+    # the settlement package's own definitions (it imports this package, hence here)
+    from pipeline.settlement.engine import LATEST_RUNS
+    from pipeline.settlement.queue import open_queue
+    latest_runs = f"SELECT run_id FROM ({LATEST_RUNS})"
     since = "toDate(" + _NOW + " - toIntervalDay({days:UInt32}), {tz:String})"
     settled = backend.query(f"""
         SELECT toString(day) AS day_text, currency, sum(settled_minor) AS settled, sum(matched_minor) AS matched,
                sum(difference_minor) AS difference
-        FROM settlement_totals WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND day >= {since}
+        FROM settlement_totals WHERE run_id IN ({latest_runs}) AND day >= {since}
         GROUP BY day, currency ORDER BY day, currency""", p)
     by_class = backend.query(f"""
         SELECT toString(day) AS day_text, class, currency, count() AS n, sum(diff_minor) AS diff,
                countIf(disposition = 'written_off') AS written_off
-        FROM settlement_differences WHERE run_id IN ({_LATEST_SETTLEMENT_RUNS}) AND day >= {since}
+        FROM settlement_differences WHERE run_id IN ({latest_runs}) AND day >= {since}
         GROUP BY day, class, currency ORDER BY day, class, currency""", p)
-    from pipeline.settlement.queue import open_queue  # the queue's one definition (settlement imports us)
     waiting = open_queue(backend)
     return {
         "settled_per_day": [{"day": r["day_text"], "currency": r["currency"], "settled_minor": int(r["settled"]),
