@@ -9,7 +9,7 @@ import os
 
 import faust
 
-from . import faust_internals
+from . import faust_internals, metrics
 from . import topics as t
 from .config import faust_stream_options, load_settings
 from .faust_internals import RocksDBBudget, require_pinned_versions
@@ -37,7 +37,8 @@ app = faust.App(
     logging_config=None,
     **faust_stream_options(settings),
 )
-faust_internals.install(app, compacted_topics=t.names.COMPACTED)
+faust_internals.install(app, compacted_topics=t.names.COMPACTED,
+                        on_reread=lambda tp, offset: metrics.CLEARED_REREADS.labels(topic=tp.topic).inc())
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

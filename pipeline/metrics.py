@@ -101,6 +101,10 @@ LIGHT_CHECKS = Counter("orderstream_checked_lightly_total", "Orders let through 
 COMMIT_STALLS_HEALED = Counter("orderstream_commit_stalls_healed_total",
                                "Offset commits that had stopped advancing, by remedy (adopted, reread).",
                                ["topic", "remedy"])
+CLEARED_REREADS = Counter("orderstream_cleared_rereads_total",
+                          "Partitions read again from a message that Faust's flow control cleared unread "
+                          "(after a rebalance or a restart's recovery); nothing is skipped, nothing re-done.",
+                          ["topic"])
 CONSUMER_LAG = Gauge("orderstream_consumer_lag_messages", "End offset minus committed offset.",
                      ["topic", "partition"])
 

@@ -208,6 +208,25 @@ def read_all(s: Settings, topic: str):
     return list(kafka_io.read_topics(s, [topic], idle_s=1.5, max_s=600))
 
 
+def doubles_by_topic(unique: list, accepted: list, risk_events: list, inventory: list) -> dict[str, int]:
+    """Outputs seen more than once by a reader of each topic: on orders.unique and orders.accepted
+    the same raw message announced again (its `src` coordinates and change), on risk.events and
+    inventory.events the same fact (order, event, and its own fields but the time it was stamped)."""
+    def extra(keys) -> int:
+        return sum(n - 1 for n in Counter(keys).values() if n > 1)
+
+    def fact(event) -> tuple:
+        fields = event.as_dict()
+        return tuple(sorted((k, str(v)) for k, v in fields.items() if not k.endswith(("_ms", "_at")) and k != "at"))
+
+    return {
+        "orders.unique": extra((r.headers.get("src"), r.headers.get("change")) for r in unique),
+        "orders.accepted": extra((r.headers.get("src"), r.headers.get("change")) for r in accepted),
+        "risk.events": extra(fact(ev) for ev in risk_events),
+        "inventory.events": extra(fact(ev) for ev in inventory),
+    }
+
+
 def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict,
               initial_stock: list[StockUpdate] | None = None, stock_at_ms: int | None = None) -> dict:
     """Read every stage's output and account for each produced message exactly once, and for every
@@ -259,6 +278,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     late = late_payment_audit(messages, stock_ledger.fold(ev.as_dict() for ev in inventory))
     stale_expected = sum(1 for m in messages if m.kind == "out_of_order")
     return {
+        "doubles_by_topic": doubles_by_topic(unique, accepted, risk_events, inventory),
         "produced": len(messages),
         "produced_by_kind": dict(Counter(m.kind for m in messages)),
         "canonical": len(unique) + len(dropped),

@@ -11,6 +11,14 @@ below the read offset and are dropped, never acked. A hole of two or more unacke
 the partition's commit for good (a lag that never drains); a hole of one is committed over by
 `Consumer._new_offset` (a lost message). Both were seen after SIGKILL + restart.
 
+The skip at the committed offset after a restart (issue 25), at its root: between resuming the
+stream partitions and finishing that seek, the fetcher already delivers messages into the
+streams' queues; the recovery then resumes Faust's flow control, which empties every queue
+(`clear_on_resume`). Those messages were dropped unread while the partition read on after them.
+`install()` makes every such clear remember, per partition still assigned in this generation,
+the lowest offset it dropped, and `getmany` seeks there before its next fetch (records of a fetch
+already in hand are dropped too and come again). tests/stack/test_restart_seek.py drives the race.
+
 This consumer seeks only partitions nothing has been fetched from since they were assigned:
 the others already read from the committed offset (the position the broker gave them on
 assignment). It asks for all committed offsets in one request (Faust's path asks per
@@ -20,6 +28,7 @@ before a commit of ours landed.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -40,22 +49,59 @@ def keep_newest_committed(before: dict, after: dict) -> dict:
 class SeekSafeConsumer(aiokafka_driver.Consumer):
     # topics where offsets may really be missing (compaction); set by install()
     compacted_topics: frozenset = frozenset()
+    # called with (tp, offset) for every partition read again after a clear; set by install()
+    on_reread: Callable[[TP, int], None] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fetched_since_assignment: set[TP] = set()
         # partitions the group never committed: the offset reading starts from (the log start)
         self._first_offsets: dict[TP, int] = {}
+        # partitions whose queued messages a flow-control clear dropped: tp -> lowest such offset
+        self._rewind_to: dict[TP, int] = {}
 
     async def getmany(self, timeout: float):
+        self._apply_rewinds()
         async for tp, message in super().getmany(timeout):
+            if tp in self._rewind_to:
+                # fetched before a clear dropped earlier messages of its partition: it comes again
+                self._rewind_to[tp] = min(self._rewind_to[tp], message.offset)
+                continue
             self._fetched_since_assignment.add(tp)
             yield tp, message
+
+    def forget_cleared(self, messages) -> None:
+        """A flow-control clear is dropping these queued, never-processed messages: each partition
+        still assigned in this generation is read again from the lowest of them (before the next
+        fetch). Messages of an earlier generation need nothing: their partitions were re-assigned
+        and read again from the committed offset."""
+        generation, assigned = self.app.consumer_generation_id, self.assignment()
+        for message in messages:
+            tp = message.tp
+            if message.generation_id != generation or tp not in assigned:
+                continue
+            if tp not in self._rewind_to or message.offset < self._rewind_to[tp]:
+                self._rewind_to[tp] = message.offset
+
+    def _apply_rewinds(self) -> None:
+        if not self._rewind_to:
+            return
+        rewinds, self._rewind_to = self._rewind_to, {}
+        assigned = self.assignment()
+        for tp, offset in rewinds.items():
+            if tp in assigned:
+                log.info("re-reading %s[%s] from %s: queued messages were cleared unread", tp.topic,
+                         tp.partition, offset)
+                if self.on_reread is not None:
+                    self.on_reread(tp, offset)
+                self._thread.seek(tp, offset)  # as Faust's own _seek: aiokafka's seek, on its thread's consumer
+                self._read_offset[tp] = offset
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._fetched_since_assignment.difference_update(revoked)
         for tp in revoked:
             self._first_offsets.pop(tp, None)
+            self._rewind_to.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:
@@ -197,10 +243,33 @@ async def reread_from(consumer, tp, offset: int) -> None:
     consumer._gap.pop(tp, None)
 
 
-def install(app, compacted_topics=()) -> None:
-    """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists)."""
-    SeekSafeConsumer.compacted_topics = frozenset(compacted_topics)
-    app.transport.Consumer = SeekSafeConsumer
+def install(app, compacted_topics=(), on_reread: Callable[[TP, int], None] | None = None) -> None:
+    """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists), and tell
+    it what every flow-control clear drops (mode's `FlowControlEvent.clear` empties the queues of
+    every stream channel when the flow resumes after a rebalance or recovery)."""
+    app.transport.Consumer = type("SeekSafeConsumer", (SeekSafeConsumer,), {
+        "compacted_topics": frozenset(compacted_topics), "on_reread": staticmethod(on_reread)})
+    flow_control = app.flow_control
+    clear = flow_control.clear
+
+    def clear_and_remember() -> None:
+        consumer = app.consumer if app._consumer is not None else None
+        if isinstance(consumer, SeekSafeConsumer):
+            consumer.forget_cleared(queued_messages(flow_control))
+        clear()
+
+    flow_control.clear = clear_and_remember
+
+
+def queued_messages(flow_control) -> list:
+    """The messages waiting in the queues a flow-control clear is about to empty."""
+    out = []
+    for queue in list(flow_control._queues):
+        for item in list(queue._queue):
+            message = getattr(item, "message", None)
+            if message is not None:
+                out.append(message)
+    return out
 
 
 def unacked_offsets(consumer) -> dict:

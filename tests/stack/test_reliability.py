@@ -246,6 +246,47 @@ def test_worker_sigkill_and_restart_loses_and_doubles_nothing(pipeline_factory):
     account_for(p, "worker_sigkill", messages, settle(p, messages, produced), in_flight)
 
 
+# -- a2. issue 25: two SIGKILLs and a second worker joining, under a hostile mix --------------------
+
+HOSTILE_MIX = ReplayMix(redelivery=0.25, update=0.2, malformed=0.05, ip_burst=0.05)
+COMMIT_INTERVAL_S = 1.0   # the worker's Faust commit interval (ORDERSTREAM_COMMIT_INTERVAL_S)
+
+
+def healed_stalls(p) -> float:
+    """The commit watchdog's re-reads and adoptions on every live worker (its last resort)."""
+    return sum(scrape_counter(p.worker_url(int(name.split("-")[1])), "orderstream_commit_stalls_healed_total")
+               for name, proc in p.procs.items() if name.startswith("worker-") and proc.alive())
+
+
+def test_two_sigkills_and_a_joining_worker_skip_nothing_and_redo_at_most_a_commit_interval(pipeline_factory):
+    """At-least-once, bounded: after each kill a restarted worker starts at the committed offset
+    (no skip, so the watchdog never re-reads) and re-does at most what the killed one had acked
+    since its last commit plus the batch in flight: a commit interval of intake plus a batch."""
+    from agents.orders import BATCH_MAX
+
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2", ORDERSTREAM_COMMIT_INTERVAL_S=str(COMMIT_INTERVAL_S))
+    p.start_worker(0)
+    cfg = ReplayConfig(seed=2525, count=3000, rate_per_min=4800, mix=HOSTILE_MIX, drain_timeout_s=240)
+    replay = FaultyReplay(p, cfg).start()
+    kills = 0
+    for fraction in (0.3, 0.6):
+        replay.at(fraction)
+        p.procs["worker-0"].kill()         # no shutdown hooks, no final commit
+        kills += 1
+        p.start_worker(0)
+    replay.at(0.8)
+    p.start_worker(1)                      # a second worker joins: partitions move
+    messages, produced = replay.finish()
+    report = settle(p, messages, produced)
+    rate_per_s = cfg.rate_per_min / 60
+    bound = kills * (rate_per_s * COMMIT_INTERVAL_S + BATCH_MAX)
+    healed = healed_stalls(p)
+    account_for(p, "two_sigkills_and_a_join", messages, report, pipeline_lag(p), kills=kills,
+                reprocessed_bound=bound, watchdog_healed=healed, doubles_by_topic=report["doubles_by_topic"])
+    assert healed == 0, f"the commit watchdog had to heal {healed} stalls: a restart skipped a message"
+    assert report["raw_doubled"] <= bound, (report["raw_doubled"], bound, report["doubles_by_topic"])
+
+
 # -- b. rebalance ------------------------------------------------------------------------------------
 
 def test_rebalance_join_and_leave_loses_and_doubles_nothing(pipeline_factory):
