@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
-from pipeline.topics import RuleSetText
+from pipeline.outputs import TransactionalOutputs, TransactionFailed
+from pipeline.topics import NAMESPACE, RuleSetText
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 30.0
@@ -144,6 +146,59 @@ async def finish_before_ack(work) -> None:
     task.result()  # its own exception, if any
     if cancelled:
         raise asyncio.CancelledError()
+
+
+def transactional_id(settings, flow: str) -> str:
+    """Stable per worker and flow: a restarted worker fences its killed predecessor's open transaction."""
+    who = settings.worker_id or f"{socket.gethostname()}-{settings.worker_web_port}"
+    return f"{NAMESPACE}{settings.app_id}-{flow}-{who}"
+
+
+class ExactlyOnce:
+    """One agent's transactions: each unit of work (a batch, or one event) writes its outputs and
+    commits the next offsets of the messages it consumed in one Kafka transaction; on failure
+    nothing of it counts and its partitions are read again from their committed offsets.
+
+    `consumer` is the worker's SeekSafeConsumer: it says which messages continue from the
+    committed offsets (`take_in_order`), gives the group metadata that fences a zombie, and
+    learns what each transaction committed. Faust never commits these inputs itself."""
+
+    def __init__(self, flow: str, txn: TransactionalOutputs, consumer) -> None:
+        self.flow, self.txn, self.consumer = flow, txn, consumer
+        self._lock = asyncio.Lock()  # one open transaction per producer
+
+    async def run(self, messages: list, work: Callable[[list[int]], Any]) -> None:
+        """`await work(kept)` (indexes into `messages`) inside a transaction, then commit it."""
+        kept, offsets = self.consumer.take_in_order(messages)
+        if len(kept) < len(messages):
+            metrics.EOS_SKIPPED.labels(flow=self.flow).inc(len(messages) - len(kept))
+        if kept:
+            await self._transaction(offsets, lambda: work(kept))
+
+    async def commit_offsets(self, offsets: dict) -> None:
+        """A transaction of offsets only (past the commit markers at a partition's end)."""
+        await self._transaction(offsets, None)
+
+    async def _transaction(self, offsets: dict, work) -> None:
+        async with self._lock:
+            self.txn.begin()
+            try:
+                if work is not None:
+                    await work()
+                started = time.perf_counter()
+                await self.txn.commit({(tp.topic, tp.partition): o for tp, o in offsets.items()},
+                                      self.consumer.group_metadata())
+                metrics.TRANSACTION_SECONDS.labels(flow=self.flow).observe(time.perf_counter() - started)
+            except TransactionFailed as exc:
+                metrics.TRANSACTIONS_ABORTED.labels(flow=self.flow).inc()
+                log.error("%s; its messages are read again", exc)
+                self.consumer.reread_uncommitted(offsets)
+                return
+            except BaseException:
+                if self.txn.open:
+                    await self.txn.abort()
+                raise
+        self.consumer.committed_in_transaction(offsets)
 
 
 async def follow_rule_texts(bootstrap: str, topic: str, offer: Callable[[str], object]) -> None:

@@ -78,10 +78,11 @@ def persist_changelog_offsets(out: Outputs) -> None:
         direct.persist_offsets()
 
 
-def dedupe_batch(batch: list[InFlight], out: Outputs) -> list[InFlight]:
-    """The batch's new orders and real updates; drops are announced on orders.duplicates."""
+def dedupe_batch(batch: list[InFlight], out: Outputs, changelog: Outputs | None = None) -> list[InFlight]:
+    """The batch's new orders and real updates; drops are announced on orders.duplicates. The
+    table's changelog records go through `changelog` (default: `out`)."""
     passed: list[InFlight] = []
-    direct = direct_table(out)
+    direct = direct_table(changelog or out)
     with stage("dedupe", len(batch)) as counts:
         for item in batch:
             with handling(item.event):  # table reads and writes use this message's partition

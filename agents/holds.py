@@ -16,10 +16,10 @@ from pipeline.contracts import ORDER, CodecError, Hold, HoldVerdict, RiskEvent
 from pipeline.domain.holds import (HELD, DecisionError, apply_decision, due_order_ids, new_hold, open_key,
                                    parse_decision, resolved, timeout_decision)
 from pipeline.faust_internals import keys_in_order
-from pipeline.outputs import Outputs, outputs
+from pipeline.outputs import Outputs, TransactionalOutputs, outputs
 from pipeline.topics import names
 
-from .common import finish_before_ack, forget_older_than, headers_of, now_ms, stage
+from .common import ExactlyOnce, finish_before_ack, forget_older_than, headers_of, now_ms, stage, transactional_id
 from .inventory import publish_channel_states, release_order, reserve_batch
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,21 @@ def keep(record: Hold) -> None:
 
 @app.agent(held_and_decided)
 async def holds_agent(stream):
-    out = outputs(settings)
-    async for event in stream.events():
-        await finish_before_ack(handle(event.message, out))  # Faust acks the message after this
+    if settings.exactly_once:
+        # each hold or decision is a transaction: its outputs and its offset commit together; the
+        # hold tables run ahead of an aborted one at most, and a decision read again re-publishes
+        # its resolution (decide)
+        txn = TransactionalOutputs(settings, transactional_id(settings, "holds"))
+        await txn.start()
+        flow = ExactlyOnce("holds", txn, app.consumer)
+        app.consumer.commit_markers_with(flow.commit_offsets, (names.RISK_QUEUE, names.RISK_DECISIONS))
+        async for event in stream.events():
+            work = lambda kept, msg=event.message: handle(msg, txn)  # noqa: E731 - one message: kept is [0]
+            await finish_before_ack(flow.run([event.message], work))  # Faust acks the message after this
+    else:
+        out = outputs(settings)
+        async for event in stream.events():
+            await finish_before_ack(handle(event.message, out))  # Faust acks the message after this
 
 
 async def handle(msg, out: Outputs) -> None:
@@ -105,19 +117,21 @@ async def decide(msg, out: Outputs) -> tuple[str, str]:
             open_holds.pop(open_index_key(record), None)  # nothing left to time out
         if record is not None and record.decided_by == source and record.resolution_event:
             # re-processing after a crash: the table kept the resolution, the outputs may be lost
-            await publish_resolution(record, RiskEvent.decode(record.resolution_event), out)
+            await publish_resolution(record, RiskEvent.decode(record.resolution_event), out, f"{msg.topic}:{source}")
         else:
             metrics.RISK_DECISIONS.labels(outcome="ignored").inc()
         return (record.platform if record else ""), "ignored"
     metrics.RISK_DECISIONS.labels(outcome=resolution.outcome).inc()
     keep(resolved(record, resolution, decided_by=source))
     open_holds.pop(open_index_key(record), None)
-    await publish_resolution(record, resolution.event, out)
+    await publish_resolution(record, resolution.event, out, f"{msg.topic}:{source}")
     log.info("hold %s", resolution.outcome, extra={"order_id": decision.order_id})
     return record.platform, resolution.outcome
 
 
-async def publish_resolution(record: Hold, event: RiskEvent, out: Outputs) -> None:
+async def publish_resolution(record: Hold, event: RiskEvent, out: Outputs, source: str = "") -> None:
+    """The resolution's outputs; `source` names the decision message (a re-processed one says
+    its release again)."""
     key = record.order_id.encode()
     order_bytes = record.order
     order = ORDER_CODEC.decode(order_bytes)
@@ -128,7 +142,7 @@ async def publish_resolution(record: Hold, event: RiskEvent, out: Outputs) -> No
         touched = await reserve_batch([(order, dict(headers))], out, actor="holds")
     else:
         # a light-path order may already hold stock; releasing an unreserved order is a no-op
-        touched = await release_order(order, "risk_rejected", out, actor="holds") or set()
+        touched = await release_order(order, "risk_rejected", out, actor="holds", source=source) or set()
     await publish_channel_states(touched, out)
     out.send(names.RISK_EVENTS, key, event.encode())
 

@@ -100,12 +100,13 @@ def inventory_event(kind: str, order: dict, *, warehouse=None, allocations=(), r
                           reason=reason, latency_ms=latency_ms, actor=actor).encode()
 
 
-async def release_order(order: dict, reason: str, out: Outputs, actor: str = ACTOR) -> set[str] | None:
+async def release_order(order: dict, reason: str, out: Outputs, actor: str = ACTOR, source: str = "") -> set[str] | None:
     """Give back what the order holds: the SKUs given back, None when it held nothing (a
     tombstone still blocks a late reserve; a shipped order keeps its shipment). The caller
-    publishes channel state for the SKUs."""
-    released = await with_redis_retry(store().release, order["order_id"], reason, actor=actor)
-    if not released.released:
+    publishes channel state for the SKUs. The same `source` message (re-processed after its
+    outputs were lost) publishes the release again: Redis gave the units back only once."""
+    released = await with_redis_retry(store().release, order["order_id"], reason, actor=actor, source=source)
+    if not released.released and released.outcome != "again":
         return None
     return announce_release(order, released, reason, out, actor=actor)
 
@@ -154,7 +155,8 @@ async def fulfil_batch(batch: list[InFlight], out: Outputs) -> None:
         # in this order, so an order's own reservation comes before its cancellation
         touched = await stock_batch(requests, out)
         for item in cancelled:
-            skus = await release_order(item.order, f"order {item.order['status'].lower()}", out)
+            skus = await release_order(item.order, f"order {item.order['status'].lower()}", out,
+                                       source=dict(item.headers).get("src", b"").decode())
             if skus is None and item.change == "new":
                 # an order that arrives already cancelled never needs stock: say so explicitly
                 out.send(names.INVENTORY_EVENTS, item.key, inventory_event(

@@ -160,7 +160,9 @@ RECHECK_BATCH = 200
 async def recheck_parked_orders():
     consumer = AIOKafkaConsumer(names.RISK_RECHECK, bootstrap_servers=settings.bootstrap,
                                 group_id=f"{app.conf.id}-recheck", enable_auto_commit=False,
-                                auto_offset_reset="earliest", session_timeout_ms=int(settings.session_timeout_s * 1000))
+                                auto_offset_reset="earliest", session_timeout_ms=int(settings.session_timeout_s * 1000),
+                                # the order flow parks orders here inside its transactions
+                                isolation_level="read_committed" if settings.exactly_once else "read_uncommitted")
     await consumer.start()
     try:
         while True:

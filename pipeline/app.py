@@ -37,8 +37,13 @@ app = faust.App(
     logging_config=None,
     **faust_stream_options(settings),
 )
-faust_internals.install(app, compacted_topics=t.names.COMPACTED,
-                        on_reread=lambda tp, offset: metrics.CLEARED_REREADS.labels(topic=tp.topic).inc())
+faust_internals.install(
+    app, compacted_topics=t.names.COMPACTED,
+    on_reread=lambda tp, offset: metrics.CLEARED_REREADS.labels(topic=tp.topic).inc(),
+    # exactly-once: the order flow and the holds commit their inputs' offsets in their transactions, and the
+    # worker reads what other transactions wrote (risk.queue, logistics.waybills) read_committed
+    transactional_inputs=(*t.RAW_TOPICS, t.RISK_QUEUE, t.RISK_DECISIONS) if settings.exactly_once else (),
+    transactional_topics=t.names.ORDER_FLOW_OUTPUTS if settings.exactly_once else ())
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

@@ -46,6 +46,9 @@ class Settings:
     table_store: str = _setting("rocksdb", "Faust table store: rocksdb (rocksdict, bounded by disk) or memory.")
     table_store_memory_mb: int = _setting(48, "Memory all of a worker's RocksDB tables share (block cache and memtables).")
     bind_host: str = _setting("127.0.0.1", "Address the HTTP servers (worker, sink, verifiers) listen on; 0.0.0.0 in containers.")
+    processing_guarantee: str = _setting("exactly_once", "exactly_once: each batch's outputs and its input offsets commit in one Kafka transaction (read_committed readers see every output once); at_least_once: outputs flushed before the offsets commit, up to a commit interval plus a batch re-done after a crash.")
+    transaction_timeout_s: float = _setting(10.0, "A worker's open transaction is aborted by the broker after this long (a killed worker's outputs stop blocking read_committed readers).")
+    worker_id: str = _setting("", "This worker's stable identity (its transactional id: a restarted worker fences its previous self); empty: host name + web port.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
     sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")
     analyst_port: int = _setting(8123, "Port of the sink's ClickHouse HTTP interface for analysts' own tools (clickhouse-connect, pandas, curl, Grafana), embedded chDB only; 0 turns it off.")
@@ -100,6 +103,13 @@ class Settings:
     courier_api_retries: int = _setting(2, "Retries of one pull (timeouts, 5xx) before it counts as failed.")
     log_json: bool = _setting(False, "Structured JSON logs.")
     library_log_level: str = _setting("WARNING", "Log level of Faust, aiokafka, mode and librdkafka (INFO shows rebalances and the client retries librdkafka heals itself).")
+
+    @property
+    def exactly_once(self) -> bool:
+        if self.processing_guarantee not in ("exactly_once", "at_least_once"):
+            raise ValueError(f"ORDERSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r}: "
+                             "exactly_once or at_least_once")
+        return self.processing_guarantee == "exactly_once"
 
     @property
     def bootstrap(self) -> str:

@@ -353,7 +353,7 @@ return out
 
 # KEYS[1] order record, KEYS[2] deadlines zset, KEYS[2+i] stock hash of allocation i (as read
 # by the caller). ARGV: order_id, reason, now_ms, tombstone_ttl_s, mode (release | expire), actor,
-#       n, wh_1, sku_1, ..., wh_n, sku_n
+#       n, wh_1, sku_1, ..., wh_n, sku_n, source (the message that asked for it, or '')
 # release: give the units back, leave a tombstone (never reserved again).
 # expire: only a reserved record still on the time-out schedule and due; it becomes `expired`
 #         (a late payment may reserve it again once), and anything else is left alone.
@@ -374,7 +374,12 @@ if not raw then
   return {'absent', tomb}
 end
 local rec = cjson.decode(raw)
-if rec.state == 'released' then return {'already', raw} end
+local source = ARGV[8 + 2 * n] or ''
+if rec.state == 'released' then
+  -- the same message again (its outputs were lost with an aborted transaction): say it again
+  if source ~= '' and rec.released_for == source and (rec.released_units or 0) > 0 then return {'again', raw} end
+  return {'already', raw}
+end
 if rec.state == 'shipped' then return {'shipped', raw} end   -- its units left: a return is not a release
 if mode == 'expire' then
   local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -413,6 +418,7 @@ rec.reason = ARGV[2]
 rec.released_at_ms = tonumber(ARGV[3])
 rec.released_units = units
 rec.released_by = actor
+if source ~= '' then rec.released_for = source end
 local enc = cjson.encode(rec)
 redis.call('SET', KEYS[1], enc, 'EX', tonumber(ARGV[4]))
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -481,7 +487,8 @@ class Release:
     released: bool                           # True only for the call that gave units back
     units: int = 0
     allocations: list[Allocation] = field(default_factory=list)
-    outcome: str = ""                        # released, expired, tombstoned, shipped, settled, already, absent
+    outcome: str = ""                        # released, expired, tombstoned, shipped, settled, already, absent,
+                                             # again (released before by the same source message)
 
 
 @dataclass(frozen=True)
@@ -636,6 +643,9 @@ def _parse_release(result) -> Release | None:
     if status in _RELEASING:
         allocs = _record_allocations(json.loads(raw))
         return Release(True, sum(q for _, _, q in allocs), allocs, status)
+    if status == "again":
+        allocs = _record_allocations(json.loads(raw))
+        return Release(False, sum(q for _, _, q in allocs), allocs, status)
     return Release(False, 0, [], status)
 
 
@@ -801,10 +811,12 @@ class AsyncInventoryStore:
         flat = await self._reserve_many(args=[batch])
         return [_parse_reserve(oid, flat[2 * i:2 * i + 2], mode) for i, (oid, mode, _) in enumerate(calls)]
 
-    async def release(self, order_id: str, reason: str, now_ms: int | None = None, *, actor: str = "") -> Release:
+    async def release(self, order_id: str, reason: str, now_ms: int | None = None, *, actor: str = "",
+                      source: str = "") -> Release:
         """Give the order's units back; idempotent; leaves a tombstone against late reserves.
-        A shipped order is not released (its units left; `outcome` "shipped")."""
-        return await self._release_or_expire(order_id, reason, "release", now_ms, actor)
+        A shipped order is not released (its units left; `outcome` "shipped"). Asked again by
+        the same `source` message, the outcome is "again" with what that release gave back."""
+        return await self._release_or_expire(order_id, reason, "release", now_ms, actor, source)
 
     async def expire(self, order_id: str, now_ms: int | None = None, *, actor: str = "",
                      reason: str = "timeout") -> Release:
@@ -813,7 +825,7 @@ class AsyncInventoryStore:
         return await self._release_or_expire(order_id, reason, "expire", now_ms, actor)
 
     async def _release_or_expire(self, order_id: str, reason: str, mode: str, now_ms: int | None,
-                                 actor: str) -> Release:
+                                 actor: str, source: str = "") -> Release:
         for _ in range(_RELEASE_ATTEMPTS):
             record = _decode_record(await self.redis.get(self.keys.order(order_id)))
             holds = record is not None and record.get("state") in (RESERVED, BACKORDER)
@@ -824,6 +836,7 @@ class AsyncInventoryStore:
                     mode, str(actor), len(allocs)]
             for w, s, _ in allocs:
                 args += [w, s]
+            args.append(source)
             result = _parse_release(await self._release(keys=keys, args=args))
             if result is not None:
                 return result

@@ -105,6 +105,15 @@ CLEARED_REREADS = Counter("orderstream_cleared_rereads_total",
                           "Partitions read again from a message that Faust's flow control cleared unread "
                           "(after a rebalance or a restart's recovery); nothing is skipped, nothing re-done.",
                           ["topic"])
+TRANSACTION_SECONDS = Histogram("orderstream_transaction_commit_seconds",
+                                "Exactly-once: time to commit one transaction (flush, offsets, commit), by flow.",
+                                ["flow"], buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+TRANSACTIONS_ABORTED = Counter("orderstream_transactions_aborted_total",
+                               "Exactly-once: batch transactions aborted (fenced, timed out, refused); their "
+                               "messages are read again.", ["flow"])
+EOS_SKIPPED = Counter("orderstream_eos_out_of_order_total",
+                      "Exactly-once: raw messages not processed because their partition's committed offset "
+                      "was past them (done already) or short of them (read again from it).", ["flow"])
 CONSUMER_LAG = Gauge("orderstream_consumer_lag_messages", "End offset minus committed offset.",
                      ["topic", "partition"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from . import kafka_io
 from .config import Settings
@@ -24,10 +24,12 @@ class DeliveryFailed(RuntimeError):
 
 
 class Outputs:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **producer_conf) -> None:
         # no delivery time-out: a broker outage pauses the flush (and the stream) instead of
         # dropping outputs; idempotence keeps librdkafka's own retries from doubling them
-        self._producer: Producer = kafka_io.producer(settings, **{"message.timeout.ms": 0, "linger.ms": 2})
+        self._conf = {"message.timeout.ms": 0, "linger.ms": 2, **producer_conf}
+        self._settings = settings
+        self._producer: Producer = kafka_io.producer(settings, **self._conf)
         self._failures: list[str] = []
         self._tracked: dict[str, dict[int, int]] = {}  # topic -> partition -> highest delivered offset
         self.pending = 0
@@ -80,6 +82,78 @@ class Outputs:
             self._producer.flush(10)
         except KafkaException as exc:
             log.error("outputs not flushed at shutdown: %s", exc)
+
+
+class TransactionFailed(RuntimeError):
+    """A batch's transaction was aborted: none of its outputs or offsets count; read it again."""
+
+
+class TransactionalOutputs(Outputs):
+    """Exactly-once outputs: a batch's records and the offsets of the messages it consumed commit
+    in one Kafka transaction, or neither does (read_committed readers never see an aborted one).
+
+    The transactional id is the worker's stable identity, so a restarted worker's first
+    `start()` aborts whatever its killed predecessor left open instead of leaving
+    read_committed readers waiting for the transaction time-out. The offsets carry the group's
+    generation and member id: the broker refuses them from a worker the group has moved on from."""
+
+    def __init__(self, settings: Settings, transactional_id: str) -> None:
+        timeout_ms = int(settings.transaction_timeout_s * 1000)
+        super().__init__(settings, **{"transactional.id": transactional_id, "transaction.timeout.ms": timeout_ms,
+                                      "message.timeout.ms": timeout_ms})
+        self.transactional_id = transactional_id
+        self.open = False
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._producer.init_transactions, 60)
+
+    def begin(self) -> None:
+        self._producer.begin_transaction()
+        self.open = True
+
+    async def commit(self, offsets: dict[tuple[str, int], int], group_metadata: bytes) -> None:
+        """Commit the open transaction with the consumed `offsets` ((topic, partition) -> next
+        offset); on any failure abort it and raise TransactionFailed."""
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        try:
+            await self.flush()
+            if positions:
+                await asyncio.to_thread(self._producer.send_offsets_to_transaction, positions, group_metadata, 30)
+            await asyncio.to_thread(self._commit_transaction)
+        except (KafkaException, DeliveryFailed) as exc:
+            await self.abort(exc)
+            raise TransactionFailed(f"transaction {self.transactional_id} aborted: {exc}") from exc
+        finally:
+            self.open = False
+
+    def _commit_transaction(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("transaction commit not confirmed yet (%s); asking again", exc)
+
+    async def abort(self, cause: BaseException | None = None) -> None:
+        """Abort the open transaction; a producer in a fatal state (fenced, or the broker timed
+        the transaction out) is replaced by a new one under the same id."""
+        self.open = False
+        self.pending = 0
+        self._failures = []
+        error = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+        if error is None or not error.fatal():
+            try:
+                await asyncio.to_thread(self._producer.abort_transaction, 30)
+                return
+            except KafkaException as exc:
+                if not (exc.args and exc.args[0].fatal()):
+                    raise
+                error = exc.args[0]
+        log.error("transactional producer %s unusable (%s): starting a new one", self.transactional_id, error)
+        self._producer = kafka_io.producer(self._settings, **self._conf)
+        await self.start()
 
 
 _outputs: Outputs | None = None

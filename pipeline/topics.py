@@ -36,6 +36,13 @@ class TopicNames:
     def RAW_TOPICS(self) -> tuple[str, ...]:
         return tuple(self.raw(p) for p in PLATFORMS)
 
+    @property
+    def ORDER_FLOW_OUTPUTS(self) -> tuple[str, ...]:
+        """What the hot path (agents/orders.py) writes: in exactly-once mode, in its transactions."""
+        return tuple(self.ns + _BASE[n].base for n in (
+            "UNIQUE", "ACCEPTED", "DUPLICATES", "DLQ", "SUSPECT", "RISK_EVENTS", "RISK_QUEUE", "RISK_RECHECK",
+            "INVENTORY_EVENTS", "CHANNEL_CONTROL", "WAYBILLS"))
+
     def courier_raw(self, courier: str) -> str:
         """logistics.raw.<courier>: the courier's or aggregator's own JSON scan events."""
         return f"{self.ns}logistics.raw.{courier.lower()}"

@@ -51,6 +51,12 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
     compacted_topics: frozenset = frozenset()
     # called with (tp, offset) for every partition read again after a clear; set by install()
     on_reread: Callable[[TP, int], None] | None = None
+    # exactly-once (set by install()): the inputs whose progress the order flow commits inside its
+    # transactions (Faust never commits them), the topics written in transactions (their offsets
+    # have holes: commit markers, aborted records), and read_committed isolation for every input
+    transactional_inputs: frozenset = frozenset()
+    transactional_topics: frozenset = frozenset()
+    read_committed: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -59,16 +65,41 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         self._first_offsets: dict[TP, int] = {}
         # partitions whose queued messages a flow-control clear dropped: tp -> lowest such offset
         self._rewind_to: dict[TP, int] = {}
+        self._records_in_hand = False  # a fetch's records are being handed to the streams
+        self._txn_committed: dict[TP, int] = {}  # next offsets committed by our transactions
+        # transactional topics: offsets handed to the streams since the partition was positioned
+        self._yielded: dict[TP, list[int]] = {}
+        self._marker_committers: dict[str, Callable] = {}  # input topic -> its flow's offsets-only commit
+        self._marker_sightings: dict[TP, tuple] = {}
+
+    def _new_consumer_thread(self):
+        thread = super()._new_consumer_thread()
+        if self.read_committed:
+            make = thread._create_worker_consumer
+
+            def read_committed_consumer(transport):
+                consumer = make(transport)
+                consumer._isolation_level = "read_committed"  # aiokafka 0.14 reads it at start()
+                return consumer
+
+            thread._create_worker_consumer = read_committed_consumer
+        return thread
 
     async def getmany(self, timeout: float):
         self._apply_rewinds()
-        async for tp, message in super().getmany(timeout):
-            if tp in self._rewind_to:
-                # fetched before a clear dropped earlier messages of its partition: it comes again
-                self._rewind_to[tp] = min(self._rewind_to[tp], message.offset)
-                continue
-            self._fetched_since_assignment.add(tp)
-            yield tp, message
+        try:
+            async for tp, message in super().getmany(timeout):
+                self._records_in_hand = True
+                if tp in self._rewind_to:
+                    # fetched before a clear dropped earlier messages of its partition: it comes again
+                    self._rewind_to[tp] = min(self._rewind_to[tp], message.offset)
+                    continue
+                self._fetched_since_assignment.add(tp)
+                if tp.topic in self.transactional_topics:
+                    self._yielded.setdefault(tp, []).append(message.offset)
+                yield tp, message
+        finally:
+            self._records_in_hand = False
 
     def forget_cleared(self, messages) -> None:
         """A flow-control clear is dropping these queued, never-processed messages: each partition
@@ -96,12 +127,21 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
                     self.on_reread(tp, offset)
                 self._thread.seek(tp, offset)  # as Faust's own _seek: aiokafka's seek, on its thread's consumer
                 self._read_offset[tp] = offset
+                self.forget_yielded_from(tp, offset)
+
+    def forget_yielded_from(self, tp: TP, offset: int) -> None:
+        """The partition is read again from `offset`: what was handed out from there is not pending."""
+        if tp in self._yielded:
+            self._yielded[tp] = [o for o in self._yielded[tp] if o < offset]
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._fetched_since_assignment.difference_update(revoked)
         for tp in revoked:
             self._first_offsets.pop(tp, None)
             self._rewind_to.pop(tp, None)
+            self._txn_committed.pop(tp, None)
+            self._marker_sightings.pop(tp, None)
+            self._yielded.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:
@@ -141,11 +181,145 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         makes Faust record the skipped offset as a gap (an offset that does not exist), which
         only compaction can make true: on other topics the gap is not believed. Here the
         partition waits instead, and the commit watchdog re-reads it from that offset."""
+        if tp.topic in self.transactional_topics:
+            return self._transactional_new_offset(tp)
         acked, base = self._acked[tp], self.commit_base(tp)
         if acked and base is not None and min(acked) > base:
-            if not (tp.topic in self.compacted_topics and self._gap[tp].at(base)):
+            if not (self.offsets_may_be_missing(tp.topic) and self._gap[tp].at(base)):
                 return None
         return super()._new_offset(tp)
+
+    def _transactional_new_offset(self, tp: TP):
+        """On a topic written in transactions every other offset may be a commit marker, and
+        Faust's gap bookkeeping misses the ones right after a seek or after offset 0. Here the
+        consumer hands the streams a partition's records in offset order and skips only offsets
+        that hold no record for a read_committed reader, so the next offset to commit is the
+        lowest handed-out offset not yet acked, else one past the last one handed out."""
+        yielded = self._yielded.get(tp)
+        if not yielded:
+            return None
+        acked = set(self._acked[tp])
+        pending = next((o for o in yielded if o not in acked), None)
+        point = pending if pending is not None else yielded[-1] + 1
+        self._yielded[tp] = [o for o in yielded if o >= point]
+        done = [o for o in self._acked[tp] if o < point]
+        if done:
+            self._acked[tp] = [o for o in self._acked[tp] if o >= point]
+            self._acked_index[tp].difference_update(done)
+        self._gap[tp].chop(0, point)
+        return point
+
+    def offsets_may_be_missing(self, topic: str) -> bool:
+        """Compaction removes records; a transaction's commit marker takes an offset of its own."""
+        return topic in self.compacted_topics or topic in self.transactional_topics
+
+    async def _commit(self, offsets) -> bool:
+        """Faust's offset commit, less the inputs whose progress commits inside transactions (a
+        plain commit landing after a transaction's would move the group back)."""
+        if self.transactional_inputs:
+            offsets = {tp: o for tp, o in offsets.items() if tp.topic not in self.transactional_inputs}
+            if not offsets:
+                return True
+        return await super()._commit(offsets)
+
+    def committed_in_transaction(self, offsets: dict) -> None:
+        """A transaction committed these next offsets for the group (tp -> offset). Kept apart
+        from Faust's own committed offsets, which its commit timer may set back to what was acked."""
+        assigned = self.assignment()
+        for tp, offset in offsets.items():
+            if tp in assigned and self._txn_committed.get(tp, -1) < offset:
+                self._txn_committed[tp] = offset
+            if tp in assigned and (self._committed_offset.get(tp) or 0) < offset:
+                self._committed_offset[tp] = offset
+            if tp in self._yielded:  # Faust will not count their acks: they are below the committed offset
+                self._yielded[tp] = [o for o in self._yielded[tp] if o >= offset]
+            if tp in self._gap:
+                self._gap[tp].chop(0, offset)
+
+    def reread_uncommitted(self, tps) -> None:
+        """An aborted transaction's partitions are read again from their committed offsets."""
+        for tp in tps:
+            base = self._txn_committed.get(tp, self.commit_base(tp))
+            if base is not None and (tp not in self._rewind_to or base < self._rewind_to[tp]):
+                self._rewind_to[tp] = base
+
+    def take_in_order(self, messages: list) -> tuple[list[int], dict]:
+        """Exactly-once: which of a batch's messages (in arrival order) to process, and each
+        partition's next offset after them. A message below its partition's committed offset was
+        processed and committed already (dropped); one above it means messages in between never
+        reached the stream (its partition's remaining ones are dropped, and it is read again from
+        the committed offset before the next fetch)."""
+        expected = {}
+        for tp in {m.tp for m in messages}:
+            expected[tp] = self._txn_committed.get(tp, self.commit_base(tp))
+        sparse = {tp for tp in expected if self.offsets_may_be_missing(tp.topic)}
+        keep, rewind, after = in_order(expected, messages, sparse)
+        for tp, offset in rewind.items():
+            log.warning("%s[%s]: offset %s expected, a later one came: re-reading from %s", tp.topic,
+                        tp.partition, offset, offset)
+            if tp not in self._rewind_to or offset < self._rewind_to[tp]:
+                self._rewind_to[tp] = offset
+        for tp in after:
+            if tp not in rewind and tp in self._rewind_to and self._rewind_to[tp] == expected[tp]:
+                self._rewind_to.pop(tp)  # the expected message came after all: no re-read needed
+        return keep, after
+
+    async def force_commit(self, *args, **kwargs) -> bool:
+        did = await super().force_commit(*args, **kwargs)
+        if self.transactional_topics:
+            await self._commit_past_markers()
+        return did
+
+    async def _commit_past_markers(self) -> None:
+        """A transactional topic ends in a commit marker, which no stream ever acks: the group's
+        offset would stay one short of the end for good (a lag that never drains). Where the
+        consumer's position is past the committed offset while nothing of the partition was read
+        beyond it (everything handed out is committed) and no fetch is in hand, [committed, position)
+        holds only markers and aborted records; seen so at two commits in a row, it is committed."""
+        due = {}
+        assigned = self.assignment()
+        for tp in assigned:
+            if tp.topic not in self.transactional_topics:
+                continue
+            state = self._marker_state(tp)
+            if state is None:
+                self._marker_sightings.pop(tp, None)
+                continue
+            if self._marker_sightings.get(tp) == state:
+                due[tp] = state[1]
+                self._marker_sightings.pop(tp, None)
+            else:
+                self._marker_sightings[tp] = state
+        by_committer: dict = {}
+        for tp, offset in due.items():
+            by_committer.setdefault(self._marker_committers.get(tp.topic), {})[tp] = offset
+        for committer, offsets in by_committer.items():
+            if committer is None:
+                await self._commit_offsets(offsets)
+            else:
+                await committer(offsets)  # its transactions commit this input's offsets, never Faust
+
+    def commit_markers_with(self, committer: Callable, topics) -> None:
+        """Offsets of `topics` past their end markers are committed by `committer` (a transaction)."""
+        for topic in topics:
+            self._marker_committers[topic] = committer
+
+    def _marker_state(self, tp: TP) -> tuple | None:
+        committed = self.commit_base(tp)
+        if committed is None or self._yielded.get(tp) or self._records_in_hand:
+            return None
+        position = _position(self._thread._ensure_consumer(), tp)
+        if position is None or position <= committed:
+            return None
+        return committed, position
+
+    def group_metadata(self) -> bytes:
+        """This member's group metadata, as librdkafka's send_offsets_to_transaction takes it: the
+        broker refuses the transaction's offsets from any generation but the current one, so a
+        worker the group has moved on from (a zombie) cannot commit its outputs."""
+        coordinator = self._thread._ensure_consumer()._coordinator
+        return group_metadata_bytes(self.app.conf.id, coordinator.generation, coordinator.member_id or "",
+                                    self.app.conf.consumer_group_instance_id)
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
         did = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
@@ -172,6 +346,32 @@ async def _seek_unread_to_committed(consumer, reading: set) -> tuple[dict, dict]
     never = [tp for tp, offset in committed.items() if not offset]
     starts = await consumer.beginning_offsets(never) if never else {}
     return committed, starts
+
+
+def _position(consumer, tp) -> int | None:
+    """aiokafka's position of `tp` (the next offset it will hand out; past control batches), read
+    without a round trip to the consumer's thread (an int read); None while unknown."""
+    from aiokafka import TopicPartition as KafkaTP
+    subscription = consumer._subscription.subscription
+    if subscription is None or subscription.assignment is None:
+        return None
+    try:
+        state = subscription.assignment.state_value(KafkaTP(tp.topic, tp.partition))
+    except KeyError:
+        return None
+    return state.position if state is not None and state.has_valid_position else None
+
+
+def group_metadata_bytes(group_id: str, generation: int, member_id: str, instance_id: str | None = None) -> bytes:
+    """librdkafka's serialized consumer-group metadata (`rd_kafka_consumer_group_metadata_write`,
+    confluent-kafka 2.16.1 / librdkafka 2.x: "CGMDv2:", the generation as a native int32, then
+    NUL-terminated group and member ids, a null flag and the instance id). Checked against
+    librdkafka's own output by tests/unit/test_transactions.py."""
+    import struct
+    out = b"CGMDv2:" + struct.pack("=i", generation) + group_id.encode() + b"\0" + member_id.encode() + b"\0"
+    if instance_id is None:
+        return out + b"\x01"
+    return out + b"\x00" + instance_id.encode() + b"\0"
 
 
 def _short(offsets) -> str:
@@ -205,13 +405,16 @@ def offsets_report(consumer) -> dict:
             "acked_pending": sorted(consumer._acked.get(tp, ()))[:20],
             "gaps": [(i.begin, i.end) for i in sorted(consumer._gap.get(tp, ()))][:20],
             "unacked": sorted(unacked.get(tp, ()))[:20],
+            "position": _position(consumer._thread._ensure_consumer(), tp),
+            "handed_out_pending": list(getattr(consumer, "_yielded", {}).get(tp, ()))[:20],
         }
     return rows
 
 
 def stalled_commits(consumer) -> dict:
     """stalled_partitions over the consumer's own offset state, assigned partitions only."""
-    assigned = consumer.assignment()
+    # a transactional topic's commit cannot stall (SeekSafeConsumer._transactional_new_offset)
+    assigned = {tp for tp in consumer.assignment() if tp.topic not in getattr(consumer, "transactional_topics", ())}
     acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
     bases = {tp: consumer.commit_base(tp) for tp in assigned}
     return stalled_partitions(bases, acked, unacked_offsets(consumer))
@@ -241,14 +444,19 @@ async def reread_from(consumer, tp, offset: int) -> None:
     await consumer._seek(tp, offset)
     consumer._read_offset[tp] = None
     consumer._gap.pop(tp, None)
+    if isinstance(consumer, SeekSafeConsumer):
+        consumer.forget_yielded_from(tp, offset)
 
 
-def install(app, compacted_topics=(), on_reread: Callable[[TP, int], None] | None = None) -> None:
+def install(app, compacted_topics=(), on_reread: Callable[[TP, int], None] | None = None,
+            transactional_inputs=(), transactional_topics=()) -> None:
     """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists), and tell
     it what every flow-control clear drops (mode's `FlowControlEvent.clear` empties the queues of
     every stream channel when the flow resumes after a rebalance or recovery)."""
     app.transport.Consumer = type("SeekSafeConsumer", (SeekSafeConsumer,), {
-        "compacted_topics": frozenset(compacted_topics), "on_reread": staticmethod(on_reread)})
+        "compacted_topics": frozenset(compacted_topics), "on_reread": staticmethod(on_reread),
+        "transactional_inputs": frozenset(transactional_inputs), "transactional_topics": frozenset(transactional_topics),
+        "read_committed": bool(transactional_inputs)})
     flow_control = app.flow_control
     clear = flow_control.clear
 
@@ -278,6 +486,27 @@ def unacked_offsets(consumer) -> dict:
     for message in list(consumer._unacked_messages):
         out.setdefault(message.tp, []).append(message.offset)
     return out
+
+
+def in_order(expected: dict, messages: list, sparse=frozenset()) -> tuple[list[int], dict, dict]:
+    """Per partition, the messages that continue from `expected` (tp -> next offset, None when
+    unknown: anything goes): (indexes to keep, tp -> offset to re-read from, tp -> next offset
+    after the kept ones, for partitions that kept any). On a `sparse` partition (commit markers,
+    compaction) a later offset may follow: only what is below the expected one is dropped."""
+    keep: list[int] = []
+    rewind: dict = {}
+    after: dict = {}
+    for index, message in enumerate(messages):
+        tp = message.tp
+        if tp in rewind:
+            continue
+        want = after.get(tp, expected.get(tp))
+        if want is None or message.offset == want or (tp in sparse and message.offset > want):
+            keep.append(index)
+            after[tp] = message.offset + 1
+        elif message.offset > want:
+            rewind[tp] = want
+    return keep, rewind, after
 
 
 def stalled_partitions(committed: dict, acked: dict, in_flight: dict) -> dict:

@@ -128,3 +128,16 @@ def test_a_queued_rewind_is_applied_before_the_next_fetch_and_counted():
     c._apply_rewinds()
     assert sought == [(A, 14)] and counted == [(A, 14)]
     assert c._read_offset[A] == 14 and c._rewind_to == {}
+
+
+def test_taking_a_batch_in_order_with_no_committed_offset_known_and_no_rewind_pending():
+    from types import SimpleNamespace
+
+    c = consumer_with(None, [])
+    c.assignment = lambda: {A}
+    keep, after = c.take_in_order([SimpleNamespace(tp=A, offset=3), SimpleNamespace(tp=A, offset=4)])
+    assert keep == [0, 1] and after == {A: 5} and c._rewind_to == {}
+    c._txn_committed[A] = 5
+    c._rewind_to[A] = 5                      # a rewind asked for; the expected message came anyway
+    keep, after = c.take_in_order([SimpleNamespace(tp=A, offset=5)])
+    assert keep == [0] and c._rewind_to == {}
