@@ -163,9 +163,11 @@ class ExactlyOnce:
     committed offsets (`take_in_order`), gives the group metadata that fences a zombie, and
     learns what each transaction committed. Faust never commits these inputs itself."""
 
-    def __init__(self, flow: str, txn: TransactionalOutputs, consumer) -> None:
+    def __init__(self, flow: str, txn: TransactionalOutputs, consumer, crash_at: str = "") -> None:
         self.flow, self.txn, self.consumer = flow, txn, consumer
         self._lock = asyncio.Lock()  # one open transaction per producer
+        self._crash = crash_point(crash_at, flow)
+        self._count = 0
 
     async def run(self, messages: list, work: Callable[[list[int]], Any]) -> None:
         """`await work(kept)` (indexes into `messages`) inside a transaction, then commit it."""
@@ -174,6 +176,13 @@ class ExactlyOnce:
             metrics.EOS_SKIPPED.labels(flow=self.flow).inc(len(messages) - len(kept))
         if kept:
             await self._transaction(offsets, lambda: work(kept))
+
+    def _maybe_crash(self, point: str) -> None:
+        if self._crash == (point, self._count):
+            log.critical("ORDERSTREAM_CRASH_AT: ending the worker %s transaction %d of %s", point, self._count,
+                         self.flow)
+            logging.shutdown()
+            os._exit(137)
 
     async def commit_offsets(self, offsets: dict) -> None:
         """A transaction of offsets only (past the commit markers at a partition's end)."""
@@ -185,10 +194,14 @@ class ExactlyOnce:
             try:
                 if work is not None:
                     await work()
+                    await self.txn.flush()
+                self._count += 1
+                self._maybe_crash("before-commit")
                 started = time.perf_counter()
                 await self.txn.commit({(tp.topic, tp.partition): o for tp, o in offsets.items()},
                                       self.consumer.group_metadata())
                 metrics.TRANSACTION_SECONDS.labels(flow=self.flow).observe(time.perf_counter() - started)
+                self._maybe_crash("after-commit")
             except TransactionFailed as exc:
                 metrics.TRANSACTIONS_ABORTED.labels(flow=self.flow).inc()
                 log.error("%s; its messages are read again", exc)
@@ -199,6 +212,16 @@ class ExactlyOnce:
                     await self.txn.abort()
                 raise
         self.consumer.committed_in_transaction(offsets)
+
+
+def crash_point(crash_at: str, flow: str) -> tuple[str, int] | None:
+    """(point, n) of a FLOW:POINT:N fault-injection setting meant for `flow`, else None."""
+    if not crash_at:
+        return None
+    name, point, n = crash_at.split(":")
+    if point not in ("before-commit", "after-commit"):
+        raise ValueError(f"ORDERSTREAM_CRASH_AT={crash_at!r}: the point is before-commit or after-commit")
+    return (point, int(n)) if name == flow else None
 
 
 async def follow_rule_texts(bootstrap: str, topic: str, offer: Callable[[str], object]) -> None:

@@ -52,10 +52,10 @@ async def holds_agent(stream):
         # its resolution (decide)
         txn = TransactionalOutputs(settings, transactional_id(settings, "holds"))
         await txn.start()
-        flow = ExactlyOnce("holds", txn, app.consumer)
+        flow = ExactlyOnce("holds", txn, app.consumer, settings.crash_at)
         app.consumer.commit_markers_with(flow.commit_offsets, (names.RISK_QUEUE, names.RISK_DECISIONS))
         async for event in stream.events():
-            work = lambda kept, msg=event.message: handle(msg, txn)  # noqa: E731 - one message: kept is [0]
+            work = lambda kept, msg=event.message: handle_exactly_once(msg, txn)  # noqa: E731 - kept is [0]
             await finish_before_ack(flow.run([event.message], work))  # Faust acks the message after this
     else:
         out = outputs(settings)
@@ -69,6 +69,13 @@ async def handle(msg, out: Outputs) -> None:
         counts.came_in(platform)
         counts.went_out(platform, outcome)
     await out.flush()
+
+
+async def handle_exactly_once(msg, txn: TransactionalOutputs) -> None:
+    await handle(msg, txn)
+    # the hold tables' changelog (Faust's producer, outside the transaction) is on the broker
+    # before the offset commits: else a kill right after the commit loses the hold for good
+    await app.producer.flush()
 
 
 def hold(msg) -> tuple[str, str]:

@@ -44,7 +44,7 @@ async def order_flow(stream):
     if settings.exactly_once:
         txn = TransactionalOutputs(settings, transactional_id(settings, "order-flow"))
         await txn.start()
-        flow = ExactlyOnce("order-flow", txn, app.consumer)
+        flow = ExactlyOnce("order-flow", txn, app.consumer, settings.crash_at)
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await finish_before_ack(process_exactly_once(events, flow, plain))  # Faust acks after this
     else:

@@ -259,9 +259,10 @@ def check_alive(procs):
 
 
 def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 1, partitions: int | None = None,
-                 port_base: int = 6510) -> dict:
+                 port_base: int = 6510, guarantee: str = "exactly_once") -> dict:
     """Fresh namespace, worker(s), a replay, exact reconciliation; throughput from first raw to last outcome,
-    CPU of the workers and the broker from the first produced order until the group has committed the last."""
+    CPU of the workers and the broker from the first produced order until the group has committed the last.
+    `guarantee`: the workers' ORDERSTREAM_PROCESSING_GUARANTEE."""
     from pipeline import kafka_io
     from pipeline.devtools.replay import ReplayConfig, produce_replay, reconcile, wait_drained
     from pipeline.topics import TopicNames
@@ -269,6 +270,7 @@ def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 
     ns = fresh_namespace("bp")
     names = TopicNames(ns)
     env = {"ORDERSTREAM_PARTITIONS": str(partitions)} if partitions else {}
+    env["ORDERSTREAM_PROCESSING_GUARANTEE"] = guarantee
     kafka_io.ensure_topics(s, names, partitions=partitions)
     procs = start_workers(s, ns, workers, port_base, env)
     try:
@@ -285,7 +287,7 @@ def pipeline_run(s, count: int, seed: int, *, rate_per_min=None, workers: int = 
         span_s = (max(out_ts) - min(raw_ts)) / 1000
         return {
             "namespace": ns, "workers": workers, "partitions": partitions or s.partitions, "messages": count,
-            "balanced": report["balanced"], "span_s": round(span_s, 3),
+            "guarantee": guarantee, "balanced": report["balanced"], "doubles_by_topic": report["doubles_by_topic"], "span_s": round(span_s, 3),
             "orders_per_s": round(count / span_s, 1), "cpu_s_per_1000": cpu, "cores_busy_before": idle,
             "latency_ms": report["latency_ms"], "breaker_transitions": report["breaker_transitions"],
             "worker_peak_rss_mb": [peak_rss_mb(p.pid) for p in procs[1:]],
@@ -360,6 +362,9 @@ def summary_of(result: dict) -> list[str]:
         f"one worker end to end: {one['median_orders_per_s']:,.0f} orders/s = {one['ratio_to_faust_copy']:.1%} "
         f"of the Faust copy, {one['ratio_to_confluent_copy']:.2%} of the confluent copy",
         f"one worker, CPU per 1,000 orders: worker {per_core(wcpu['workers'])}, broker {per_core(wcpu['broker'])}",
+        f"exactly-once (the default) = {result['exactly_once_to_at_least_once']:.1%} of at-least-once "
+        f"({result['one_worker_at_least_once']['median_orders_per_s']:,.0f} orders/s, "
+        f"{result['one_worker_at_least_once']['ratio_to_faust_copy']:.1%} of the Faust copy), same run",
         f"at 800 orders/min: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms",
         f"worker peak RSS after {one['runs'][-1]['messages']:,} orders: {one['runs'][-1]['worker_peak_rss_mb'][0]} MB",
     ]
@@ -397,16 +402,18 @@ def main() -> None:
     s = load_settings()
     stack.up(s)
 
-    confluent_runs, faust_runs, runs = [], [], []
+    confluent_runs, faust_runs, runs, at_least_once_runs = [], [], [], []
     for i in range(args.repeats):
         messages = raw_messages(args.copy_messages, seed=100 + i)
         confluent_runs.append(confluent_copy(s, messages))
         faust_runs.append(faust_copy(s, messages))
         del messages
         runs.append(pipeline_run(s, args.orders, seed=100 + i))
+        at_least_once_runs.append(pipeline_run(s, args.orders, seed=100 + i, guarantee="at_least_once"))
     confluent, faust = medians(confluent_runs, "msgs_per_s"), medians(faust_runs, "msgs_per_s")
     faust["ratio_to_confluent_copy"] = round(faust["median_msgs_per_s"] / confluent["median_msgs_per_s"], 4)
     one = medians(runs, "orders_per_s")
+    alo = medians(at_least_once_runs, "orders_per_s")
     result = {
         "benchmark": "bench_pipeline",
         "command": command_line("bench_pipeline", args, RESULTS),
@@ -414,6 +421,9 @@ def main() -> None:
         "confluent_copy": confluent,
         "faust_copy": faust,
         "one_worker": {**one, **ratios(one["median_orders_per_s"], confluent, faust)},
+        "one_worker_at_least_once": {**alo, **ratios(alo["median_orders_per_s"], confluent, faust)},
+        # issue 25: what exactly-once costs, measured beside at-least-once in the same run
+        "exactly_once_to_at_least_once": round(one["median_orders_per_s"] / alo["median_orders_per_s"], 4),
         # the seeds' peak: 800 orders/minute, latency from the raw message's broker time to the reservation
         "peak_800_per_min": pipeline_run(s, int(800 * args.latency_seconds / 60), seed=7, rate_per_min=800),
     }

@@ -65,12 +65,15 @@ def benchmark_table() -> str:
 
 def reliability_table() -> str:
     data = load("reliability")
-    rows = ["| fault | orders | in flight at fault | lost | doubled | result |", "|---|---|---|---|---|---|"]
+    rows = ["| fault | orders | in flight at fault | lost | doubled effects | outputs seen twice (read_committed) "
+            "| result |", "|---|---|---|---|---|---|---|"]
     for f in (data or {}).get("faults", []):
+        doubles = (f.get("detail") or {}).get("doubles_by_topic")
+        seen_twice = sum(doubles.values()) if doubles else "-"
         rows.append(f"| {f['fault']} | {f['orders']} | {f.get('in_flight', '-')} | {f['lost']} | {f['doubled']} "
-                    f"| {'pass' if f['lost'] == 0 and f['doubled'] == 0 else 'FAIL'} |")
+                    f"| {seen_twice} | {'pass' if f['lost'] == 0 and f['doubled'] == 0 else 'FAIL'} |")
     if len(rows) == 2:
-        rows.append("| (run `pytest tests/stack/test_reliability.py` to produce benchmarks/results/reliability.json) | | | | | |")
+        rows.append("| (run `pytest tests/stack/test_reliability.py` to produce benchmarks/results/reliability.json) | | | | | | |")
     return "\n".join(rows)
 
 

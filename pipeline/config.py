@@ -48,6 +48,7 @@ class Settings:
     bind_host: str = _setting("127.0.0.1", "Address the HTTP servers (worker, sink, verifiers) listen on; 0.0.0.0 in containers.")
     processing_guarantee: str = _setting("exactly_once", "exactly_once: each batch's outputs and its input offsets commit in one Kafka transaction (read_committed readers see every output once); at_least_once: outputs flushed before the offsets commit, up to a commit interval plus a batch re-done after a crash.")
     transaction_timeout_s: float = _setting(10.0, "A worker's open transaction is aborted by the broker after this long (a killed worker's outputs stop blocking read_committed readers).")
+    crash_at: str = _setting("", "Fault injection for the reliability tests: FLOW:POINT:N ends the worker at once (os._exit, as a SIGKILL would) at the N-th transaction of FLOW (order-flow, holds), POINT before-commit (outputs flushed, nothing committed) or after-commit (committed, not yet acked). Empty: never.")
     worker_id: str = _setting("", "This worker's stable identity (its transactional id: a restarted worker fences its previous self); empty: host name + web port.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
     sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")

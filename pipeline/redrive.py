@@ -38,6 +38,18 @@ def redrive_record(letter: dict, reason: str, origin: str) -> tuple[str, bytes, 
     return letter["source_topic"], letter["key"], letter["payload"], [("redriven_from", origin.encode())]
 
 
+def behind(consumer, topic: str, position: dict[int, int], ends: dict[int, int]) -> bool:
+    """Whether a partition is still short of the end it had when the run started. The last
+    message read says so, unless the partition ends in transaction commit markers (the worker
+    writes in transactions), which no message reaches: then the consumer's own position, which
+    moves past them, does."""
+    short = [p for p in ends if position[p] < ends[p]]
+    if not short:
+        return False
+    now = {tp.partition: tp.offset for tp in consumer.position([TopicPartition(topic, p) for p in short])}
+    return any(now.get(p, -1) < ends[p] for p in short)
+
+
 def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_beginning: bool = False,
                          dry_run: bool = False, timeout_s: float = 120.0) -> RedriveReport:
     """Read the dead-letter topic from the saved position to its current end and re-drive every
@@ -59,9 +71,9 @@ def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_
     redriven = skipped = 0
     try:
         deadline = time.monotonic() + timeout_s
-        while any(position[p] < ends[p] for p in parts) and time.monotonic() < deadline:
+        while behind(consumer, names.DLQ, position, ends) and time.monotonic() < deadline:
             for msg in consumer.consume(500, timeout=1.0):
-                if msg.error():
+                if msg.error() or msg.offset() >= ends[msg.partition()]:
                     continue
                 position[msg.partition()] = msg.offset() + 1
                 record = redrive_record(codec.decode(msg.value()), reason,
@@ -116,7 +128,7 @@ def redrive_failed_refunds(s: Settings, names: TopicNames, operator: str, platfo
     skipped = 0
     try:
         deadline = time.monotonic() + timeout_s
-        while any(position[p] < ends[p] for p in parts) and time.monotonic() < deadline:
+        while behind(consumer, topic, position, ends) and time.monotonic() < deadline:
             for msg in consumer.consume(500, timeout=1.0):
                 if msg.error() or msg.offset() >= ends[msg.partition()]:
                     continue

@@ -42,3 +42,8 @@ def kafka(settings):
 def namespace() -> str:
     """A fresh topic namespace so pipelines in different tests never see each other's messages."""
     return f"t{uuid.uuid4().hex[:8]}."
+
+
+def pytest_collection_modifyitems(items):
+    """The unit tests first (minutes, no broker), then the stack tests; each keeps its file order."""
+    items.sort(key=lambda item: 0 if item.path.parent.name == "unit" else 1)

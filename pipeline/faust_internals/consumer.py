@@ -229,7 +229,9 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
         for tp, offset in offsets.items():
             if tp in assigned and self._txn_committed.get(tp, -1) < offset:
                 self._txn_committed[tp] = offset
-            if tp in assigned and (self._committed_offset.get(tp) or 0) < offset:
+            # a raw input's committed offset is Faust's to move once it acks the batch (an offset
+            # below it would not count as acked); a transactional topic's acks do not matter
+            if tp in assigned and tp.topic in self.transactional_topics and (self._committed_offset.get(tp) or 0) < offset:
                 self._committed_offset[tp] = offset
             if tp in self._yielded:  # Faust will not count their acks: they are below the committed offset
                 self._yielded[tp] = [o for o in self._yielded[tp] if o >= offset]
@@ -484,7 +486,8 @@ def unacked_offsets(consumer) -> dict:
     """tp -> offsets of messages handed to a stream and not acked yet (still being processed)."""
     out: dict = {}
     for message in list(consumer._unacked_messages):
-        out.setdefault(message.tp, []).append(message.offset)
+        if not message.acked:  # Faust leaves an acked message below the committed offset in the set
+            out.setdefault(message.tp, []).append(message.offset)
     return out
 
 

@@ -149,21 +149,8 @@ class Pipeline:
             proc.stop()
 
 
-@pytest.fixture(scope="module")
-def pipeline_factory():
-    made: list[Pipeline] = []
-    saved = dict(os.environ)
-
-    def make(**env: str) -> Pipeline:
-        # each pipeline starts from the test session's environment, not the previous pipeline's
-        os.environ.clear()
-        os.environ.update(saved)
-        p = Pipeline(f"t{uuid.uuid4().hex[:8]}.", {k: str(v) for k, v in env.items()})
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
+def _retire(pipelines: list[Pipeline]) -> None:
+    for p in pipelines:
         p.stop()
         p.s.refund_credentials.unlink(missing_ok=True)
         if os.environ.get("ORDERSTREAM_TEST_KEEP_TOPICS"):
@@ -172,5 +159,44 @@ def pipeline_factory():
             kafka_io.delete_topics(p.s, list(p.names.ALL_TOPICS))
         except Exception:  # noqa: BLE001 - best effort cleanup
             pass
-    os.environ.clear()
-    os.environ.update(saved)
+
+
+class PipelineFactory:
+    """Makes pipelines; those a test makes in its body are retired when it ends (a module's
+    shared ones when the module ends), so the broker holds few namespaces at a time."""
+
+    def __init__(self) -> None:
+        self.made: list[Pipeline] = []
+        self.saved = dict(os.environ)
+
+    def __call__(self, **env: str) -> Pipeline:
+        # each pipeline starts from the test session's environment, not the previous pipeline's
+        os.environ.clear()
+        os.environ.update(self.saved)
+        p = Pipeline(f"t{uuid.uuid4().hex[:8]}.", {k: str(v) for k, v in env.items()})
+        self.made.append(p)
+        return p
+
+    def retire_since(self, count: int) -> None:
+        retiring, self.made[count:] = self.made[count:], []
+        _retire(retiring)
+        os.environ.clear()
+        os.environ.update(self.saved)
+
+
+@pytest.fixture(scope="module")
+def pipeline_factory():
+    factory = PipelineFactory()
+    yield factory
+    factory.retire_since(0)
+
+
+@pytest.fixture(autouse=True)
+def _retire_the_tests_own_pipelines(request):
+    if "pipeline_factory" not in request.fixturenames:
+        yield
+        return
+    factory = request.getfixturevalue("pipeline_factory")
+    before = len(factory.made)  # module fixtures made theirs already (wider scopes set up first)
+    yield
+    factory.retire_since(before)

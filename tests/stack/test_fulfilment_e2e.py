@@ -254,7 +254,8 @@ def test_a_late_payment_reserves_once_and_a_cancelled_order_never(pipeline_facto
 # -- 2b. paid or shipped while held for risk review --------------------------------------------------
 
 def test_paid_or_shipped_while_held_the_release_honours_it(pipeline_factory):
-    p = pipeline_factory(ORDERSTREAM_RESERVATION_TIMEOUT_S="3", ORDERSTREAM_RISK_HOLD_TIMEOUT_S="4", **QUIET)
+    # the hold outlasts the updates below landing while it waits, even on a slow run
+    p = pipeline_factory(ORDERSTREAM_RESERVATION_TIMEOUT_S="3", ORDERSTREAM_RISK_HOLD_TIMEOUT_S="12", **QUIET)
     p.start_worker()
     sku = "SKU-0016"
     stock(p, "WH-SH", sku, 10)
@@ -273,6 +274,7 @@ def test_paid_or_shipped_while_held_the_release_honours_it(pipeline_factory):
     p.produce([raw(p, "TMALL", "H1", f.to_bytes(f.update(unpaid, "PAID", after_s=300))),
                raw(p, "TMALL", "H2", f.to_bytes(f.update(paid, "SHIPPED", after_s=3600)))])
     p.drain()
+    assert not [e for e in inventory(p) if e["event"] == "reserved"], "released before the updates landed"
     wait_for(p, lambda: {e["order_id"] for e in inventory(p)
                          if e["event"] in ("reserved", "shipped_unreserved")} >= set(ids.values()),
              "the holds to be released by the default policy")

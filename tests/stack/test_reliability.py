@@ -62,6 +62,7 @@ def record_fault(fault: str, orders: int, in_flight: int, lost: int, doubled: in
     faults.append({"fault": fault, "orders": orders, "in_flight": in_flight, "lost": lost, "doubled": doubled,
                    "detail": detail, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     order = ["worker_sigkill", "two_sigkills_and_a_join_exactly_once", "two_sigkills_and_a_join_at_least_once",
+             "crash_before-commit", "crash_after-commit", "zombie_fenced",
              "rebalance_join_leave", "redis_restart", "clickhouse_sink_killed",
              "broker_restart", "hostile_input"]
     faults.sort(key=lambda f: order.index(f["fault"]) if f["fault"] in order else len(order))
@@ -290,10 +291,64 @@ def test_two_sigkills_and_a_joining_worker(pipeline_factory, guarantee):
                 reprocessed_bound=bound, watchdog_healed=healed, doubles_by_topic=doubles)
     assert healed == 0, f"the commit watchdog had to heal {healed} stalls: a restart skipped a message"
     if guarantee == "exactly_once":
-        assert doubles == dict.fromkeys(doubles, 0), doubles
-        assert report["raw_doubled"] == 0 and report["new_orders_emitted_twice"] == 0, report
+        assert_every_output_once(report)
     else:
         assert report["raw_doubled"] <= bound, (report["raw_doubled"], bound, doubles)
+
+
+def assert_every_output_once(report: dict) -> None:
+    doubles = report["doubles_by_topic"]
+    assert doubles == dict.fromkeys(doubles, 0), doubles
+    assert report["raw_doubled"] == 0 and report["new_orders_emitted_twice"] == 0, report
+
+
+def wait_exit(proc, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.alive():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name} did not reach its crash point")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+def test_a_worker_killed_at_each_transaction_step_doubles_and_loses_nothing(pipeline_factory, point):
+    """Exactly-once, killed between the outputs' flush and the commit (the transaction must abort:
+    its outputs never reach a read_committed reader) and between the commit and Faust's ack (the
+    restarted worker must not do the batch again)."""
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
+    replay = FaultyReplay(p, ReplayConfig(seed=77, count=1500, rate_per_min=4800, mix=HOSTILE_MIX,
+                                          drain_timeout_s=240)).start()
+    p.start_worker(0, ORDERSTREAM_CRASH_AT=f"order-flow:{point}:40")
+    wait_exit(p.procs["worker-0"])
+    in_flight = pipeline_lag(p)
+    p.start_worker(0)
+    messages, produced = replay.finish()
+    report = settle(p, messages, produced)
+    account_for(p, f"crash_{point}", messages, report, in_flight, doubles_by_topic=report["doubles_by_topic"])
+    assert_every_output_once(report)
+
+
+def test_a_zombie_worker_is_fenced_and_a_timed_out_transaction_aborts(pipeline_factory):
+    """A worker frozen (SIGSTOP) past both its transaction time-out and its session: the broker
+    aborts its open transaction and the group gives its partitions to the second worker. Woken up,
+    its late commit is refused (an old producer epoch, an old generation); nothing it did counts twice."""
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2", ORDERSTREAM_TRANSACTION_TIMEOUT_S="3")
+    p.start_worker(0)
+    replay = FaultyReplay(p, ReplayConfig(seed=91, count=2000, rate_per_min=6000, mix=HOSTILE_MIX,
+                                          drain_timeout_s=240)).start()
+    replay.at(0.3)
+    zombie = p.procs["worker-0"]
+    zombie.kill(signal.SIGSTOP)
+    try:
+        p.start_worker(1)                  # ready once the group has moved on without the frozen one
+    finally:
+        zombie.kill(signal.SIGCONT)
+    messages, produced = replay.finish()
+    report = settle(p, messages, produced)
+    aborted = sum(scrape_counter(p.worker_url(i), "orderstream_transactions_aborted_total") for i in (0, 1))
+    account_for(p, "zombie_fenced", messages, report, pipeline_lag(p), doubles_by_topic=report["doubles_by_topic"],
+                transactions_aborted=aborted)
+    assert_every_output_once(report)
 
 
 # -- b. rebalance ------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def test_partitions_without_a_committed_offset_or_acks_are_skipped():
 def test_unacked_offsets_are_grouped_by_partition():
     from types import SimpleNamespace
     from pipeline.faust_internals.consumer import unacked_offsets
-    messages = [SimpleNamespace(tp=A, offset=7), SimpleNamespace(tp=B, offset=1), SimpleNamespace(tp=A, offset=9)]
+    messages = [SimpleNamespace(tp=A, offset=7, acked=False), SimpleNamespace(tp=B, offset=1, acked=False),
+                SimpleNamespace(tp=A, offset=9, acked=False),
+                SimpleNamespace(tp=A, offset=3, acked=True)]  # acked below the committed offset: Faust keeps it
     grouped = unacked_offsets(SimpleNamespace(_unacked_messages=messages))
     assert {tp: sorted(offsets) for tp, offsets in grouped.items()} == {A: [7, 9], B: [1]}
 
