@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
+from pipeline.faust_internals.fenced_tables import work_generation
 from pipeline.outputs import TransactionalOutputs, TransactionFailed
 from pipeline.topics import NAMESPACE, RuleSetText
 
@@ -171,6 +172,9 @@ class ExactlyOnce:
 
     async def run(self, messages: list, work: Callable[[list[int]], Any]) -> None:
         """`await work(kept)` (indexes into `messages`) inside a transaction, then commit it."""
+        # fenced tables' writes carry the generation the messages were fetched in (a zombie's stay old)
+        current = self.consumer.app.consumer_generation_id
+        work_generation.set(min((getattr(m, "generation_id", current) for m in messages), default=current))
         kept, offsets = self.consumer.take_in_order(messages)
         if len(kept) < len(messages):
             metrics.EOS_SKIPPED.labels(flow=self.flow).inc(len(messages) - len(kept))

@@ -38,7 +38,7 @@ WINDOW = timedelta(seconds=settings.dedupe_window_s)
 EXPIRES = WINDOW * 2
 
 # key = global order id; RocksDB keeps the state on disk; `sweep_expired_windows` drops old windows
-seen_versions = changelogged_table("dedupe-seen", default=dict).tumbling(WINDOW, expires=EXPIRES)
+seen_versions = changelogged_table("dedupe-seen", default=dict, fenced=True).tumbling(WINDOW, expires=EXPIRES)
 without_key_index(seen_versions.table)
 # the legal moves and windows (YAML): a file that does not parse stops the worker at start, loudly
 TRANSITIONS = load_transition_file(settings.transitions_file)

@@ -25,10 +25,10 @@ from .inventory import publish_channel_states, release_order, reserve_batch
 log = logging.getLogger(__name__)
 ORDER_CODEC = ORDER
 
-holds = changelogged_table("risk-holds", values="raw")  # Hold records (Avro), see hold_of / keep
+holds = changelogged_table("risk-holds", values="raw", fenced=True)  # Hold records (Avro), see hold_of / keep
 # the holds still waiting, keyed by deadline then order id (domain.holds.open_key): the timer
 # reads only the due ones, in deadline order, instead of every hold ever made or still open
-open_holds = changelogged_table("risk-holds-open")
+open_holds = changelogged_table("risk-holds-open", fenced=True)
 
 
 def open_index_key(record: Hold) -> str:

@@ -13,6 +13,7 @@ from . import faust_internals, metrics
 from . import topics as t
 from .config import faust_stream_options, load_settings
 from .faust_internals import RocksDBBudget, require_pinned_versions
+from .faust_internals.fenced_tables import fence_table
 
 require_pinned_versions()
 settings = load_settings()
@@ -65,8 +66,9 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2}
 ROCKSDB_BUDGET = RocksDBBudget(settings.table_store_memory_mb * 2**20) if settings.table_store == "rocksdb" else None
 
 
-def changelogged_table(name: str, default=None, values: str = "json") -> faust.Table:
-    """A changelogged table with JSON keys; values JSON, or "raw" bytes a contract encodes."""
+def changelogged_table(name: str, default=None, values: str = "json", fenced: bool = False) -> faust.Table:
+    """A changelogged table with JSON keys; values JSON, or "raw" bytes a contract encodes.
+    `fenced`: a zombie worker's late writes never replace its successor's (faust_internals.fenced_tables)."""
     value_type = bytes if values == "raw" else None  # Faust picks a table's serializers from its types
     schema = faust.Schema(key_type=str, value_type=value_type, key_serializer="json", value_serializer=values)
     options = dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else None
@@ -74,6 +76,9 @@ def changelogged_table(name: str, default=None, values: str = "json") -> faust.T
                       partitions=settings.partitions, options=options)
     if ROCKSDB_BUDGET is not None:
         ROCKSDB_BUDGET.share_with(table)
+    if fenced:
+        fence_table(table, lambda: app.consumer_generation_id,
+                    lambda n: metrics.TABLE_WRITES_FENCED.labels(table=name).inc(n))
     return table
 
 

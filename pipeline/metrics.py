@@ -114,6 +114,9 @@ TRANSACTIONS_ABORTED = Counter("orderstream_transactions_aborted_total",
 EOS_SKIPPED = Counter("orderstream_eos_out_of_order_total",
                       "Exactly-once: raw messages not processed because their partition's committed offset "
                       "was past them (done already) or short of them (read again from it).", ["flow"])
+TABLE_WRITES_FENCED = Counter("orderstream_table_writes_fenced_total",
+                              "Changelog records skipped when a table was rebuilt: written by a worker the "
+                              "group had already moved on from (a zombie), after its successor's.", ["table"])
 CONSUMER_LAG = Gauge("orderstream_consumer_lag_messages", "End offset minus committed offset.",
                      ["topic", "partition"])
 

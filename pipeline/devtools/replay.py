@@ -208,23 +208,32 @@ def read_all(s: Settings, topic: str):
     return list(kafka_io.read_topics(s, [topic], idle_s=1.5, max_s=600))
 
 
+def _fact(event) -> tuple:
+    fields = event.as_dict()
+    return tuple(sorted((k, str(v)) for k, v in fields.items() if not k.endswith(("_ms", "_at")) and k != "at"))
+
+
+def _keys_by_topic(unique: list, accepted: list, risk_events: list, inventory: list) -> dict[str, list]:
+    return {
+        "orders.unique": [(r.headers.get("src"), r.headers.get("change")) for r in unique],
+        "orders.accepted": [(r.headers.get("src"), r.headers.get("change")) for r in accepted],
+        "risk.events": [_fact(ev) for ev in risk_events],
+        "inventory.events": [_fact(ev) for ev in inventory],
+    }
+
+
 def doubles_by_topic(unique: list, accepted: list, risk_events: list, inventory: list) -> dict[str, int]:
     """Outputs seen more than once by a reader of each topic: on orders.unique and orders.accepted
     the same raw message announced again (its `src` coordinates and change), on risk.events and
     inventory.events the same fact (order, event, and its own fields but the time it was stamped)."""
-    def extra(keys) -> int:
-        return sum(n - 1 for n in Counter(keys).values() if n > 1)
+    return {topic: sum(n - 1 for n in Counter(keys).values() if n > 1)
+            for topic, keys in _keys_by_topic(unique, accepted, risk_events, inventory).items()}
 
-    def fact(event) -> tuple:
-        fields = event.as_dict()
-        return tuple(sorted((k, str(v)) for k, v in fields.items() if not k.endswith(("_ms", "_at")) and k != "at"))
 
-    return {
-        "orders.unique": extra((r.headers.get("src"), r.headers.get("change")) for r in unique),
-        "orders.accepted": extra((r.headers.get("src"), r.headers.get("change")) for r in accepted),
-        "risk.events": extra(fact(ev) for ev in risk_events),
-        "inventory.events": extra(fact(ev) for ev in inventory),
-    }
+def doubles_sample(unique: list, accepted: list, risk_events: list, inventory: list, limit: int = 3) -> dict:
+    """Up to `limit` of the outputs seen more than once, per topic (what to look for in the logs)."""
+    return {topic: [list(k) for k, n in Counter(keys).items() if n > 1][:limit]
+            for topic, keys in _keys_by_topic(unique, accepted, risk_events, inventory).items()}
 
 
 def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordinates: dict,
@@ -279,6 +288,7 @@ def reconcile(s: Settings, names: TopicNames, messages: list[RawMessage], coordi
     stale_expected = sum(1 for m in messages if m.kind == "out_of_order")
     return {
         "doubles_by_topic": doubles_by_topic(unique, accepted, risk_events, inventory),
+        "doubles_sample": doubles_sample(unique, accepted, risk_events, inventory),
         "produced": len(messages),
         "produced_by_kind": dict(Counter(m.kind for m in messages)),
         "canonical": len(unique) + len(dropped),

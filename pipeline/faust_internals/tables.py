@@ -8,6 +8,7 @@ import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 
+from .fenced_tables import GENERATION_HEADER, work_generation
 from .versions import UnsupportedLibraryVersion
 
 
@@ -69,7 +70,11 @@ class DirectWindowedTable:
     def set(self, key, value, partition: int) -> None:
         raw_key, raw_value = self.store._encode_key(key), self.store._encode_value(value)
         self.store._db_for_partition(partition).put(raw_key, raw_value)
-        self.out.send(self.topic, raw_key, raw_value, partition=partition)
+        generation = work_generation.get()
+        if generation is None:
+            generation = self.table.app.consumer_generation_id
+        self.out.send(self.topic, raw_key, raw_value, [(GENERATION_HEADER, str(generation).encode())],
+                      partition=partition)  # a fenced table (fenced_tables) skips a zombie's on rebuild
 
     def persist_offsets(self) -> None:
         """After the outputs were flushed: what Faust's `_on_changelog_sent` records per write."""
