@@ -27,7 +27,7 @@ from pipeline.codecs import dead_letter_codec
 from pipeline.config import load_settings
 from pipeline.console import charts, format as fmt
 from pipeline.console.actions import PublishError
-from pipeline.console.auth import OperatorTokens, TokenConfigError, parse_tokens
+from pipeline.console.auth import Credentials, OperatorTokens, TokenConfigError, parse_tokens
 from pipeline.console.labels import LABELS, label
 from pipeline.contracts import RiskEvent
 from pipeline.domain.holds import parse_decision
@@ -39,6 +39,8 @@ from tests.unit.test_clickhouse_chdb import INJECTION, NOW, make_dataset
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-abcdefghijkl"
+VERA = "vera-viewer-token-0123456"  # reads pages, may not act
+READ = {"Authorization": f"Bearer {VERA}"}
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -239,11 +241,10 @@ class Client:
     """The sink's application with the console, through aiohttp's test client (one per test)."""
 
     def __init__(self, backend, publisher, tokens=None, outcome_wait_s=0.0):
-        self.app = make_app(backend)
+        credentials = Credentials([(ALICE, "alice", "operator"), (BOB, "bob", "operator"), (VERA, "vera", "viewer")])
+        self.app = make_app(backend, credentials=credentials if tokens is None else tokens)
         from pipeline.console import setup_console
-        setup_console(self.app, load_settings(), NAMES, publisher=publisher,
-                      tokens=OperatorTokens({ALICE: "alice", BOB: "bob"}) if tokens is None else tokens,
-                      outcome_wait_s=outcome_wait_s)
+        setup_console(self.app, load_settings(), NAMES, publisher=publisher, outcome_wait_s=outcome_wait_s)
 
     def run(self, scenario):
         async def main():
@@ -253,7 +254,7 @@ class Client:
 
 
 async def get_text(client, path, status=200, **params):
-    resp = await client.get(path, params=params)
+    resp = await client.get(path, params=params, headers=READ)
     assert resp.status == status, (path, resp.status, (await resp.text())[:500])
     return resp, await resp.text()
 
@@ -276,7 +277,7 @@ def test_each_tier_page_shows_exactly_the_figures_of_its_view(backend, tier):
         _, page = await get_text(client, f"/console/{tier}", now=NOW_Q, tz="Asia/Shanghai")
         _, panel = await get_text(client, f"/console/{tier}/panel", now=NOW_Q, tz="Asia/Shanghai")
         view_q = {"now": NOW_Q, **({"tz": "Asia/Shanghai"} if tier == "strategic" else {})}
-        view = await (await client.get(f"/views/{tier}", params=view_q)).json()
+        view = await (await client.get(f"/views/{tier}", params=view_q, headers=READ)).json()
         return page, panel, view
     page, panel, view = Client(backend, FakePublisher()).run(scenario)
     expected = expected_figures(tier, view)
@@ -292,7 +293,7 @@ def test_each_tier_page_shows_exactly_the_figures_of_its_view(backend, tier):
 def test_strategic_chart_draws_every_hour_of_the_window(backend):
     async def scenario(client):
         _, page = await get_text(client, "/console/strategic", now=NOW_Q, days="2", tz="UTC")
-        return page, await (await client.get("/views/strategic", params={"now": NOW_Q, "days": "2"})).json()
+        return page, await (await client.get("/views/strategic", params={"now": NOW_Q, "days": "2"}, headers=READ)).json()
     page, view = Client(backend, FakePublisher()).run(scenario)
     svg = page[page.index('id="chart-orders-per-hour"'):]
     bars = re.findall(r'class="bar"[^>]*data-label="([^"]+)" data-value="([^"]+)"', svg[:svg.index("</svg>")])
@@ -352,8 +353,8 @@ def test_bad_parameters_and_unknown_tiers_get_a_page_that_says_why(backend):
         _, days = await get_text(client, "/console/strategic", 400, days="0")
         _, lang = await get_text(client, "/console/tactical", 400, lang="fr")
         _, now = await get_text(client, "/console/execution", 400, now="yesterday")
-        resp = await client.get("/console/", allow_redirects=False)
-        root = await client.get("/", allow_redirects=False)
+        resp = await client.get("/console/", allow_redirects=False, headers=READ)
+        root = await client.get("/", allow_redirects=False, headers=READ)
         return tz, tier, days, lang, now, resp, root
     tz, tier, days, lang, now, resp, root = Client(backend, FakePublisher()).run(scenario)
     assert "unknown time zone" in tz and "unknown tier" in tier and "between 1 and" in days and "lang" in lang
@@ -381,13 +382,16 @@ def test_a_decision_needs_an_operator_token_and_records_the_tokens_operator(back
         assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert pub.sent == []  # nothing published without a valid token
         who = await (await client.get("/console/api/whoami", headers={"Authorization": f"Bearer {BOB}"})).json()
+        # a viewer reads the page but may not act
+        await post(client, "/console/api/decisions", {"order_id": order, "action": "approve"}, token=VERA, status=403)
+        assert pub.sent == []
         # the request claims to be mallory; the token says bob
         status, body = await post(client, "/console/api/decisions",
                                   {"order_id": order, "action": "approve", "operator": "mallory",
                                    "reason": "called the buyer"}, token=BOB)
         return who, status, body
     who, status, body = Client(backend, pub).run(scenario)
-    assert who == {"operator": "bob"}
+    assert who == {"name": "bob", "roles": ["metrics", "operator", "viewer"], "operator": "bob"}
     assert status == 200 and body["status"] == "sent" and body["operator"] == "bob"
     assert len(pub.sent) == 1
     topic, key, value, _ = pub.sent[0]
