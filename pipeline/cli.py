@@ -293,6 +293,12 @@ def demo(count: int = 2000, seed: int = 11,
     if not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS") and not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS_FILE"):
         operator = ("demo", secrets.token_urlsafe(18))  # the console's approve/reject/re-drive need one
         env["ORDERSTREAM_OPERATOR_TOKENS"] = f"{operator[0]}:{operator[1]}"
+    if not os.environ.get("ORDERSTREAM_SINK_TOKEN"):
+        # the demo's own reads of the sink (the summary's row count) name it as an analyst
+        cli_token = secrets.token_urlsafe(18)
+        env["ORDERSTREAM_SINK_TOKEN"] = cli_token
+        env["ORDERSTREAM_ACCESS_TOKENS"] = ",".join(filter(None, [os.environ.get("ORDERSTREAM_ACCESS_TOKENS", ""),
+                                                                  f"analyst:demo-cli:{cli_token}"]))
     os.environ.update(env)
     s = load_settings()
     # warnings only between the steps: librdkafka's own lines go through logging (kafka_io) and a
@@ -335,7 +341,8 @@ def demo(count: int = 2000, seed: int = 11,
         if keep:
             console.print("worker, sink and verifiers keep running; stop everything with "
                           "[bold].venv/bin/orderstream stack down[/bold]")
-        console.print(f"console: http://{host}:{s.sink_web_port}/console/" if keep else
+        console.print(f"console: http://{host}:{s.sink_web_port}/console/ (sign in with a token)  "
+                      f"buyers' tracking pages: http://{s.public_listen_host}:{s.public_port}/t/<code>" if keep else
                       "console: stopped with the sink (--stop); run the demo without --stop to browse it")
         if not result["balanced"]:
             raise typer.Exit(2)
@@ -348,10 +355,12 @@ def demo(count: int = 2000, seed: int = 11,
 def _sunk_rows(s) -> dict | None:
     import urllib.parse
     import urllib.request
+    from .credentials import bearer_headers
     query = "SELECT count() AS order_events FROM order_events"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/sql?q={urllib.parse.quote(query)}",
-                                    timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{s.sink_web_port}/sql?q={urllib.parse.quote(query)}", headers=bearer_headers(s)),
+                timeout=10) as resp:
             return json.loads(resp.read())
     except OSError:
         return None
@@ -450,7 +459,7 @@ def reconcile_states(day: str = typer.Option(..., "--day", help="The business da
         except OSError:
             sink_running = False
         if sink_running:
-            query = sink_query(url)
+            query = sink_query(url, token=s.sink_token)
         else:
             from .clickhouse.backends import BackendError, open_backend
             try:
@@ -600,13 +609,18 @@ def refund_rules_check(path: Path) -> None:
 def views(tier: str = typer.Argument(..., help="strategic, tactical or execution"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Render a monitoring tier, from the running sink's HTTP endpoint (or chDB directly if no sink runs)."""
+    import urllib.error
     import urllib.request
     s = load_settings()
     if tier not in ("strategic", "tactical", "execution"):
         fail("tier must be strategic, tactical or execution")
+    from .credentials import bearer_headers
+    url = f"http://127.0.0.1:{s.sink_web_port}/views/{tier}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/views/{tier}", timeout=30) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=bearer_headers(s)), timeout=30) as resp:
             data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # a running sink refused: say why rather than open chDB behind its back
+        fail(f"the sink at {url} refused ({exc.code}): set ORDERSTREAM_SINK_TOKEN to a viewer's token")
     except OSError:
         from .clickhouse.backends import open_backend
         from .clickhouse.migrate import migrate

@@ -4,10 +4,12 @@ console a real sink serves after a real replay through a real worker on the real
 - each tier page shows the figures /views/<tier> returns for the same moment (tests/console_figures.py)
   and loads nothing from another origin; a screenshot of each goes to var/screenshots/
   (ORDERSTREAM_SCREENSHOT_DIR=docs/screenshots refreshes the README's, so a test run leaves the tree clean);
+- every page needs a sign-in (issue 26): without one the browser gets the sign-in form (401), a
+  token signs it in (a session cookie), a wrong token does not;
 - an operator signs in with a token and clicks approve on a held order: the decision reaches
   risk.decisions once, with the token's operator, the worker releases the order and it leaves the
   queue on the page's own refresh;
-- without a token (or with a wrong one) the click is refused with 401 and nothing is published;
+- a viewer's click is refused with 403, the API without a token with 401, and nothing is published;
 - a double request publishes one decision; a re-drive click sends the dead letter back once.
 """
 from __future__ import annotations
@@ -37,6 +39,9 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 TOKEN = "tester-token-7f3a9c2e51d0b8"
 OPERATOR = "tester"
+VIEWER_TOKEN = "watcher-token-2b9e41c7d05a6f"
+VIEWER = "watcher"
+VIEWER_ACCESS = f"viewer:{VIEWER}:{VIEWER_TOKEN}"
 TIERS = ("strategic", "tactical", "execution")
 SCREENSHOTS = Path(os.environ.get("ORDERSTREAM_SCREENSHOT_DIR") or PROJECT_ROOT / "var" / "screenshots")
 REFRESH_S = 2.0
@@ -69,7 +74,8 @@ def console(pipeline_factory, browser_paths):
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3600")
     p.start_verifiers()
     p.start_worker()
-    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_CONSOLE_REFRESH_S=str(REFRESH_S))
+    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_ACCESS_TOKENS=VIEWER_ACCESS,
+                 ORDERSTREAM_CONSOLE_REFRESH_S=str(REFRESH_S))
     cfg = ReplayConfig(count=400, seed=15, mix=ReplayMix(malformed=0.04, update=0.08), scarce_skus=4)
     messages, produced = produce_replay(p.s, p.names, cfg)
     p.drain(timeout=180)
@@ -152,13 +158,22 @@ def click(d, css: str) -> None:
     raise AssertionError(f"{css} kept being replaced")
 
 
-def sign_in(d, token: str) -> None:
+def sign_in(d, token: str, url: str | None = None) -> bool:
+    """Sign the browser in afresh with `token` (its previous session dropped) through the sign-in form
+    a page answers without one, coming back to `url` (default: the page it is on). True if the token
+    was taken (the page is there), False if the form refused it."""
     from selenium.webdriver.common.by import By
 
-    field = d.find_element(By.ID, "operator-token")
-    field.clear()
+    url = url or d.current_url
+    d.delete_all_cookies()
+    d.get(url)
+    field = wait_for(d, lambda d: d.find_elements(By.ID, "signin-token"), 15, "the sign-in form")[0]
     field.send_keys(token)
-    d.find_element(By.ID, "sign-in").click()
+    d.find_element(By.ID, "signin-submit").click()
+    wait_for(d, lambda d: d.find_elements(By.ID, "console") or d.find_elements(By.ID, "signin-message"), 30,
+             "the page or the refusal")
+    d.get_log("browser")  # the form came with a 401 (logged by the browser as a failed request): expected
+    return bool(d.find_elements(By.ID, "console"))
 
 
 def action_message(d) -> tuple[str, str]:
@@ -179,9 +194,9 @@ def test_each_tier_page_shows_the_figures_of_its_view(console, driver, tier):
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     query = {"now": now, "tz": "Asia/Shanghai"}
     code, view = http(f"{base}/views/{tier}?" + urllib.parse.urlencode(
-        {"now": now, **({"tz": "Asia/Shanghai"} if tier == "strategic" else {})}))
+        {"now": now, **({"tz": "Asia/Shanghai"} if tier == "strategic" else {})}), token=VIEWER_TOKEN)
     assert code == 200
-    driver.get(f"{base}/console/{tier}?" + urllib.parse.urlencode(query))
+    assert sign_in(driver, VIEWER_TOKEN, f"{base}/console/{tier}?" + urllib.parse.urlencode(query))
     wait_for(driver, lambda d: d.find_elements("css selector", "#panel [data-figure]"), 30, "figures")
     want = expected_figures(tier, view)
     assert figures_in(driver) == want
@@ -211,7 +226,7 @@ def test_each_tier_page_shows_the_figures_of_its_view(console, driver, tier):
 
 def test_a_page_refreshes_by_itself(console, driver):
     p, base, _ = console
-    driver.get(f"{base}/console/tactical")
+    assert sign_in(driver, VIEWER_TOKEN, f"{base}/console/tactical")
     first = driver.find_element("id", "refreshed-at").text
     wait_for(driver, lambda d: int(d.find_element("id", "console").get_attribute("data-refreshes")) >= 2,
              6 * REFRESH_S, "two refreshes")
@@ -225,8 +240,7 @@ def test_clicking_approve_releases_the_held_order_and_it_leaves_the_queue(consol
     p, base, _ = console
     watch = Watch(p, p.names.RISK_DECISIONS, p.names.RISK_EVENTS, p.names.ACCEPTED)
     try:
-        driver.get(f"{base}/console/execution")
-        sign_in(driver, TOKEN)
+        assert sign_in(driver, TOKEN, f"{base}/console/execution")
         wait_for(driver, lambda d: d.find_element("id", "operator-name").get_attribute("data-operator") == OPERATOR,
                  15, "the operator's name")
         order_id = queue_ids(driver)[0]
@@ -241,45 +255,54 @@ def test_clicking_approve_releases_the_held_order_and_it_leaves_the_queue(consol
         watch.until(lambda w: w.order_ids(p.names.ACCEPTED)[order_id], 30, "the order on orders.accepted")
         decisions = decisions_for(watch, p, order_id)
         assert [(x.action, x.operator, x.source) for x in decisions] == [("approve", OPERATOR, "operator")]
-        code, view = http(f"{base}/views/execution")
+        code, view = http(f"{base}/views/execution", token=TOKEN)
         assert order_id not in {h["order_id"] for h in view["risk_queue"]}
         assert severe_browser_messages(driver) == []
     finally:
         watch.close()
 
 
-def test_without_the_token_the_click_is_refused_and_nothing_is_published(console, driver):
+def test_without_a_sign_in_nothing_shows_and_a_viewers_click_is_refused(console, driver):
+    from selenium.webdriver.common.by import By
+
     p, base, _ = console
     watch = Watch(p, p.names.RISK_DECISIONS)
     try:
+        # no session: the page is the sign-in form, and none of the console's figures
+        driver.delete_all_cookies()
         driver.get(f"{base}/console/execution")
-        driver.execute_script("window.sessionStorage.clear();")
-        driver.get(f"{base}/console/execution")
-        assert driver.find_element("id", "operator-name").get_attribute("data-operator") in (None, "")
+        assert driver.find_elements(By.ID, "signin-token") and not driver.find_elements(By.ID, "console")
+        # a wrong token does not sign in
+        assert not sign_in(driver, "not-the-token-of-anyone-1234", f"{base}/console/execution")
+        assert not driver.find_elements(By.ID, "console")
+        # a viewer reads the queue; the click is refused (403) and publishes nothing
+        assert sign_in(driver, VIEWER_TOKEN, f"{base}/console/execution")
+        wait_for(driver, lambda d: d.find_element("id", "operator-name").get_attribute("data-name") == VIEWER, 15,
+                 "the viewer's name")
+        assert driver.find_element("id", "operator-name").get_attribute("data-operator") == ""
         order_id = queue_ids(driver)[0]
         click(driver, f'#risk-queue tr[data-order-id="{order_id}"] button.approve')
-        wait_for(driver, lambda d: action_message(d)[1] == "401", 15, "the refusal")
-        assert action_message(driver)[0].startswith("401")
-        # a wrong token is refused as well, at sign-in and at the click
-        sign_in(driver, "not-the-token-of-anyone-1234")
-        wait_for(driver, lambda d: "401" in d.find_element("id", "action-message").text or
-                 "token" in d.find_element("id", "action-message").text, 15, "the sign-in refusal")
+        wait_for(driver, lambda d: action_message(d)[1] == "403", 15, "the refusal")
+        assert action_message(driver)[0].startswith("403")
         click(driver, f'#risk-queue tr[data-order-id="{order_id}"] button.reject')
-        wait_for(driver, lambda d: action_message(d)[1] == "401", 15, "the refusal")
+        wait_for(driver, lambda d: action_message(d)[1] == "403", 15, "the refusal")
         time.sleep(2 * REFRESH_S)
         assert order_id in queue_ids(driver)  # still held, still on the page after refreshes
         watch.settle(3)
         assert decisions_for(watch, p, order_id) == []
-        # ... and the API says the same without a browser
+        # ... and the API says the same without a browser: no token 401, the viewer's 403
         assert http(f"{base}/console/api/decisions", {"order_id": order_id, "action": "approve"})[0] == 401
-        driver.get_log("browser")  # the 401s are logged as failed requests: expected here
+        assert http(f"{base}/console/api/decisions", {"order_id": order_id, "action": "approve"},
+                    VIEWER_TOKEN)[0] == 403
+        assert http(f"{base}/views/execution")[0] == 401
+        driver.get_log("browser")  # the refusals are logged as failed requests: expected here
     finally:
         watch.close()
 
 
 def test_a_double_request_publishes_one_decision(console):
     p, base, _ = console
-    code, view = http(f"{base}/views/execution")
+    code, view = http(f"{base}/views/execution", token=TOKEN)
     order_id = view["risk_queue"][-1]["order_id"]
     watch = Watch(p, p.names.RISK_DECISIONS, p.names.RISK_EVENTS)
     try:
@@ -312,16 +335,12 @@ def test_a_double_request_publishes_one_decision(console):
 
 def test_clicking_redrive_sends_the_dead_letter_back_once(console, driver):
     p, base, _ = console
-    code, view = http(f"{base}/views/execution")
+    code, view = http(f"{base}/views/execution", token=TOKEN)
     letter = view["dead_letters"]["letters"][0]
     raw_topic = letter["source"].rsplit(":", 2)[0]
     watch = Watch(p, raw_topic)
     try:
-        driver.get(f"{base}/console/execution")
-        driver.execute_script("window.sessionStorage.clear();")  # no token left over from another test
-        driver.get(f"{base}/console/execution")
-        driver.get_log("browser")
-        sign_in(driver, TOKEN)
+        assert sign_in(driver, TOKEN, f"{base}/console/execution")
         wait_for(driver, lambda d: d.find_element("id", "operator-name").get_attribute("data-operator") == OPERATOR,
                  15, "the operator's name")
         click(driver, f'#dead-letters tr[data-letter-id="{letter["id"]}"] button.redrive')

@@ -281,3 +281,32 @@ def test_token_buckets_refill_at_their_rate_and_keep_addresses_apart():
     assert [buckets.take("a"), buckets.take("a"), buckets.take("a") > 0] == [0.0, 0.0, True]  # capped at the burst
     with pytest.raises(ValueError):
         TokenBuckets(0, 1)
+
+
+# -- tokens ------------------------------------------------------------------------------------------
+
+def test_access_tokens_name_a_principal_and_its_roles(tmp_path):
+    from dataclasses import replace
+
+    from pipeline.credentials import TokenConfigError, parse_access_tokens
+    s = load_settings()
+    path = tmp_path / "access"
+    path.write_text(f"# people\nviewer:vera:{TOKENS['viewer']}\n\nanalyst:otto:{TOKENS['operator']}\n", encoding="utf-8")
+    creds = Credentials.from_settings(replace(s, access_tokens=f"metrics:prometheus:{TOKENS['metrics']}",
+                                              access_tokens_file=str(path), operator_tokens=f"otto:{TOKENS['operator']}",
+                                              operator_tokens_file=""))
+    otto = creds.principal(f"Bearer {TOKENS['operator']}")
+    assert otto.name == "otto" and otto.roles == {"operator", "analyst", "viewer", "metrics"}  # both lists: both roles
+    assert creds.principal(f"Bearer {TOKENS['metrics']}").roles == {"metrics"}
+    assert creds.principal(f"Bearer {TOKENS['viewer']}").may("viewer") and \
+        not creds.principal(f"Bearer {TOKENS['viewer']}").may("operator")
+    assert creds.operator(f"Bearer {TOKENS['viewer']}") is None and creds.operator(f"Bearer {TOKENS['operator']}") == "otto"
+    for header in (None, "", TOKENS["viewer"], f"Basic {TOKENS['viewer']}", f"Bearer {TOKENS['viewer']}x"):
+        assert creds.principal(header) is None, header
+    for text, why in (("admin:root:" + "x" * 20, "role:name:token"), ("viewer:vera", "role:name:token"),
+                      ("viewer:vera:short", "at least 16"), ("viewer:ve ra:" + "x" * 20, "role:name:token")):
+        with pytest.raises(TokenConfigError, match=why):
+            parse_access_tokens(text)
+    with pytest.raises(TokenConfigError, match="share a token"):
+        Credentials.from_settings(replace(s, access_tokens=f"viewer:vera:{'y' * 20},analyst:anna:{'y' * 20}",
+                                          access_tokens_file="", operator_tokens="", operator_tokens_file=""))
