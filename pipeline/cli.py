@@ -333,16 +333,18 @@ def demo(count: int = 2000, seed: int = 11,
                       f"dead-lettered: {result['dead_lettered']}  elapsed: {result['elapsed_s']} s")
         keep = not stop
         console.print("[bold]5/5[/bold] console")
-        host = "127.0.0.1" if s.bind_host in ("0.0.0.0", "::", "") else s.bind_host
+        host = "127.0.0.1" if s.sink_listen_host in ("0.0.0.0", "::", "") else s.sink_listen_host
+        public_host = "127.0.0.1" if s.public_listen_host in ("0.0.0.0", "::", "") else s.public_listen_host
         if operator is not None:
-            console.print(f"operator token (approve, reject, re-drive): {operator[1]}  (operator {operator[0]})")
+            console.print(f"operator token (sign in on the console; approve, reject, re-drive): {operator[1]}  "
+                          f"(operator {operator[0]})")
         else:
             console.print("operator tokens: ORDERSTREAM_OPERATOR_TOKENS / ORDERSTREAM_OPERATOR_TOKENS_FILE")
         if keep:
             console.print("worker, sink and verifiers keep running; stop everything with "
                           "[bold].venv/bin/orderstream stack down[/bold]")
         console.print(f"console: http://{host}:{s.sink_web_port}/console/ (sign in with a token)  "
-                      f"buyers' tracking pages: http://{s.public_listen_host}:{s.public_port}/t/<code>" if keep else
+                      f"buyers' tracking pages: http://{public_host}:{s.public_port}/t/<code>" if keep else
                       "console: stopped with the sink (--stop); run the demo without --stop to browse it")
         if not result["balanced"]:
             raise typer.Exit(2)

@@ -21,8 +21,11 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 def get(url: str) -> tuple[int, bytes]:
+    """GET with the stack tests' token: the sink's /metrics needs one (a worker's ignores it)."""
+    from tests.stack.conftest import STACK_TOKEN
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {STACK_TOKEN}"}),
+                                    timeout=10) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
