@@ -87,10 +87,11 @@ def _check_role(role: str) -> None:
 
 
 def route(app: web.Application, method: str, path: str, handler: Handler, role: str) -> None:
-    """Add a route that `role` may call (OPEN: anyone)."""
+    """Add a route that `role` may call (OPEN: anyone); a GET answers HEAD too, as aiohttp's add_get does."""
     _check_role(role)
-    resource_route = app.router.add_route(method, path, handler)
-    app[ROUTE_ROLES][(method, resource_route.resource.canonical)] = role
+    for m in (method, "HEAD") if method == "GET" else (method,):
+        resource_route = app.router.add_route(m, path, handler)
+        app[ROUTE_ROLES][(m, resource_route.resource.canonical)] = role
 
 
 def static(app: web.Application, prefix: str, directory, role: str) -> None:

@@ -123,7 +123,8 @@ def test_every_operator_route_refuses_without_credentials_and_answers_its_role(l
     for row in run(app, scenario):
         route = row["route"]
         if route in OPEN_ON_OPERATOR_SURFACE:
-            assert row["anonymous"] == 200 and row["body"] == '{"status": "ok"}', row  # liveness says nothing
+            body = "" if route[0] == "HEAD" else '{"status": "ok"}'
+            assert row["anonymous"] == 200 and row["body"] == body, row  # liveness says nothing
             continue
         assert (row["anonymous"], row["wrong"], row["cookie"]) == (401, 401, 401), row
         assert row["html"] == 401, row
