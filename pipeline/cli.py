@@ -371,19 +371,26 @@ def _sunk_rows(s) -> dict | None:
 # ------------------------------------------------------------------------------- dead letters
 
 @dlq_cli.command("replay")
-def dlq_replay(reason: str = typer.Option("", help="Only dead letters with this reason code."),
+def dlq_replay(operator: str = typer.Option("", help="Who re-drives (required unless --dry-run): recorded in "
+                                                      "the ledger shared with the console and in a redriven_by header."),
+               reason: str = typer.Option("", help="Only dead letters with this reason code."),
                from_beginning: bool = typer.Option(False, help="Ignore the saved position: look at every dead letter."),
                dry_run: bool = False) -> None:
     """Re-drive dead letters onto their source raw topics after a fix.
 
-    A run continues where the last one stopped (a saved group position), so nothing is re-driven
-    twice by accident; letters skipped by --reason stay in the topic and can be re-driven later
-    with --from-beginning."""
+    A run continues where the last one stopped (a saved group position); letters skipped by
+    --reason stay in the topic and can be re-driven later with --from-beginning. A letter already
+    re-driven, here or from the console, is not sent again: the run names who did it and when."""
     from .redrive import redrive_dead_letters
     from .topics import names
-    report = redrive_dead_letters(load_settings(), names, reason=reason, from_beginning=from_beginning,
-                                  dry_run=dry_run)
-    console.print(str(report))
+    try:
+        report = redrive_dead_letters(load_settings(), names, operator=operator, reason=reason,
+                                      from_beginning=from_beginning, dry_run=dry_run)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(str(report), markup=False, highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------- rules and decisions

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from pipeline import access
 from pipeline.clickhouse.http import BACKEND, json_response
+from pipeline.redrive_ledger import RedriveLedger, redis_ledger
 from pipeline.topics import TopicNames
 
 from . import format as fmt
@@ -50,12 +51,14 @@ class Console:
     """What the routes share: the backend, the actions and the renderer (who calls: pipeline.access)."""
 
     def __init__(self, backend, settings, names: TopicNames, *, publisher: Publisher | None = None,
-                 outcome_wait_s: float = 6.0) -> None:
+                 redrives: RedriveLedger | None = None, outcome_wait_s: float = 6.0) -> None:
         self.backend = backend
         self.default_tz = settings.console_timezone
         fmt.zone(self.default_tz)  # a wrong ORDERSTREAM_CONSOLE_TIMEZONE stops the sink at start, not a page later
         self.publisher = publisher if publisher is not None else KafkaPublisher(settings)
-        self.actions = ConsoleActions(backend, names, self.publisher, outcome_wait_s=outcome_wait_s)
+        # the re-drive ledger shared with `orderstream dlq replay` (Redis; connects on first re-drive)
+        self.redrives = redrives if redrives is not None else redis_ledger(settings)
+        self.actions = ConsoleActions(backend, names, self.publisher, self.redrives, outcome_wait_s=outcome_wait_s)
         self.renderer = Renderer(settings.console_refresh_s)
 
 

@@ -33,6 +33,7 @@ from pipeline.contracts import RiskEvent
 from pipeline.domain.holds import parse_decision
 from pipeline.kafka_io import LibrdkafkaLog
 from pipeline.topics import TopicNames
+from tests.redrive_memory import memory_ledger
 from tests.console_figures import expected_figures, is_external, page_figures, resource_urls
 from tests.unit.test_clickhouse_chdb import INJECTION, NOW, make_dataset
 
@@ -240,11 +241,13 @@ def backend(tmp_path_factory):
 class Client:
     """The sink's application with the console, through aiohttp's test client (one per test)."""
 
-    def __init__(self, backend, publisher, tokens=None, outcome_wait_s=0.0):
+    def __init__(self, backend, publisher, tokens=None, outcome_wait_s=0.0, redrives=None):
+        self.redrives = redrives if redrives is not None else memory_ledger()
         credentials = Credentials([(ALICE, "alice", "operator"), (BOB, "bob", "operator"), (VERA, "vera", "viewer")])
         self.app = make_app(backend, credentials=credentials if tokens is None else tokens)
         from pipeline.console import setup_console
-        setup_console(self.app, load_settings(), NAMES, publisher=publisher, outcome_wait_s=outcome_wait_s)
+        setup_console(self.app, load_settings(), NAMES, publisher=publisher, outcome_wait_s=outcome_wait_s,
+                      redrives=self.redrives)
 
     def run(self, scenario):
         async def main():
@@ -549,3 +552,54 @@ def test_redrive_sends_the_letters_own_bytes_back_once(backend):
                          [("redriven_from", hostile["id"].encode()), ("redriven_by", b"bob")])]
     after = TIERS["execution"](backend)["dead_letters"]
     assert after["waiting"] == letters["waiting"] - 1 and hostile["id"] not in {d["id"] for d in after["letters"]}
+
+
+def test_a_letter_the_cli_re_drove_is_refused_naming_who_and_leaves_the_list(backend):
+    pub, ledger = FakePublisher(), memory_ledger()
+    letters = TIERS["execution"](backend)["dead_letters"]
+    letter = letters["letters"][0]
+    cli = ledger.claim(letter["id"], "carol", "cli", 1_796_000_000_000).record
+
+    async def scenario(client):
+        return await post(client, "/console/api/redrive", {"letter_id": letter["id"]}, token=BOB)
+    unconfirmed = Client(backend, pub, redrives=ledger).run(scenario)
+    # claimed by a CLI run that has not confirmed it sent: refused, and still listed
+    assert unconfirmed[0] == 409 and "carol" in unconfirmed[1]["error"] and "not yet confirmed" in unconfirmed[1]["error"]
+    assert letter["id"] in {d["id"] for d in TIERS["execution"](backend)["dead_letters"]["letters"]}
+    ledger.confirm(cli)
+    status, body = Client(backend, pub, redrives=ledger).run(scenario)
+    assert status == 200 and body["status"] == "already_sent" and body["via"] == "cli"
+    assert body["message"] == (f"{letter['id']} was already re-driven by carol with `orderstream dlq replay` at "
+                               "2026-11-30T00:53:20Z; nothing was sent again")
+    assert pub.sent == []
+    after = TIERS["execution"](backend)["dead_letters"]
+    assert after["waiting"] == letters["waiting"] - 1 and letter["id"] not in {d["id"] for d in after["letters"]}
+
+
+def test_a_re_drive_the_broker_refused_gives_the_letter_back_to_the_ledger(backend):
+    pub, ledger = FakePublisher(), memory_ledger()
+    letter = TIERS["execution"](backend)["dead_letters"]["letters"][0]
+    pub.fail = 1
+
+    async def scenario(client):
+        r = "/console/api/redrive"
+        return (await post(client, r, {"letter_id": letter["id"]}, token=BOB),
+                await post(client, r, {"letter_id": letter["id"]}, token=ALICE))
+    failed, retried = Client(backend, pub, redrives=ledger).run(scenario)
+    assert failed[0] == 503 and retried[0] == 200 and retried[1]["status"] == "sent"
+    recorded = ledger.find(letter["id"])
+    assert (recorded.operator, recorded.via, recorded.state) == ("alice", "console", "sent")
+    assert len(pub.sent) == 1
+
+
+def test_without_the_ledger_a_re_drive_sends_nothing(backend):
+    class Away:
+        def claim(self, *args):
+            raise ConnectionError("redis away (simulated)")
+    pub = FakePublisher()
+    letter = TIERS["execution"](backend)["dead_letters"]["letters"][0]
+
+    async def scenario(client):
+        return await post(client, "/console/api/redrive", {"letter_id": letter["id"]}, token=BOB)
+    status, body = Client(backend, pub, redrives=Away()).run(scenario)
+    assert status == 503 and "ledger" in body["error"] and pub.sent == []

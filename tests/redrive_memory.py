@@ -1,0 +1,41 @@
+"""The re-drive ledger's store in a dict, for tests without Redis: the same four operations, each atomic
+within one process (pipeline.redrive_ledger.RedisRedriveStore is the real one)."""
+from __future__ import annotations
+
+import threading
+
+from pipeline.redrive_ledger import RedriveLedger
+
+
+class MemoryRedriveStore:
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, value: str) -> bool:
+        with self._lock:
+            if key in self.keys:
+                return False
+            self.keys[key] = value
+            return True
+
+    def get(self, key: str) -> str | None:
+        return self.keys.get(key)
+
+    def replace(self, key: str, old: str, new: str) -> bool:
+        with self._lock:
+            if self.keys.get(key) != old:
+                return False
+            self.keys[key] = new
+            return True
+
+    def remove(self, key: str, old: str) -> bool:
+        with self._lock:
+            if self.keys.get(key) != old:
+                return False
+            del self.keys[key]
+            return True
+
+
+def memory_ledger() -> RedriveLedger:
+    return RedriveLedger(MemoryRedriveStore())
