@@ -102,6 +102,8 @@ def worker(loglevel: str = "info") -> None:
     changelogs = changelog_topics()
     ensure_changelogs(s, changelogs)  # before the group join: see changelog_topics
     wait_until_visible(s, [*names.ALL_TOPICS, *(name for name, _, _ in changelogs)])
+    from .metrics import start_worker_series
+    start_worker_series()  # the Hold resolutions panel has data on a worker that has resolved nothing yet
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back

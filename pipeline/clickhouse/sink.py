@@ -221,6 +221,8 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         from pipeline.settlement.scheduler import SettlementScheduler
         settlement = SettlementScheduler(backend, load_rules())  # a run after each bill import
         sink.on_landed["settlement_bills"] = settlement.landed
+        from .sla_metric import ShippingSlaGauge
+        sla_gauge = ShippingSlaGauge(backend)  # orderstream_shipping_sla_orders, at 0 from start
         credentials = Credentials.from_settings(settings)  # malformed tokens stop the sink here
         if not len(credentials):
             log.warning("no access tokens (ORDERSTREAM_ACCESS_TOKENS, ORDERSTREAM_OPERATOR_TOKENS): the operator "
@@ -279,6 +281,7 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
                 stop.wait(0.05)
             sink.flush()
             settlement.tick()
+            sla_gauge.tick()
         sink.drain(timeout_s=30.0)
     finally:
         if consumer is not None:
