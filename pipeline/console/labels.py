@@ -122,6 +122,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "source": ("来源", "Source"),
     "size": ("大小", "Size"),
     "redrive": ("重新投递", "Re-drive"),
+    "copy": ("复制", "Copy"),
+    "copied": ("已复制", "Copied"),
     "no_dead_letters": ("没有待处理的死信", "No dead letter is waiting"),
     "breakers": ("各工作进程熔断器", "Breaker per worker"),
     "logistics": ("物流健康度", "Parcel tracking health"),

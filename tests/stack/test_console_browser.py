@@ -10,7 +10,9 @@ console a real sink serves after a real replay through a real worker on the real
   risk.decisions once, with the token's operator, the worker releases the order and it leaves the
   queue on the page's own refresh;
 - a viewer's click is refused with 403, the API without a token with 401, and nothing is published;
-- a double request publishes one decision; a re-drive click sends the dead letter back once.
+- a double request publishes one decision; a re-drive click sends the dead letter back once;
+- the execution page's tables fit a 1400 px screen and a 390 px phone, the re-drive button whole;
+  screenshots of every page and a tracking page at both widths (pipeline.devtools.screenshots).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pipeline.devtools import stack
 from pipeline.devtools.fake_orders import ReplayMix
 from pipeline.devtools.replay import ReplayConfig, produce_replay, reconcile
 from tests.console_figures import expected_figures
-from tests.stack.helpers import Watch, distinct_facts, wait_sunk
+from tests.stack.helpers import Watch, distinct_facts, sink_sql, wait_sunk
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -76,7 +78,8 @@ def console(pipeline_factory, browser_paths):
     p.start_worker()
     p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_ACCESS_TOKENS=VIEWER_ACCESS,
                  ORDERSTREAM_CONSOLE_REFRESH_S=str(REFRESH_S))
-    cfg = ReplayConfig(count=400, seed=15, mix=ReplayMix(malformed=0.04, update=0.08), scarce_skus=4)
+    # shipped orders too: their waybills give the tracking page something to show in its screenshot
+    cfg = ReplayConfig(count=400, seed=15, mix=ReplayMix(malformed=0.04, update=0.08, ship=0.05), scarce_skus=4)
     messages, produced = produce_replay(p.s, p.names, cfg)
     p.drain(timeout=180)
     report = reconcile(p.s, p.names, messages, produced["coordinates"])
@@ -128,15 +131,6 @@ def figures_in(d) -> dict[tuple[str, str], str]:
 
 def severe_browser_messages(d) -> list[str]:
     return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def screenshot(d, path: Path, max_height: int = 2400) -> None:
-    height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1400, min(max(height, 800), max_height))
-    time.sleep(0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert d.save_screenshot(str(path)), path
-    d.set_window_size(1400, 1000)
 
 
 def queue_ids(d) -> list[str]:
@@ -217,11 +211,6 @@ def test_each_tier_page_shows_the_figures_of_its_view(console, driver, tier):
     loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
     assert loaded and all(url.startswith(base + "/") for url in loaded), loaded
     assert severe_browser_messages(driver) == []
-    # the screenshot of the live page (no fixed moment) for the README
-    driver.get(f"{base}/console/{tier}")
-    wait_for(driver, lambda d: d.find_elements("css selector", "#panel [data-figure]"), 30, "figures")
-    screenshot(driver, SCREENSHOTS / f"{tier}.png")
-    assert (SCREENSHOTS / f"{tier}.png").stat().st_size > 20_000
 
 
 def test_a_page_refreshes_by_itself(console, driver):
@@ -362,3 +351,79 @@ def test_clicking_redrive_sends_the_dead_letter_back_once(console, driver):
         assert severe_browser_messages(driver) == []
     finally:
         watch.close()
+
+
+# -- layout --------------------------------------------------------------------------------------------
+
+LAYOUT = """
+const px = (r) => ({left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height});
+const tables = Array.from(document.querySelectorAll('#panel table')).map(t => {
+  const box = t.closest('.card') || t.parentElement;
+  const cs = getComputedStyle(box);
+  const inner = box.getBoundingClientRect();
+  return {id: t.id, table: px(t.getBoundingClientRect()), scroll: t.scrollWidth,
+          box: {left: inner.left + parseFloat(cs.paddingLeft) + parseFloat(cs.borderLeftWidth),
+                right: inner.right - parseFloat(cs.paddingRight) - parseFloat(cs.borderRightWidth)},
+          boxRect: px(inner)};
+});
+const buttons = Array.from(document.querySelectorAll('#dead-letters button.redrive')).map(b => {
+  b.scrollIntoView({block: 'center'});
+  const r = b.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  const cell = b.closest('td').getBoundingClientRect(), card = b.closest('.card').getBoundingClientRect();
+  return {rect: px(r), cell: px(cell), card: px(card), hit: hit === b || b.contains(hit)};
+});
+const sources = Array.from(document.querySelectorAll('#dead-letters td.source .ident-text')).map(e => {
+  return {height: e.getBoundingClientRect().height, line: parseFloat(getComputedStyle(e).lineHeight) ||
+          1.45 * parseFloat(getComputedStyle(e).fontSize), title: e.title, text: e.textContent};
+});
+return {tables, buttons, sources, inner: window.innerWidth, page: document.documentElement.scrollWidth};
+"""
+
+
+@pytest.mark.parametrize("width,height", [(1400, 900), (390, 844)])
+def test_the_execution_pages_tables_fit_the_screen_and_the_redrive_button_is_whole(console, driver, width, height):
+    from pipeline.devtools.screenshots import reset_viewport, set_viewport
+
+    p, base, _ = console
+    assert sign_in(driver, TOKEN, f"{base}/console/execution")
+    try:
+        set_viewport(driver, width, height)
+        driver.get(f"{base}/console/execution")
+        wait_for(driver, lambda d: d.find_elements("css selector", "#dead-letters button.redrive"), 30, "the letters")
+        got = driver.execute_script(LAYOUT)
+    finally:
+        reset_viewport(driver)
+    assert got["inner"] == width
+    assert got["page"] <= width, f"the page scrolls sideways: {got['page']} px on a {width} px screen"
+    assert {t["id"] for t in got["tables"]} >= {"risk-queue", "refund-queue", "dead-letters", "sla-todo"}
+    for t in got["tables"]:  # inside its card's content box, and no wider than it shows
+        assert t["table"]["left"] >= t["box"]["left"] - 1 and t["table"]["right"] <= t["box"]["right"] + 1, t
+        assert t["scroll"] <= t["table"]["width"] + 1, t
+    assert got["buttons"], "no re-drive button to look at"
+    for b in got["buttons"]:  # whole: inside its cell, its card and the screen, and not covered
+        r = b["rect"]
+        assert r["width"] > 20 and r["height"] > 10, b
+        assert b["cell"]["left"] - 1 <= r["left"] and r["right"] <= b["cell"]["right"] + 1, b
+        assert b["card"]["left"] <= r["left"] and r["right"] <= b["card"]["right"], b
+        assert 0 <= r["left"] and r["right"] <= width, b
+        assert b["hit"], b
+    for s in got["sources"]:  # a source id on one line, shortened, the whole one on hover
+        assert s["height"] <= 1.5 * s["line"], s
+        assert s["title"].startswith(p.ns) and "…" in s["text"] and len(s["text"]) < len(s["title"]), s
+
+
+def test_screenshots_of_every_page_and_a_tracking_page(console, driver):
+    """For the README: ORDERSTREAM_SCREENSHOT_DIR=docs/screenshots refreshes the committed ones."""
+    from pipeline.devtools.screenshots import SIZES, take_all
+
+    p, base, _ = console
+    codes = sink_sql(p, "SELECT track_code FROM tracking_updates WHERE track_code != '' ORDER BY at LIMIT 1")
+    assert codes, "the replay shipped orders, so some waybill has a tracking code"
+    tracking = f"http://127.0.0.1:{p.public_port}/t/{codes[0]['track_code']}"
+    written = take_all(driver, base, VIEWER_TOKEN, tracking, SCREENSHOTS)
+    names = {path.name for path in written}
+    assert names == {f"{page}{suffix}.png" for suffix, _, _ in SIZES
+                     for page in ("strategic", "tactical", "execution", "tracking")}
+    assert all(path.stat().st_size > 15_000 for path in written), [(x.name, x.stat().st_size) for x in written]
+    driver.get_log("browser")

@@ -603,3 +603,17 @@ def test_without_the_ledger_a_re_drive_sends_nothing(backend):
         return await post(client, "/console/api/redrive", {"letter_id": letter["id"]}, token=BOB)
     status, body = Client(backend, pub, redrives=Away()).run(scenario)
     assert status == 503 and "ledger" in body["error"] and pub.sent == []
+
+
+def test_long_ids_are_shortened_with_the_whole_id_in_the_title_and_a_copy_button(backend):
+    assert fmt.short_id("t8407872b.orders.raw.jd:0:12345") == "t84078…raw.jd:0:12345"
+    assert fmt.short_id("TM-12345") == "TM-12345"  # short enough: as it is
+    letters = TIERS["execution"](backend)["dead_letters"]["letters"]
+    source = next(d["source"] for d in letters if len(d["source"]) > 17)
+
+    async def scenario(client):
+        return (await get_text(client, "/console/execution/panel", now=NOW_Q))[1]
+    page = Client(backend, FakePublisher()).run(scenario)
+    assert (f'<span class="ident-text" title="{source}">{fmt.short_id(source)}</span>'
+            f'<button type="button" class="copy" data-copy="{source}"') in page
+    assert f">{source}<" not in page  # the whole id is not what the cell shows

@@ -107,7 +107,35 @@
       })
       .catch(function (err) { button.disabled = false; say(String(err), false); });
   }
+  // copy a whole id (tables show it shortened): the clipboard API where the page may use it
+  // (a secure context: https or loopback), else a selected textarea and the copy command
+  function copy(button) {
+    var text = button.getAttribute("data-copy");
+    function done(ok) {
+      button.classList.toggle("copied", ok);
+      root.setAttribute("data-copied", ok ? text : "");
+      say(ok ? text : "copy: " + text, ok);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(fallback(text)); });
+    }
+    done(fallback(text));
+  }
+  function fallback(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed"; area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    document.body.removeChild(area);
+    return ok;
+  }
   panel.addEventListener("click", function (event) {
+    var copyButton = event.target.closest("button.copy[data-copy]");
+    if (copyButton) { copy(copyButton); return; }
     var button = event.target.closest("button[data-action]");
     if (button && !button.disabled) { send(button); }
   });
