@@ -52,14 +52,16 @@ def print_status(rows) -> None:
 
 @stack_cli.command("up")
 def stack_up(browser: bool = typer.Option(False, "--browser", help="Also install Debian's chromium + "
-                                          "chromium-driver (the console's browser tests) when missing.")) -> None:
+                                          "chromium-driver (the console's browser tests) when missing."),
+             prometheus: bool = typer.Option(False, "--prometheus", help="Also install Debian's prometheus "
+                                             "(the metrics stack test's server) when missing.")) -> None:
     """Install what is missing and start Kafka and Redis (idempotent)."""
     from .devtools import stack
     from .kafka_io import TopicError, ensure_topics
     from .topics import names
     s = load_settings()
     try:
-        rows = stack.up(s, browser=browser)
+        rows = stack.up(s, browser=browser, prometheus=prometheus)
         ensure_topics(s, names)
     except (stack.StackError, TopicError) as exc:
         fail(str(exc))
