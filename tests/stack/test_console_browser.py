@@ -381,25 +381,37 @@ return {tables, buttons, sources, inner: window.innerWidth, page: document.docum
 """
 
 
-@pytest.mark.parametrize("width,height", [(1400, 900), (390, 844)])
-def test_the_execution_pages_tables_fit_the_screen_and_the_redrive_button_is_whole(console, driver, width, height):
+SCREENS = [(1400, 900), (390, 844)]
+
+
+def layout_at(driver, url: str, width: int, height: int, ready_css: str) -> dict:
+    """The LAYOUT measures of the page at `url` on a `width` x `height` screen."""
     from pipeline.devtools.screenshots import reset_viewport, set_viewport
 
-    p, base, _ = console
-    assert sign_in(driver, TOKEN, f"{base}/console/execution")
     try:
         set_viewport(driver, width, height)
-        driver.get(f"{base}/console/execution")
-        wait_for(driver, lambda d: d.find_elements("css selector", "#dead-letters button.redrive"), 30, "the letters")
-        got = driver.execute_script(LAYOUT)
+        driver.get(url)
+        wait_for(driver, lambda d: d.find_elements("css selector", ready_css), 30, ready_css)
+        return driver.execute_script(LAYOUT)
     finally:
         reset_viewport(driver)
+
+
+def assert_fits(got: dict, width: int) -> None:
     assert got["inner"] == width
     assert got["page"] <= width, f"the page scrolls sideways: {got['page']} px on a {width} px screen"
-    assert {t["id"] for t in got["tables"]} >= {"risk-queue", "refund-queue", "dead-letters", "sla-todo"}
     for t in got["tables"]:  # inside its card's content box, and no wider than it shows
         assert t["table"]["left"] >= t["box"]["left"] - 1 and t["table"]["right"] <= t["box"]["right"] + 1, t
         assert t["scroll"] <= t["table"]["width"] + 1, t
+
+
+@pytest.mark.parametrize("width,height", SCREENS)
+def test_the_execution_pages_tables_fit_the_screen_and_the_redrive_button_is_whole(console, driver, width, height):
+    p, base, _ = console
+    assert sign_in(driver, TOKEN, f"{base}/console/execution")
+    got = layout_at(driver, f"{base}/console/execution", width, height, "#dead-letters button.redrive")
+    assert {t["id"] for t in got["tables"]} >= {"risk-queue", "refund-queue", "dead-letters", "sla-todo"}
+    assert_fits(got, width)
     assert got["buttons"], "no re-drive button to look at"
     for b in got["buttons"]:  # whole: inside its cell, its card and the screen, and not covered
         r = b["rect"]
@@ -411,6 +423,16 @@ def test_the_execution_pages_tables_fit_the_screen_and_the_redrive_button_is_who
     for s in got["sources"]:  # a source id on one line, shortened, the whole one on hover
         assert s["height"] <= 1.5 * s["line"], s
         assert s["title"].startswith(p.ns) and "…" in s["text"] and len(s["text"]) < len(s["title"]), s
+
+
+@pytest.mark.parametrize("tier", ("strategic", "tactical"))
+def test_the_other_pages_fit_a_desktop_and_a_phone(console, driver, tier):
+    p, base, _ = console
+    assert sign_in(driver, VIEWER_TOKEN, f"{base}/console/{tier}")
+    for width, height in SCREENS:
+        got = layout_at(driver, f"{base}/console/{tier}", width, height, "#panel table")
+        assert got["tables"], tier
+        assert_fits(got, width)
 
 
 def test_screenshots_of_every_page_and_a_tracking_page(console, driver):
