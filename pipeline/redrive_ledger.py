@@ -18,6 +18,7 @@ header tells whether it went out.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol
@@ -62,6 +63,7 @@ class RedriveStore(Protocol):
     def get(self, key: str) -> str | None: ...
     def replace(self, key: str, old: str, new: str) -> bool: ...     # only while the key still holds `old`
     def remove(self, key: str, old: str) -> bool: ...
+    def keys(self, prefix: str) -> list[str]: ...                    # every key starting with `prefix`
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class RedriveLedger:
         text = self.store.get(self.key(letter_id))
         return None if text is None else Redrive.decode(text)
 
+    def sent(self, dlq_topic: str) -> list[Redrive]:
+        """Every confirmed re-drive of a letter on `dlq_topic` (the console mirrors them into its list)."""
+        records = (self.find(key.removeprefix(KEY_PREFIX)) for key in self.store.keys(self.key(f"{dlq_topic}:")))
+        return sorted((r for r in records if r is not None and r.state == SENT), key=lambda r: r.letter_id)
+
 
 # compare-and-set / compare-and-delete: one server-side step, so no other claimant interleaves
 _REPLACE = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2]) return 1 end return 0"
@@ -138,6 +145,10 @@ class RedisRedriveStore:
 
     def remove(self, key: str, old: str) -> bool:
         return bool(self._remove(keys=[key], args=[old]))
+
+    def keys(self, prefix: str) -> list[str]:
+        glob = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)  # the prefix taken literally, then anything
+        return list(self.client.scan_iter(match=glob + "*", count=500))
 
 
 def redis_ledger(settings) -> RedriveLedger:

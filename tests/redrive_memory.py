@@ -9,32 +9,35 @@ from pipeline.redrive_ledger import RedriveLedger
 
 class MemoryRedriveStore:
     def __init__(self) -> None:
-        self.keys: dict[str, str] = {}
+        self.entries: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def add(self, key: str, value: str) -> bool:
         with self._lock:
-            if key in self.keys:
+            if key in self.entries:
                 return False
-            self.keys[key] = value
+            self.entries[key] = value
             return True
 
     def get(self, key: str) -> str | None:
-        return self.keys.get(key)
+        return self.entries.get(key)
 
     def replace(self, key: str, old: str, new: str) -> bool:
         with self._lock:
-            if self.keys.get(key) != old:
+            if self.entries.get(key) != old:
                 return False
-            self.keys[key] = new
+            self.entries[key] = new
             return True
 
     def remove(self, key: str, old: str) -> bool:
         with self._lock:
-            if self.keys.get(key) != old:
+            if self.entries.get(key) != old:
                 return False
-            del self.keys[key]
+            del self.entries[key]
             return True
+
+    def keys(self, prefix: str) -> list[str]:
+        return [k for k in list(self.entries) if k.startswith(prefix)]
 
 
 def memory_ledger() -> RedriveLedger:

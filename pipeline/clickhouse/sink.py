@@ -229,7 +229,9 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
                         "surface refuses every caller but /health")
         app = make_app(backend, lambda: {**sink.status(), **analyst.status(), "settlement_runs": settlement.runs},
                        credentials=credentials, sessions=Sessions(settings.console_session_hours * 3600))
-        setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
+        console = setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
+        from pipeline.console.redrive_mirror import RedriveMirror
+        redrives = RedriveMirror(console.redrives, console.actions.log, names.DLQ)  # the CLI's, into the list
         server = WebServer(app, settings.sink_listen_host, settings.sink_web_port).start()
         log.info("operator surface on %s:%d (%d principals)", settings.sink_listen_host, server.port, len(credentials))
         if settings.public_port:
@@ -282,6 +284,7 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             sink.flush()
             settlement.tick()
             sla_gauge.tick()
+            redrives.tick()
         sink.drain(timeout_s=30.0)
     finally:
         if consumer is not None:

@@ -350,7 +350,18 @@ class ConsoleActions:
         key = f"redrive:{letter_id}"
         async with self._exclusive(key):
             prior = await self._run(self.log.find, key)
-            if prior is not None:
+            try:
+                first = await self._run(self.redrives.find, letter_id)
+            except Exception:  # noqa: BLE001 - Redis away: the claim below answers 503
+                first = None
+            if first is not None and first.state == SENT:  # the shared ledger names who, how and when
+                if prior is None:  # the CLI's: into console_actions, so the letter leaves the list
+                    await self._run(self.log.record, key, "redrive", letter_id, first.operator, "",
+                                    f"via {first.via}", first.at_ms)
+                return Answer(200, {"status": "already_sent", "letter_id": letter_id, "operator": first.operator,
+                                    "via": first.via, "at": first.at_iso,
+                                    "message": f"{first.describe()}; nothing was sent again"})
+            if prior is not None:  # re-driven here before the ledger existed
                 return Answer(200, {"status": "already_sent", "letter_id": letter_id, "operator": prior["operator"],
                                     "at": prior["at_iso"],
                                     "message": f"{letter_id} was already re-driven by {prior['operator']} at "

@@ -617,3 +617,25 @@ def test_long_ids_are_shortened_with_the_whole_id_in_the_title_and_a_copy_button
     assert (f'<span class="ident-text" title="{source}">{fmt.short_id(source)}</span>'
             f'<button type="button" class="copy" data-copy="{source}"') in page
     assert f">{source}<" not in page  # the whole id is not what the cell shows
+
+
+def test_letters_the_cli_re_drove_leave_the_list_without_a_click(backend):
+    from pipeline.console.actions import ActionLog
+    from pipeline.console.redrive_mirror import RedriveMirror
+
+    ledger, clock = memory_ledger(), [0.0]
+    letters = TIERS["execution"](backend)["dead_letters"]
+    sent, claimed = letters["letters"][0]["id"], letters["letters"][1]["id"]
+    ledger.confirm(ledger.claim(sent, "carol", "cli", 1_796_000_000_000).record)
+    ledger.claim(claimed, "dave", "cli", 1_796_000_000_000)  # not confirmed: it may not have gone out
+    ledger.confirm(ledger.claim("other.orders.dlq:0:1", "erin", "cli", 0).record)  # another pipeline's
+    mirror = RedriveMirror(ledger, ActionLog(backend), NAMES.DLQ, interval_s=5.0, clock=lambda: clock[0])
+    assert mirror.tick() == 1
+    after = TIERS["execution"](backend)["dead_letters"]
+    ids = {d["id"] for d in after["letters"]}
+    assert sent not in ids and claimed in ids and after["waiting"] == letters["waiting"] - 1
+    assert ActionLog(backend).find(f"redrive:{sent}")["operator"] == "carol"
+    clock[0] = 10.0
+    assert mirror.tick() == 0  # copied once
+    n = backend.query("SELECT count() AS n FROM console_actions WHERE target = {t:String}", {"t": sent})
+    assert int(n[0]["n"]) == 1
