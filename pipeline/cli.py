@@ -52,14 +52,16 @@ def print_status(rows) -> None:
 
 @stack_cli.command("up")
 def stack_up(browser: bool = typer.Option(False, "--browser", help="Also install Debian's chromium + "
-                                          "chromium-driver (the console's browser tests) when missing.")) -> None:
+                                          "chromium-driver (the console's browser tests) when missing."),
+             prometheus: bool = typer.Option(False, "--prometheus", help="Also install Debian's prometheus "
+                                             "(the metrics stack test's server) when missing.")) -> None:
     """Install what is missing and start Kafka and Redis (idempotent)."""
     from .devtools import stack
     from .kafka_io import TopicError, ensure_topics
     from .topics import names
     s = load_settings()
     try:
-        rows = stack.up(s, browser=browser)
+        rows = stack.up(s, browser=browser, prometheus=prometheus)
         ensure_topics(s, names)
     except (stack.StackError, TopicError) as exc:
         fail(str(exc))
@@ -102,6 +104,8 @@ def worker(loglevel: str = "info") -> None:
     changelogs = changelog_topics()
     ensure_changelogs(s, changelogs)  # before the group join: see changelog_topics
     wait_until_visible(s, [*names.ALL_TOPICS, *(name for name, _, _ in changelogs)])
+    from .metrics import start_worker_series
+    start_worker_series()  # the Hold resolutions panel has data on a worker that has resolved nothing yet
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):  # Faust installed its handler: put ours back
@@ -293,6 +297,12 @@ def demo(count: int = 2000, seed: int = 11,
     if not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS") and not os.environ.get("ORDERSTREAM_OPERATOR_TOKENS_FILE"):
         operator = ("demo", secrets.token_urlsafe(18))  # the console's approve/reject/re-drive need one
         env["ORDERSTREAM_OPERATOR_TOKENS"] = f"{operator[0]}:{operator[1]}"
+    if not os.environ.get("ORDERSTREAM_SINK_TOKEN"):
+        # the demo's own reads of the sink (the summary's row count) name it as an analyst
+        cli_token = secrets.token_urlsafe(18)
+        env["ORDERSTREAM_SINK_TOKEN"] = cli_token
+        env["ORDERSTREAM_ACCESS_TOKENS"] = ",".join(filter(None, [os.environ.get("ORDERSTREAM_ACCESS_TOKENS", ""),
+                                                                  f"analyst:demo-cli:{cli_token}"]))
     os.environ.update(env)
     s = load_settings()
     # warnings only between the steps: librdkafka's own lines go through logging (kafka_io) and a
@@ -327,15 +337,18 @@ def demo(count: int = 2000, seed: int = 11,
                       f"dead-lettered: {result['dead_lettered']}  elapsed: {result['elapsed_s']} s")
         keep = not stop
         console.print("[bold]5/5[/bold] console")
-        host = "127.0.0.1" if s.bind_host in ("0.0.0.0", "::", "") else s.bind_host
+        host = "127.0.0.1" if s.sink_listen_host in ("0.0.0.0", "::", "") else s.sink_listen_host
+        public_host = "127.0.0.1" if s.public_listen_host in ("0.0.0.0", "::", "") else s.public_listen_host
         if operator is not None:
-            console.print(f"operator token (approve, reject, re-drive): {operator[1]}  (operator {operator[0]})")
+            console.print(f"operator token (sign in on the console; approve, reject, re-drive): {operator[1]}  "
+                          f"(operator {operator[0]})")
         else:
             console.print("operator tokens: ORDERSTREAM_OPERATOR_TOKENS / ORDERSTREAM_OPERATOR_TOKENS_FILE")
         if keep:
             console.print("worker, sink and verifiers keep running; stop everything with "
                           "[bold].venv/bin/orderstream stack down[/bold]")
-        console.print(f"console: http://{host}:{s.sink_web_port}/console/" if keep else
+        console.print(f"console: http://{host}:{s.sink_web_port}/console/ (sign in with a token)  "
+                      f"buyers' tracking pages: http://{public_host}:{s.public_port}/t/<code>" if keep else
                       "console: stopped with the sink (--stop); run the demo without --stop to browse it")
         if not result["balanced"]:
             raise typer.Exit(2)
@@ -348,10 +361,12 @@ def demo(count: int = 2000, seed: int = 11,
 def _sunk_rows(s) -> dict | None:
     import urllib.parse
     import urllib.request
+    from .credentials import bearer_headers
     query = "SELECT count() AS order_events FROM order_events"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/sql?q={urllib.parse.quote(query)}",
-                                    timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{s.sink_web_port}/sql?q={urllib.parse.quote(query)}", headers=bearer_headers(s)),
+                timeout=10) as resp:
             return json.loads(resp.read())
     except OSError:
         return None
@@ -360,19 +375,26 @@ def _sunk_rows(s) -> dict | None:
 # ------------------------------------------------------------------------------- dead letters
 
 @dlq_cli.command("replay")
-def dlq_replay(reason: str = typer.Option("", help="Only dead letters with this reason code."),
+def dlq_replay(operator: str = typer.Option("", help="Who re-drives (required unless --dry-run): recorded in "
+                                                      "the ledger shared with the console and in a redriven_by header."),
+               reason: str = typer.Option("", help="Only dead letters with this reason code."),
                from_beginning: bool = typer.Option(False, help="Ignore the saved position: look at every dead letter."),
                dry_run: bool = False) -> None:
     """Re-drive dead letters onto their source raw topics after a fix.
 
-    A run continues where the last one stopped (a saved group position), so nothing is re-driven
-    twice by accident; letters skipped by --reason stay in the topic and can be re-driven later
-    with --from-beginning."""
+    A run continues where the last one stopped (a saved group position); letters skipped by
+    --reason stay in the topic and can be re-driven later with --from-beginning. A letter already
+    re-driven, here or from the console, is not sent again: the run names who did it and when."""
     from .redrive import redrive_dead_letters
     from .topics import names
-    report = redrive_dead_letters(load_settings(), names, reason=reason, from_beginning=from_beginning,
-                                  dry_run=dry_run)
-    console.print(str(report))
+    try:
+        report = redrive_dead_letters(load_settings(), names, operator=operator, reason=reason,
+                                      from_beginning=from_beginning, dry_run=dry_run)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(str(report), markup=False, highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------- rules and decisions
@@ -450,7 +472,7 @@ def reconcile_states(day: str = typer.Option(..., "--day", help="The business da
         except OSError:
             sink_running = False
         if sink_running:
-            query = sink_query(url)
+            query = sink_query(url, token=s.sink_token)
         else:
             from .clickhouse.backends import BackendError, open_backend
             try:
@@ -600,13 +622,18 @@ def refund_rules_check(path: Path) -> None:
 def views(tier: str = typer.Argument(..., help="strategic, tactical or execution"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Render a monitoring tier, from the running sink's HTTP endpoint (or chDB directly if no sink runs)."""
+    import urllib.error
     import urllib.request
     s = load_settings()
     if tier not in ("strategic", "tactical", "execution"):
         fail("tier must be strategic, tactical or execution")
+    from .credentials import bearer_headers
+    url = f"http://127.0.0.1:{s.sink_web_port}/views/{tier}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.sink_web_port}/views/{tier}", timeout=30) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=bearer_headers(s)), timeout=30) as resp:
             data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # a running sink refused: say why rather than open chDB behind its back
+        fail(f"the sink at {url} refused ({exc.code}): set ORDERSTREAM_SINK_TOKEN to a viewer's token")
     except OSError:
         from .clickhouse.backends import open_backend
         from .clickhouse.migrate import migrate

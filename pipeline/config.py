@@ -51,7 +51,12 @@ class Settings:
     crash_at: str = _setting("", "Fault injection for the reliability tests: FLOW:POINT:N ends the worker at once (os._exit, as a SIGKILL would) at the N-th transaction of FLOW (order-flow, holds), POINT before-commit (outputs flushed, nothing committed) or after-commit (committed, not yet acked). Empty: never.")
     worker_id: str = _setting("", "This worker's stable identity (its transactional id: a restarted worker fences its previous self); empty: host name + web port.")
     worker_web_port: int = _setting(6066, "HTTP port of a worker's web server (/metrics, /health, /ready).")
-    sink_web_port: int = _setting(6070, "HTTP port of the sink (tier views, read-only SQL, /metrics).")
+    sink_web_port: int = _setting(6070, "HTTP port of the sink's operator surface (console, tier views, read-only SQL, /metrics): every route but /health needs a token.")
+    sink_host: str = _setting("", "Address the sink's operator surface listens on; empty: ORDERSTREAM_BIND_HOST (loopback by default).")
+    public_port: int = _setting(6080, "HTTP port of the one public surface: the buyers' tracking pages (/t/<code>) and nothing else; 0 turns it off.")
+    public_host: str = _setting("", "Address the public surface listens on; empty: ORDERSTREAM_BIND_HOST (set 0.0.0.0 to serve buyers).")
+    public_rate_per_s: float = _setting(2.0, "Tracking pages a client address may fetch per second on the public surface ...")
+    public_burst: int = _setting(20, "... and in one burst, beyond which it gets 429 with Retry-After.")
     analyst_port: int = _setting(8123, "Port of the sink's ClickHouse HTTP interface for analysts' own tools (clickhouse-connect, pandas, curl, Grafana), embedded chDB only; 0 turns it off.")
     analyst_user: str = _setting("analyst", "The interface's read-only user.")
     analyst_password: str = _setting("", "Its password; empty is refused unless the sink listens on loopback only.")
@@ -90,6 +95,10 @@ class Settings:
     sink_batch_seconds: float = _setting(1.0, "... or when the oldest row has waited this long.")
     operator_tokens: str = _setting("", "Who may act in the console (approve, reject, re-drive): name:token pairs, comma-separated; empty: nobody.")
     operator_tokens_file: str = _setting("", "A file of name:token lines, read as well (keeps tokens out of the environment).")
+    access_tokens: str = _setting("", "Who may call the sink's operator surface: role:name:token entries, comma-separated; role viewer (read pages, views), operator (viewer + actions), analyst (viewer + /sql) or metrics (/metrics only, for Prometheus).")
+    access_tokens_file: str = _setting("", "A file of role:name:token lines, read as well.")
+    sink_token: str = _setting("", "The token this machine's CLI and tools send to the sink (views, SQL, status); empty: none, and the sink refuses them.")
+    console_session_hours: float = _setting(12.0, "A console sign-in (session cookie) lasts this long.")
     console_timezone: str = _setting("Asia/Shanghai", "Time zone the console shows times in, unless the viewer picks another.")
     console_refresh_s: float = _setting(5.0, "How often a console page refreshes its figures by itself.")
     tracking_stale_after_s: float = _setting(25 * 60, "A waybill with no update for this long is re-pulled from its courier's API (seed 003: 25 min).")
@@ -111,6 +120,14 @@ class Settings:
             raise ValueError(f"ORDERSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r}: "
                              "exactly_once or at_least_once")
         return self.processing_guarantee == "exactly_once"
+
+    @property
+    def sink_listen_host(self) -> str:
+        return self.sink_host or self.bind_host
+
+    @property
+    def public_listen_host(self) -> str:
+        return self.public_host or self.bind_host
 
     @property
     def bootstrap(self) -> str:

@@ -116,11 +116,14 @@ def worker_lag(s: Settings, names: TopicNames, group: str) -> int | None:
 
 # -- ClickHouse: through the sink, or directly ---------------------------------------------------
 
-def sink_query(url: str, timeout_s: float = 60.0) -> Query:
-    """Read-only SQL through the running sink's /sql endpoint (POST body)."""
+def sink_query(url: str, timeout_s: float = 60.0, token: str = "") -> Query:
+    """Read-only SQL through the running sink's /sql endpoint (POST body), as the analyst `token`
+    names (ORDERSTREAM_SINK_TOKEN for the CLI)."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+
     def run(sql: str) -> list[dict]:
         req = urllib.request.Request(f"{url.rstrip('/')}/sql", data=sql.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})
+                                     headers={"Content-Type": "text/plain", **auth})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 return json.loads(resp.read())["rows"]

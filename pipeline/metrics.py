@@ -43,7 +43,10 @@ DEDUPE_EXPIRED = Counter("orderstream_dedupe_windows_expired_total",
 RISK_FLAGS = Counter("orderstream_risk_flags_total", "Rule hits.", ["rule"])
 RISK_VERDICTS = Counter("orderstream_risk_verdicts_total", "Risk outcomes (accept, hold, reject).", ["outcome"])
 RISK_DECISIONS = Counter("orderstream_risk_decisions_total",
-                         "Hold resolutions (approved, rejected, auto_released).", ["outcome"])
+                         "Hold resolutions (approved, rejected, auto_released) and decisions that resolved "
+                         "nothing (ignored, malformed).", ["outcome"])
+# every outcome agents/holds.py counts (pipeline.domain.holds.apply_decision's, and malformed)
+RISK_DECISION_OUTCOMES = ("approved", "rejected", "auto_released", "ignored", "malformed")
 LOGISTICS_SCANS = Counter("orderstream_logistics_scans_total",
                           "Courier and aggregator events by result (new, duplicate, stale, conflict, agreed, "
                           "unregistered, dead_letter).", ["source", "result"])
@@ -129,6 +132,11 @@ SINK_BATCH_LATENCY = Histogram("orderstream_sink_batch_latency_seconds", "Time o
 SINK_FAILURES = Counter("orderstream_sink_failures_total", "ClickHouse inserts that failed (and were retried).",
                         ["table"])
 
+SHIPPING_SLA_ORDERS = Gauge("orderstream_shipping_sla_orders",
+                            "Open orders with a shipping deadline, by platform and SLA level (green, orange "
+                            "under 8 h left, red under 2 h, breached): the execution tier's countdown, "
+                            "refreshed by the sink from ClickHouse.", ["platform", "level"])
+
 # -- memory ---------------------------------------------------------------------------------
 TABLE_STORE_MEMORY = Gauge("orderstream_table_store_memory_bytes",
                            "RocksDB memory of this worker's tables: the shared cache (block cache with "
@@ -137,6 +145,21 @@ TABLE_STORE_MEMORY = Gauge("orderstream_table_store_memory_bytes",
 
 # -- health -----------------------------------------------------------------------------------
 DEPENDENCY_UP = Gauge("orderstream_dependency_up", "1 when a dependency answered its last probe.", ["dependency"])
+
+
+def start_worker_series() -> None:
+    """Series a worker exports from its start, at 0 until something happens: a counter with labels
+    has no sample before its first inc, so a dashboard panel (Hold resolutions) or an alert on it
+    would read "no data" on a quiet worker. Called when the worker starts, not at import."""
+    for outcome in RISK_DECISION_OUTCOMES:
+        RISK_DECISIONS.labels(outcome=outcome)
+
+
+def start_sink_series(platforms: tuple[str, ...], levels: tuple[str, ...]) -> None:
+    """The sink's shipping-SLA gauge at 0 for every platform and level until its first refresh."""
+    for platform in platforms:
+        for level in levels:
+            SHIPPING_SLA_ORDERS.labels(platform=platform, level=level).set(0)
 
 
 def exported_metric_names() -> set[str]:

@@ -2,9 +2,11 @@
 and parked refund instructions back to the refund agent (`orderstream refunds redrive`).
 
 A run continues where the last one stopped (the group `<ns>orderstream-dlq-replay`'s committed
-position), so nothing is re-driven twice by accident; letters skipped by `reason` stay in the
-topic and can be re-driven later with `from_beginning`. `redrive_record` decides for one dead
-letter, without Kafka; `redrive_dead_letters` is the loop over the topic.
+position); letters skipped by `reason` stay in the topic and can be re-driven later with
+`from_beginning`. Each dead letter is re-driven once, by this command or the console, whichever
+asks first: both claim it in one shared ledger (pipeline.redrive_ledger) before publishing, and
+the second is told who re-drove it and when. `redrive_record` and `LetterRedriver` decide for one
+dead letter, without Kafka; `redrive_dead_letters` is the loop over the topic.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from . import kafka_io
 from .codecs import dead_letter_codec
 from .config import Settings
 from .contracts import FailedRefundInstruction, RefundAction
+from .redrive_ledger import Redrive, RedriveLedger, redis_ledger
 from .topics import TopicNames
 
 
@@ -25,9 +28,19 @@ class RedriveReport:
     redriven: int
     skipped: int
     dry_run: bool
+    already: tuple[str, ...] = ()   # letters somebody re-drove before (console or CLI): who, how, when
+    failed: tuple[str, ...] = ()    # letters whose message the broker did not take (their claims released)
 
     def __str__(self) -> str:
-        return f"re-driven: {self.redriven}, skipped: {self.skipped}{' (dry run)' if self.dry_run else ''}"
+        line = f"re-driven: {self.redriven}, skipped: {self.skipped}"
+        if self.already:
+            line += f", already re-driven: {len(self.already)}"
+        if self.failed:
+            line += f", failed: {len(self.failed)}"
+        lines = [line + (" (dry run)" if self.dry_run else "")]
+        lines += [f"  {why}; not sent again" for why in self.already]
+        lines += [f"  {why}" for why in self.failed]
+        return "\n".join(lines)
 
 
 def redrive_record(letter: dict, reason: str, origin: str) -> tuple[str, bytes, bytes, list] | None:
@@ -36,6 +49,52 @@ def redrive_record(letter: dict, reason: str, origin: str) -> tuple[str, bytes, 
     if reason and letter["reason_code"] != reason:
         return None
     return letter["source_topic"], letter["key"], letter["payload"], [("redriven_from", origin.encode())]
+
+
+class LetterRedriver:
+    """The CLI's decision per dead letter, without Kafka: filtered out, already re-driven (the shared
+    ledger says by whom), or claimed by this run's operator and sent; `delivered` settles a claim
+    once the broker answered. Counts what it did for the report."""
+
+    def __init__(self, ledger: RedriveLedger, operator: str, reason: str = "", dry_run: bool = False,
+                 clock=time.time) -> None:
+        if not dry_run and not operator.strip():
+            raise ValueError("a re-drive names its operator (--operator)")
+        self.ledger, self.operator, self.reason, self.dry_run, self.clock = ledger, operator.strip(), reason, dry_run, clock
+        self.redriven = self.skipped = 0
+        self.already: list[str] = []
+        self.failed: list[str] = []
+
+    def offer(self, letter: dict, origin: str) -> tuple[tuple[str, bytes, bytes, list], Redrive | None] | None:
+        """The record to produce and the claim it settles (None claim on a dry run), or None: nothing to send."""
+        record = redrive_record(letter, self.reason, origin)
+        if record is None:
+            self.skipped += 1
+            return None
+        if self.dry_run:
+            prior = self.ledger.find(origin)
+            if prior is not None:
+                self.already.append(prior.describe())
+            else:
+                self.redriven += 1
+            return None
+        claim = self.ledger.claim(origin, self.operator, "cli", int(self.clock() * 1000))
+        if not claim.won:
+            self.already.append(claim.record.describe())
+            return None
+        topic, key, value, headers = record
+        return (topic, key, value, [*headers, ("redriven_by", self.operator.encode())]), claim.record
+
+    def delivered(self, claim: Redrive, error) -> None:
+        if error is None:
+            self.ledger.confirm(claim)
+            self.redriven += 1
+        else:  # not sent: the letter may be asked again, from here or the console
+            self.ledger.release(claim)
+            self.failed.append(f"{claim.letter_id} not sent ({error}); its claim was released")
+
+    def report(self) -> RedriveReport:
+        return RedriveReport(self.redriven, self.skipped, self.dry_run, tuple(self.already), tuple(self.failed))
 
 
 def behind(consumer, topic: str, position: dict[int, int], ends: dict[int, int]) -> bool:
@@ -50,13 +109,16 @@ def behind(consumer, topic: str, position: dict[int, int], ends: dict[int, int])
     return any(now.get(p, -1) < ends[p] for p in short)
 
 
-def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_beginning: bool = False,
-                         dry_run: bool = False, timeout_s: float = 120.0) -> RedriveReport:
+def redrive_dead_letters(s: Settings, names: TopicNames, operator: str = "", reason: str = "",
+                         from_beginning: bool = False, dry_run: bool = False, timeout_s: float = 120.0,
+                         ledger: RedriveLedger | None = None) -> RedriveReport:
     """Read the dead-letter topic from the saved position to its current end and re-drive every
-    letter `reason` selects (all when empty); with dry_run, count only and keep the position."""
+    letter `reason` selects (all when empty) that nobody re-drove before (the ledger shared with
+    the console, pipeline.redrive_ledger); with dry_run, count only and keep the position."""
+    redriver = LetterRedriver(ledger or redis_ledger(s), operator, reason, dry_run)
     codec = dead_letter_codec()
-    # manual assignment with the group's committed offsets: no group join to wait for, and each
-    # dead letter is re-driven once (the offsets are committed after the producer flushed)
+    # manual assignment with the group's committed offsets: no group join to wait for; the saved
+    # position spares reading letters again, the ledger is what makes each re-drive once
     consumer = kafka_io.consumer(s, group=f"{names.ns}orderstream-dlq-replay")
     parts = consumer.list_topics(names.DLQ, timeout=10).topics[names.DLQ].partitions
     committed = consumer.committed([TopicPartition(names.DLQ, p) for p in parts], timeout=10)
@@ -68,7 +130,6 @@ def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_
     consumer.assign(start)
     position = {tp.partition: max(tp.offset, 0) for tp in committed}
     producer = kafka_io.producer(s)
-    redriven = skipped = 0
     try:
         deadline = time.monotonic() + timeout_s
         while behind(consumer, names.DLQ, position, ends) and time.monotonic() < deadline:
@@ -76,21 +137,21 @@ def redrive_dead_letters(s: Settings, names: TopicNames, reason: str = "", from_
                 if msg.error() or msg.offset() >= ends[msg.partition()]:
                     continue
                 position[msg.partition()] = msg.offset() + 1
-                record = redrive_record(codec.decode(msg.value()), reason,
-                                        f"{msg.topic()}:{msg.partition()}:{msg.offset()}")
-                if record is None:
-                    skipped += 1
+                offer = redriver.offer(codec.decode(msg.value()), f"{msg.topic()}:{msg.partition()}:{msg.offset()}")
+                if offer is None:
                     continue
-                if not dry_run:
-                    topic, key, value, headers = record
-                    producer.produce(topic, key=key, value=value, headers=headers)
-                redriven += 1
-        producer.flush(60)
-        if not dry_run:
+                (topic, key, value, headers), claim = offer
+                producer.produce(topic, key=key, value=value, headers=headers,
+                                 on_delivery=lambda err, _msg, claim=claim: redriver.delivered(claim, err))
+                producer.poll(0)
+        if producer.flush(60):
+            raise RuntimeError("re-driven messages still unacknowledged after 60 s; their claims stay 'claimed'")
+        # a failed letter keeps the position short of it: the next run reads it again
+        if not dry_run and not redriver.failed:
             consumer.commit(offsets=[TopicPartition(names.DLQ, p, position[p]) for p in parts], asynchronous=False)
     finally:
         consumer.close()
-    return RedriveReport(redriven, skipped, dry_run)
+    return redriver.report()
 
 
 # --------------------------------------------------------------------------- refund instructions

@@ -7,8 +7,8 @@ Public API (what the CLI and agents call):
     run_sink(settings, names, stop=None, ready=None)
     TIERS["strategic" | "tactical" | "execution"](backend, ...) -> dict
     readonly_query(backend, sql) -> list[dict]
-    http.make_app(backend, status=None) -> aiohttp Application (/health /metrics /views/<tier> /sql)
-    http.serve_http(backend, port, host, status=None) -> WebServer (its own loop in a thread; .stop())
+    http.make_app(backend, status=None, credentials=...) -> aiohttp Application (/health /status /metrics /views/<tier> /sql, guarded by pipeline.access)
+    http.serve_http(backend, port, host, status=None, credentials=...) -> WebServer (its own loop in a thread; .stop())
     analyst.serve_analyst(engine, accounts, port) -> WebServer: the ClickHouse HTTP interface for
         analysts' own tools over the embedded engine (analyst.service starts it for the sink)
 """

@@ -1,11 +1,13 @@
-"""The sink's HTTP interface on aiohttp: tier views as JSON, read-only SQL, /metrics and /health.
+"""The sink's operator surface on aiohttp: tier views as JSON, read-only SQL, /metrics, /status
+and /health; every route but /health needs a token (pipeline.access: viewer, analyst for /sql,
+metrics for /metrics). The buyers' public page has its own listener (pipeline.public_site).
 
 chDB is embedded in the sink process, so this is how analysts and the CLI reach its data while the
 sink owns the data directory. aiohttp is the project's one HTTP stack (Faust's web server and the
 verifiers are aiohttp too).
 
-- `make_app(backend, status)` builds the application; further routes (the operators' console, a
-  ClickHouse-compatible interface) are added to the same application.
+- `make_app(backend, status, credentials=...)` builds the application with its guard; further
+  routes (the operators' console) are added to it through pipeline.access.route, with their role.
 - `WebServer(app, host, port)` serves an application on its own event loop in a daemon thread,
   since the sink's consumer loop is synchronous (confluent-kafka); `serve_http` does both.
 
@@ -29,15 +31,18 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pipeline import access, web_headers
+from pipeline.credentials import Credentials
+
 from .backends import Backend, BackendError, ReadOnlyQueryError, readonly_query
 from .tiers import TIERS
 
 log = logging.getLogger(__name__)
 MAX_SQL_BYTES = 64 * 1024
-ENDPOINTS = ["/health", "/metrics", "/views/<tier>", "/sql?q="]  # and /console/<tier> where the sink adds it
+ENDPOINTS = ["/health", "/status", "/metrics", "/views/<tier>", "/sql?q="]  # told to a caller with a token only
 
 BACKEND = web.AppKey("backend", Backend)
-STATUS = web.AppKey("status", Callable[[], dict])  # merged into /health
+STATUS = web.AppKey("status", Callable[[], dict])  # merged into /status
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +83,8 @@ def json_api(handler: Handler) -> Handler:
 
 @web.middleware
 async def not_found_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A path no route matches gets the JSON 404 listing the endpoints (a route's own 404 stands)."""
+    """A path no route matches gets the JSON 404 listing the endpoints (a route's own 404 stands);
+    only a caller with a token gets this far (pipeline.access.guard answers 401 to the others)."""
     if isinstance(request.match_info.http_exception, web.HTTPNotFound):
         return json_response({"error": "not found", "endpoints": ENDPOINTS}, 404)
     return await handler(request)
@@ -86,8 +92,13 @@ async def not_found_as_json(request: web.Request, handler: Handler) -> web.Strea
 
 # -- the sink's endpoints ----------------------------------------------------------------------
 
-@json_api
 async def health(request: web.Request) -> web.Response:
+    """Liveness for anyone (a container's healthcheck, a process waiting for the sink): says nothing."""
+    return json_response({"status": "ok"})
+
+
+@json_api
+async def status_handler(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "time": datetime.now(timezone.utc).isoformat(),
                           **request.app[STATUS]()})
 
@@ -141,15 +152,20 @@ async def sql(request: web.Request) -> web.Response:
     return json_response({"rows": rows, "count": len(rows)})
 
 
-def make_app(backend: Backend, status: Callable[[], dict] | None = None) -> web.Application:
-    """The sink's application: GET or POST /health, /metrics, /views/<tier>, /sql."""
+def make_app(backend: Backend, status: Callable[[], dict] | None = None, *, credentials: Credentials,
+             sessions: access.Sessions | None = None) -> web.Application:
+    """The sink's operator surface: GET or POST /health (anyone), /status and /views/<tier> (viewer),
+    /metrics (metrics), /sql (analyst)."""
     app = web.Application(middlewares=[not_found_as_json])
+    access.install(app, credentials, sessions or access.Sessions(12 * 3600))
+    web_headers.install(app, web_headers.OPERATOR_CSP, no_store=True)
     app[BACKEND] = backend
     app[STATUS] = status or (lambda: {})
-    for path, handler in (("/health", health), ("/metrics", metrics), ("/views/{tier:.*}", view),
-                          ("/sql", sql)):
-        app.router.add_get(path, handler)
-        app.router.add_post(path, handler)
+    for path, handler, role in (("/health", health, access.OPEN), ("/status", status_handler, "viewer"),
+                                ("/metrics", metrics, "metrics"), ("/views/{tier:.*}", view, "viewer"),
+                                ("/sql", sql, "analyst")):
+        access.route(app, "GET", path, handler, role)
+        access.route(app, "POST", path, handler, role)
     return app
 
 
@@ -230,6 +246,6 @@ class WebServer:
 
 
 def serve_http(backend: Backend, port: int, host: str = "127.0.0.1",
-               status: Callable[[], dict] | None = None) -> WebServer:
+               status: Callable[[], dict] | None = None, *, credentials: Credentials) -> WebServer:
     """The sink's application, serving in a daemon thread; `server.stop()` stops it."""
-    return WebServer(make_app(backend, status), host, port).start()
+    return WebServer(make_app(backend, status, credentials=credentials), host, port).start()

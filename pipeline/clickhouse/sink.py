@@ -187,13 +187,18 @@ TOPIC_RECHECK_S = 5.0
 def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
              ready: Callable[[], None] | None = None) -> None:
     """Consume the seven source topics into ClickHouse until `stop` is set (or SIGTERM/SIGINT when
-    run in the main thread without a stop event). Serves /health, /views, /sql, /metrics and the
-    console (/console/<tier>), whose approve/reject/re-drive publish through their own producer, and
-    the ClickHouse HTTP interface for analysts on its own port (analyst.service)."""
+    run in the main thread without a stop event). Serves two surfaces: the operator surface
+    (/health, /status, /views, /sql, /metrics and the console, whose approve/reject/re-drive publish
+    through their own producer; every route but /health needs a token), and the public one (the
+    buyers' /t/<code> pages, nothing else); and the ClickHouse HTTP interface for analysts on its own
+    port (analyst.service)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from pipeline import kafka_io
+    from pipeline.access import Sessions
     from pipeline.console import setup_console
+    from pipeline.credentials import Credentials
+    from pipeline.public_site import make_public_app
 
     from .analyst.service import start_analyst_service
     from .backends import open_backend
@@ -206,7 +211,7 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
     backend = open_backend(settings)
-    consumer = server = analyst = None
+    consumer = server = public = analyst = None
     try:
         migrate(backend)
         sink = ClickHouseSink(backend, names, settings.sink_batch_rows, settings.sink_batch_seconds)
@@ -216,9 +221,23 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
         from pipeline.settlement.scheduler import SettlementScheduler
         settlement = SettlementScheduler(backend, load_rules())  # a run after each bill import
         sink.on_landed["settlement_bills"] = settlement.landed
-        app = make_app(backend, lambda: {**sink.status(), **analyst.status(), "settlement_runs": settlement.runs})
-        setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
-        server = WebServer(app, settings.bind_host, settings.sink_web_port).start()
+        from .sla_metric import ShippingSlaGauge
+        sla_gauge = ShippingSlaGauge(backend)  # orderstream_shipping_sla_orders, at 0 from start
+        credentials = Credentials.from_settings(settings)  # malformed tokens stop the sink here
+        if not len(credentials):
+            log.warning("no access tokens (ORDERSTREAM_ACCESS_TOKENS, ORDERSTREAM_OPERATOR_TOKENS): the operator "
+                        "surface refuses every caller but /health")
+        app = make_app(backend, lambda: {**sink.status(), **analyst.status(), "settlement_runs": settlement.runs},
+                       credentials=credentials, sessions=Sessions(settings.console_session_hours * 3600))
+        console = setup_console(app, settings, names)  # the operators' console beside /views (pipeline.console)
+        from pipeline.console.redrive_mirror import RedriveMirror
+        redrives = RedriveMirror(console.redrives, console.actions.log, names.DLQ)  # the CLI's, into the list
+        server = WebServer(app, settings.sink_listen_host, settings.sink_web_port).start()
+        log.info("operator surface on %s:%d (%d principals)", settings.sink_listen_host, server.port, len(credentials))
+        if settings.public_port:
+            public = WebServer(make_public_app(backend, settings.public_rate_per_s, settings.public_burst),
+                               settings.public_listen_host, settings.public_port, name="public-http").start()
+            log.info("public tracking pages on %s:%d", settings.public_listen_host, public.port)
         # manual assignment: positions come from ClickHouse, the group id only names the client
         consumer = kafka_io.consumer(settings, group=f"{names.ns}orderstream-sink")
         assigned: set[tuple[str, int]] = set()
@@ -264,10 +283,14 @@ def run_sink(settings, names: TopicNames, stop: threading.Event | None = None,
                 stop.wait(0.05)
             sink.flush()
             settlement.tick()
+            sla_gauge.tick()
+            redrives.tick()
         sink.drain(timeout_s=30.0)
     finally:
         if consumer is not None:
             consumer.close()
+        if public is not None:
+            public.stop()
         if server is not None:
             server.stop()
         if analyst is not None:

@@ -390,6 +390,27 @@ def tracking(backend: Backend, code: str) -> dict | None:
             "steps": {s["step"]: s["first_iso"] for s in steps}}
 
 
+# open orders with a shipping deadline, hours left at {now_ms}; the level as sla_level says it
+_OPEN_ORDERS = f"""
+    SELECT order_id, plat, deadline, latest_status,
+           (toUnixTimestamp64Milli(deadline) - {{now_ms:Int64}}) / 3600000 AS hours_left
+    FROM ({_ORDER_STATE})
+    WHERE deadline IS NOT NULL AND latest_status NOT IN {_in(CLOSED_STATES)}"""
+_SLA_LEVEL = ("multiIf(hours_left <= 0, 'breached', hours_left <= {red:Float64}, 'red', "
+              "hours_left <= {orange:Float64}, 'orange', 'green')")
+SLA_LEVELS = ("green", "orange", "red", "breached")
+
+
+def sla_levels_by_platform(backend: Backend, now: datetime | None = None) -> dict[tuple[str, str], int]:
+    """Open orders by (platform, SLA level), as the execution tier counts them: what the sink exports
+    as orderstream_shipping_sla_orders (pipeline.clickhouse.sla_metric)."""
+    p = {"now_ms": _ms(_now(now)), "orange": ORANGE_HOURS, "red": RED_HOURS}
+    rows = backend.query(f"""
+        SELECT plat AS platform, {_SLA_LEVEL} AS level, count() AS n FROM ({_OPEN_ORDERS})
+        GROUP BY platform, level""", p)
+    return {(r["platform"], r["level"]): int(r["n"]) for r in rows}
+
+
 def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 200,
               dead_letter_limit: int = 100) -> dict:
     now = _now(now)
@@ -402,19 +423,13 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
         FROM inventory_events
         WHERE event IN {_in(DECISION_EVENTS)} AND latency_ms IS NOT NULL
           AND at > {_NOW} - toIntervalSecond({{window_s:UInt32}}) AND at <= {_NOW}""", p)[0]
-    open_orders = f"""
-        SELECT order_id, plat, deadline, latest_status,
-               (toUnixTimestamp64Milli(deadline) - {{now_ms:Int64}}) / 3600000 AS hours_left
-        FROM ({_ORDER_STATE})
-        WHERE deadline IS NOT NULL AND latest_status NOT IN {_in(CLOSED_STATES)}"""
+    open_orders = _OPEN_ORDERS
     countdown = backend.query(f"""
         SELECT order_id, plat AS platform, latest_status AS status, formatDateTime(deadline, {_ISO}) AS ship_by,
                hours_left
         FROM ({open_orders}) ORDER BY hours_left, order_id LIMIT {{limit:UInt32}}""", p)
     levels = backend.query(f"""
-        SELECT multiIf(hours_left <= 0, 'breached', hours_left <= {{red:Float64}}, 'red',
-                       hours_left <= {{orange:Float64}}, 'orange', 'green') AS level, count() AS n
-        FROM ({open_orders}) GROUP BY level""", p)
+        SELECT {_SLA_LEVEL} AS level, count() AS n FROM ({open_orders}) GROUP BY level""", p)
     # each worker's breaker as its latest transition left it (a worker that never switched is closed)
     breakers = backend.query(f"""
         SELECT worker, argMax(to_state, (at, src_offset)) AS state, formatDateTime(max(at), {_ISO}) AS since,
@@ -438,7 +453,7 @@ def execution(backend: Backend, now: datetime | None = None, sla_limit: int = 20
         "processing": {"window_s": PROCESSING_WINDOW_S, "decisions": n,
                        "p50_ms": processing["p50"] if n else None, "p95_ms": processing["p95"] if n else None},
         "sla": {
-            "levels": {lvl: 0 for lvl in ("green", "orange", "red", "breached")} | {r["level"]: int(r["n"])
+            "levels": {lvl: 0 for lvl in SLA_LEVELS} | {r["level"]: int(r["n"])
                                                                                    for r in levels},
             "orders": [{"order_id": r["order_id"], "platform": r["platform"], "status": r["status"],
                         "ship_by": r["ship_by"], "hours_left": round(float(r["hours_left"]), 3),

@@ -3,7 +3,8 @@
 Each action is checked against ClickHouse before anything is published:
 - a decision needs an open hold for the order (tiers.open_holds, the execution tier's own risk
   queue); an unknown order id is 404, an order no longer held 409 with who resolved it;
-- a re-drive needs a dead letter that exists and has not been re-driven (tiers.open_dead_letters);
+- a re-drive needs a dead letter that exists and has not been re-driven, from here or by
+  `orderstream dlq replay`: both claim the letter in one ledger (pipeline.redrive_ledger);
 - a refund decision needs a refund waiting for review (refund_views.refund_now), one per refund.
 Each action has a key: one decision per hold (`decide:<order>:<held at ms>`, approve and reject
 alike), one re-drive per dead letter. The key is looked up in `console_actions` and written there
@@ -16,7 +17,9 @@ resolved the way it asks, 409 when it was resolved otherwise).
 A decision is published exactly as `orderstream decide` publishes it: a RiskDecision validated by
 pipeline.domain.holds.parse_decision, keyed by order id, on risk.decisions. A re-drive sends the
 dead letter's original key and bytes to its source raw topic, as `orderstream dlq replay` does
-(pipeline.redrive.redrive_record), with the operator in a `redriven_by` header.
+(pipeline.redrive.redrive_record), with the operator in a `redriven_by` header. A letter the CLI
+re-drove first is answered `already_sent` naming who and when, and recorded in console_actions
+(detail `via cli`) so it leaves the list.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from pipeline.contracts import RefundAction, RiskDecision
 from pipeline.domain.holds import DECISION_ACTIONS, DecisionError, parse_decision
 from pipeline.domain.refunds import CANCELLED, REJECTED, REVIEWING, RefundError, parse_action
 from pipeline.redrive import redrive_record
+from pipeline.redrive_ledger import SENT, RedriveLedger
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -132,9 +136,10 @@ def _text(payload: dict, name: str, limit: int) -> str:
 
 
 class ConsoleActions:
-    def __init__(self, backend: Backend, names: TopicNames, publisher: Publisher, *,
+    def __init__(self, backend: Backend, names: TopicNames, publisher: Publisher, redrives: RedriveLedger, *,
                  outcome_wait_s: float = 6.0, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.redrives = redrives
         self.names = names
         self.publisher = publisher
         self.log = ActionLog(backend)
@@ -345,7 +350,18 @@ class ConsoleActions:
         key = f"redrive:{letter_id}"
         async with self._exclusive(key):
             prior = await self._run(self.log.find, key)
-            if prior is not None:
+            try:
+                first = await self._run(self.redrives.find, letter_id)
+            except Exception:  # noqa: BLE001 - Redis away: the claim below answers 503
+                first = None
+            if first is not None and first.state == SENT:  # the shared ledger names who, how and when
+                if prior is None:  # the CLI's: into console_actions, so the letter leaves the list
+                    await self._run(self.log.record, key, "redrive", letter_id, first.operator, "",
+                                    f"via {first.via}", first.at_ms)
+                return Answer(200, {"status": "already_sent", "letter_id": letter_id, "operator": first.operator,
+                                    "via": first.via, "at": first.at_iso,
+                                    "message": f"{first.describe()}; nothing was sent again"})
+            if prior is not None:  # re-driven here before the ledger existed
                 return Answer(200, {"status": "already_sent", "letter_id": letter_id, "operator": prior["operator"],
                                     "at": prior["at_iso"],
                                     "message": f"{letter_id} was already re-driven by {prior['operator']} at "
@@ -363,13 +379,31 @@ class ConsoleActions:
             topic, msg_key, value, headers = redrive_record(letter, "", letter_id)
             if topic not in self.names.RAW_TOPICS:
                 return Answer(409, {"error": f"{letter_id} came from {topic}, not a raw topic of this pipeline"})
+            try:  # the ledger shared with `orderstream dlq replay`: whoever claims first re-drives
+                claim = await self._run(self.redrives.claim, letter_id, operator, "console", int(self.clock() * 1000))
+            except Exception as exc:  # noqa: BLE001 - without the ledger "once" cannot be promised: send nothing
+                log.warning("console: re-drive of %s by %s refused, the re-drive ledger is unavailable: %s",
+                            letter_id, operator, exc)
+                return Answer(503, {"error": f"the re-drive ledger (Redis) is unavailable, nothing was sent: {exc}"})
+            if not claim.won:
+                first = claim.record
+                body = {"letter_id": letter_id, "operator": first.operator, "via": first.via, "at": first.at_iso,
+                        "message": f"{first.describe()}; nothing was sent again"}
+                if first.state != SENT:  # claimed by a run not (yet) confirmed: it stays listed, refused
+                    return Answer(409, {"status": "claimed", "error": body["message"], **body})
+                # the CLI's re-drive enters console_actions too, so the letter leaves the console's list
+                await self._run(self.log.record, key, "redrive", letter_id, first.operator, "", f"via {first.via}",
+                                first.at_ms)
+                return Answer(200, {"status": "already_sent", **body})
             headers = [*headers, ("redriven_by", operator.encode())]
             try:
                 await self._run(self.publisher.publish, topic, msg_key, value, headers)
             except PublishError as exc:
+                await self._run(self.redrives.release, claim.record)
                 log.warning("console: re-drive of %s by %s not published: %s", letter_id, operator, exc)
                 return Answer(503, {"error": f"not published, try again: {exc}"})
-            await self._run(self.log.record, key, "redrive", letter_id, operator, "", topic, int(self.clock() * 1000))
+            await self._run(self.redrives.confirm, claim.record)
+            await self._run(self.log.record, key, "redrive", letter_id, operator, "", topic, claim.record.at_ms)
             log.info("console: %s re-driven to %s by %s", letter_id, topic, operator)
             return Answer(200, {"status": "sent", "letter_id": letter_id, "topic": topic, "operator": operator,
                                 "message": f"{letter_id} re-driven to {topic} by {operator}"})

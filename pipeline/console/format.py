@@ -108,3 +108,16 @@ def countdown(hours_left: float) -> str:
     """SLA countdown: "5h 12m" left, or "-1h 03m" past the deadline."""
     text = duration(hours_left * 3600)
     return f"-{text}" if hours_left < 0 else text
+
+
+SHORT_ID_HEAD, SHORT_ID_TAIL = 6, 14
+
+
+def short_id(value: str) -> str:
+    """A long id for a table cell: its head and its tail around an ellipsis (the whole id is in the
+    cell's title and its copy button). Ids end in what tells them apart (offsets, serials), so the
+    tail is the longer part: "t84078…raw.jd:0:12345"."""
+    value = str(value)
+    if len(value) <= SHORT_ID_HEAD + SHORT_ID_TAIL + 1:
+        return value
+    return f"{value[:SHORT_ID_HEAD]}…{value[-SHORT_ID_TAIL:]}"

@@ -273,7 +273,8 @@ class Renderer:
                 "t": _t(opts.lang), "plain": lambda key: label(key, opts.lang), "tiers": list(TIERS),
                 "as_of": fmt.local(view["now"], tz, TIME), "offset": fmt.utc_offset(tz, view["now"]),
                 "refreshed_at": refreshed_at.astimezone(tz).strftime(TIME), "frozen": opts.now is not None,
-                "zones": ZONES, "langs": LANGS, "refresh_ms": self.refresh_ms, "escape": escape}
+                "zones": ZONES, "langs": LANGS, "refresh_ms": self.refresh_ms, "escape": escape,
+                "short_id": fmt.short_id}
 
     def page(self, view: dict, opts: Options, refreshed_at: datetime) -> str:
         return self.env.get_template("page.html").render(self.context(view, opts, refreshed_at))

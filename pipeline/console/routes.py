@@ -1,19 +1,25 @@
-"""The console's routes on the sink's aiohttp application (pipeline.clickhouse.http.make_app).
+"""The console's routes on the sink's operator surface (pipeline.clickhouse.http.make_app), each
+declared with who may call it (pipeline.access):
 
-    GET  /console/<tier>            the page (strategic, tactical, execution), refreshing itself
-    GET  /console/<tier>/panel      the page's figures alone, what the refresh fetches
-    GET  /console/static/...        the stylesheet and script, served from this package
-    GET  /console/api/whoami        the operator a token names (401 without one)
-    POST /console/api/decisions     {"order_id", "action": approve|reject, "reason"}: operator token required
-    POST /console/api/redrive       {"letter_id": "<dlq topic>:<partition>:<offset>"}: operator token required
-    POST /console/api/refunds/decisions  {"refund_id", "action": approve|reject, "reason"}: operator token required
-    GET  /console/api/settlement/queue    the open settlement differences (?day=, ?platform=)
-    POST /console/api/settlement/resolve  {"diff_key", "reason"}: operator token required
-    GET  /t/<code>                  the buyer's tracking page (pipeline.console.tracking)
+    POST /console/session            sign in: a token from the form -> a session cookie   (anyone; checks the token)
+    POST /console/session/end        sign out                                             viewer
+    GET  /, /console, /console/      to /console/strategic                                viewer
+    GET  /console/<tier>             the page (strategic, tactical, execution)            viewer
+    GET  /console/<tier>/panel       the page's figures alone, what the refresh fetches   viewer
+    GET  /console/static/...         the stylesheet and script                            viewer
+    GET  /console/api/whoami         the caller's name and roles                          viewer
+    GET  /console/api/settlement/queue    the open settlement differences (?day=, ?platform=)   viewer
+    POST /console/api/decisions      {"order_id", "action": approve|reject, "reason"}     operator
+    POST /console/api/redrive        {"letter_id": "<dlq topic>:<partition>:<offset>"}    operator
+    POST /console/api/refunds/decisions  {"refund_id", "action": approve|reject, "reason"}   operator
+    POST /console/api/settlement/resolve {"diff_key", "reason"}                            operator
+
+A page asked for without credentials answers 401 with the sign-in form (pipeline.console.signin).
+The buyers' tracking page is not here: it is the public surface's (pipeline.public_site).
 
 Pages take what /views/<tier> takes (`now`, `days`, `hours`; `tz` for strategic's days) and the
-viewer's `tz` and `lang`. Every response forbids loading anything from elsewhere
-(Content-Security-Policy default-src 'self'): the console runs on a machine with no internet.
+viewer's `tz` and `lang`. Every response forbids loading anything from elsewhere (pipeline.web_headers):
+the console runs on a machine with no internet.
 """
 from __future__ import annotations
 
@@ -25,56 +31,42 @@ from pathlib import Path
 
 from aiohttp import web
 
+from pipeline import access
 from pipeline.clickhouse.http import BACKEND, json_response
+from pipeline.redrive_ledger import RedriveLedger, redis_ledger
 from pipeline.topics import TopicNames
 
 from . import format as fmt
 from .actions import ConsoleActions, KafkaPublisher, Publisher
-from .auth import OperatorTokens
 from .pages import Renderer, compute, parse_options
-from .tracking import setup_tracking
+from .signin import setup_signin
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_ACTION_BYTES = 16 * 1024
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 class Console:
-    """What the routes share: the backend, the operators' tokens, the actions and the renderer."""
+    """What the routes share: the backend, the actions and the renderer (who calls: pipeline.access)."""
 
     def __init__(self, backend, settings, names: TopicNames, *, publisher: Publisher | None = None,
-                 tokens: OperatorTokens | None = None, outcome_wait_s: float = 6.0) -> None:
+                 redrives: RedriveLedger | None = None, outcome_wait_s: float = 6.0) -> None:
         self.backend = backend
         self.default_tz = settings.console_timezone
         fmt.zone(self.default_tz)  # a wrong ORDERSTREAM_CONSOLE_TIMEZONE stops the sink at start, not a page later
-        self.tokens = tokens if tokens is not None else OperatorTokens.from_settings(settings)
         self.publisher = publisher if publisher is not None else KafkaPublisher(settings)
-        self.actions = ConsoleActions(backend, names, self.publisher, outcome_wait_s=outcome_wait_s)
+        # the re-drive ledger shared with `orderstream dlq replay` (Redis; connects on first re-drive)
+        self.redrives = redrives if redrives is not None else redis_ledger(settings)
+        self.actions = ConsoleActions(backend, names, self.publisher, self.redrives, outcome_wait_s=outcome_wait_s)
         self.renderer = Renderer(settings.console_refresh_s)
-
-    def operator(self, request: web.Request) -> str | None:
-        return self.tokens.operator(request.headers.get("Authorization"))
 
 
 CONSOLE = web.AppKey("console", Console)
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler) -> web.StreamResponse:
-    response = await handler(request)
-    if request.path == "/" or request.path.startswith("/console"):
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
-
-
 def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=text, content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-store"})
+    return web.Response(status=status, text=text, content_type="text/html", charset="utf-8")
 
 
 async def to_console(request: web.Request) -> web.StreamResponse:
@@ -107,20 +99,10 @@ async def panel(request: web.Request) -> web.Response:
     return await _tier(request, whole_page=False)
 
 
-def _unauthorized(console: Console) -> web.Response:
-    why = ("this needs an operator token (Authorization: Bearer <token>)" if len(console.tokens) else
-           "no operator is configured (ORDERSTREAM_OPERATOR_TOKENS): the console is read-only")
-    response = json_response({"error": why}, 401)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="orderstream console"'
-    return response
-
-
 async def whoami(request: web.Request) -> web.Response:
-    console = request.app[CONSOLE]
-    operator = console.operator(request)
-    if operator is None:
-        return _unauthorized(console)
-    return json_response({"operator": operator})
+    principal = request[access.PRINCIPAL]
+    return json_response({"name": principal.name, "roles": sorted(principal.roles),
+                          "operator": principal.name if principal.may("operator") else None})
 
 
 async def _payload(request: web.Request) -> dict | web.Response:
@@ -141,9 +123,7 @@ async def _payload(request: web.Request) -> dict | web.Response:
 def _action(name: str):
     async def handler(request: web.Request) -> web.Response:
         console = request.app[CONSOLE]
-        operator = console.operator(request)  # before anything else: without a token nothing happens
-        if operator is None:
-            return _unauthorized(console)
+        operator = request[access.PRINCIPAL].name  # the guard let only an operator through
         payload = await _payload(request)
         if isinstance(payload, web.Response):
             return payload
@@ -166,23 +146,21 @@ async def settlement_queue(request: web.Request) -> web.Response:
 
 
 def setup_console(app: web.Application, settings, names: TopicNames, **options) -> Console:
-    """Add the console to the sink's application (which already holds the backend)."""
+    """Add the console to the sink's operator surface (which already holds the backend and the guard)."""
     console = Console(app[BACKEND], settings, names, **options)
     app[CONSOLE] = console
-    app.middlewares.append(security_headers)
-    app.router.add_get("/", to_console)
-    app.router.add_get("/console", to_console)
-    app.router.add_get("/console/", to_console)
-    app.router.add_static("/console/static", STATIC_DIR, append_version=False)
-    app.router.add_get("/console/api/whoami", whoami)
-    app.router.add_post("/console/api/decisions", _action("decide"))
-    app.router.add_post("/console/api/redrive", _action("redrive"))
-    app.router.add_post("/console/api/refunds/decisions", _action("refund_decide"))
-    app.router.add_get("/console/api/settlement/queue", settlement_queue)
-    app.router.add_post("/console/api/settlement/resolve", _action("settlement_resolve"))
-    app.router.add_get("/console/{tier}", page)
-    app.router.add_get("/console/{tier}/panel", panel)
-    setup_tracking(app)  # the buyers' /t/<code> pages (no token: the code is the secret)
+    setup_signin(app)
+    for path in ("/", "/console", "/console/"):
+        access.route(app, "GET", path, to_console, "viewer")
+    access.static(app, "/console/static", STATIC_DIR, "viewer")
+    access.route(app, "GET", "/console/api/whoami", whoami, "viewer")
+    access.route(app, "POST", "/console/api/decisions", _action("decide"), "operator")
+    access.route(app, "POST", "/console/api/redrive", _action("redrive"), "operator")
+    access.route(app, "POST", "/console/api/refunds/decisions", _action("refund_decide"), "operator")
+    access.route(app, "GET", "/console/api/settlement/queue", settlement_queue, "viewer")
+    access.route(app, "POST", "/console/api/settlement/resolve", _action("settlement_resolve"), "operator")
+    access.route(app, "GET", "/console/{tier}", page, "viewer")
+    access.route(app, "GET", "/console/{tier}/panel", panel, "viewer")
 
     async def close_publisher(_app: web.Application) -> None:
         await asyncio.to_thread(console.publisher.close)

@@ -1,11 +1,13 @@
-"""The buyer's tracking page (issue 19, seed 003): `GET /t/<code>`, served by the sink.
+"""The buyer's tracking page (issue 19, seed 003): `GET /t/<code>`, on the sink's public surface
+(pipeline.public_site), the one page served without credentials.
 
 The code is the waybill's short-link code (pipeline.domain.logistics.track_code: an HMAC of the
 order id, 16 base32 characters), so a page cannot be found by guessing or by counting order
 numbers. The page shows only what a buyer needs and nothing that identifies anyone: the carrier,
 the key steps reached and when, the expected arrival, whether the information is current (the
-health badge) or still being agreed between sources ("syncing"). It is one small HTML page with
-its own inline style, readable on a phone, with no script and nothing loaded from elsewhere.
+health badge) or still being agreed between sources ("syncing"). It is one small HTML page and its
+stylesheet (/t/static/), readable on a phone, with no script, no link anywhere and nothing loaded
+from elsewhere.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import re
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -27,8 +30,8 @@ log = logging.getLogger(__name__)
 CODE = re.compile(r"^[a-z2-7]{16}$")
 CARRIERS_ZH = {"SF": "顺丰速运", "ZTO": "中通快递", "YTO": "圆通速递", "JT": "极兔速递", "EMS": "中国邮政 EMS"}
 BADGE_ZH = {"green": "信息实时准确", "yellow": "信息延迟 1-3 小时", "red": "超过 3 小时未更新"}
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 TZ = ZoneInfo("Asia/Shanghai")
+STATIC_DIR = Path(__file__).resolve().parent / "public_static"  # the page's stylesheet, nothing of the console
 
 _env = Environment(loader=PackageLoader("pipeline.console", "templates"), autoescape=select_autoescape(["html"]),
                    undefined=StrictUndefined)
@@ -55,9 +58,7 @@ def page_model(view: dict) -> dict:
 
 def _answer(text: str, status: int = 200) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP,
-                                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                                 "X-Robots-Tag": "noindex"})
+                        headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
 
 async def tracking_page(request: web.Request) -> web.Response:
@@ -75,4 +76,6 @@ async def tracking_page(request: web.Request) -> web.Response:
 
 
 def setup_tracking(app: web.Application) -> None:
+    """The page and its stylesheet (the security headers are the public surface's, web_headers)."""
     app.router.add_get("/t/{code}", tracking_page)
+    app.router.add_static("/t/static", STATIC_DIR, append_version=False)

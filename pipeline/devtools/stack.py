@@ -315,6 +315,17 @@ def ensure_browser_installed() -> dict[str, str]:
                                   "the console's browser tests drive Debian's Chromium")
 
 
+# Debian's Prometheus server: the metrics stack test evaluates every dashboard and alert expression
+# on a real one (pipeline.devtools.prometheus); its packaged service is not used (or started)
+PROMETHEUS_PACKAGES = ["prometheus"]
+
+
+def ensure_prometheus_installed() -> dict[str, str]:
+    """{"prometheus": path, "promtool": path}, installing Debian's package when missing (root only)."""
+    return ensure_debian_packages(["prometheus", "promtool"], PROMETHEUS_PACKAGES,
+                                  "the metrics stack test queries a real Prometheus server")
+
+
 def redis_up(s: Settings, timeout: float = 20.0) -> ComponentStatus:
     pid_file = _run_dir(s) / "redis.pid"
     if read_pid(pid_file) and redis_healthy(s):
@@ -386,6 +397,14 @@ def browser_status() -> ComponentStatus:
                            f"missing: {', '.join(w for w, p in paths.items() if not p)}")
 
 
+def prometheus_status() -> ComponentStatus:
+    paths = {what: _locate(what) for what in ("prometheus", "promtool")}
+    ok = all(paths.values())
+    return ComponentStatus("prometheus", paths["prometheus"] or "-", None, ok,
+                           "installed, started per test (metrics stack test)" if ok else
+                           f"missing: {', '.join(w for w, p in paths.items() if not p)}")
+
+
 def ephemeral_ports(proc_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range | None:
     """The ports the kernel hands out to outgoing connections (None where it does not say)."""
     try:
@@ -407,14 +426,18 @@ def warn_if_ephemeral(s: Settings, ports: range | None = None) -> list[int]:
     return risky
 
 
-def up(s: Settings | None = None, browser: bool = False) -> list[ComponentStatus]:
-    """Kafka, Redis (and with `browser`, Debian's Chromium for the console's browser tests)."""
+def up(s: Settings | None = None, browser: bool = False, prometheus: bool = False) -> list[ComponentStatus]:
+    """Kafka, Redis (and with `browser`, Debian's Chromium for the console's browser tests; with
+    `prometheus`, Debian's Prometheus server for the metrics stack test, installed, not started)."""
     s = s or load_settings()
     warn_if_ephemeral(s)
     rows = [redis_up(s), kafka_up(s), clickhouse_status(s)]
     if browser:
         ensure_browser_installed()
         rows.append(browser_status())
+    if prometheus:
+        ensure_prometheus_installed()
+        rows.append(prometheus_status())
     return rows
 
 

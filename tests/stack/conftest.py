@@ -18,6 +18,10 @@ from pipeline.topics import TopicNames
 pytestmark = pytest.mark.stack
 
 
+# the stack tests' own reader of the sink's operator surface (views, SQL, status): an analyst
+STACK_TOKEN = "stack-tests-analyst-token-0123456789"
+STACK_ACCESS = f"analyst:stack-tests:{STACK_TOKEN}"
+
 # distinct per pytest process too, so helpers/CI shards running side by side never collide
 _port_offsets = itertools.count(10 + (os.getpid() % 40) * 20, 4)
 
@@ -26,7 +30,7 @@ def _free_offset() -> int:
     """The next offset whose worker, sink, verifier and refund-service ports are all free (other pytest processes)."""
     base = load_settings()
     for offset in _port_offsets:
-        ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 7001 + offset,
+        ports = [base.worker_web_port + offset + i for i in range(3)] + [7000 + offset, 7001 + offset, 7002 + offset,
                                                                          18100 + offset, 17100 + offset]
         if not any(stack.port_open("127.0.0.1", port, timeout=0.05) for port in ports):
             return offset
@@ -44,6 +48,7 @@ class Pipeline:
                     "ORDERSTREAM_REFUND_SERVICE_PORT": str(17100 + self.port_offset),
                     "ORDERSTREAM_REFUND_CREDENTIALS_FILE": str(load_settings().var / "run" /
                                                                f"refund-credentials-{namespace.rstrip('.')}.json"),
+                    "ORDERSTREAM_ACCESS_TOKENS": STACK_ACCESS, "ORDERSTREAM_SINK_TOKEN": STACK_TOKEN,
                     **env}
         self.names = TopicNames(namespace)
         self.procs: dict[str, processes.Proc] = {}
@@ -80,10 +85,23 @@ class Pipeline:
         """The sink's ClickHouse HTTP interface (offsets step by 4, so 7001 + offset is no other sink's)."""
         return 7001 + self.port_offset
 
+    @property
+    def public_port(self) -> int:
+        """The sink's public surface (the buyers' tracking pages)."""
+        return 7002 + self.port_offset
+
+    @property
+    def sink_auth(self) -> dict[str, str]:
+        """The header the stack tests read the sink's operator surface with."""
+        return {"Authorization": f"Bearer {STACK_TOKEN}"}
+
     def start_sink(self, **overrides: str) -> processes.Proc:
-        """The ClickHouse sink on its own chDB data dir and ports."""
+        """The ClickHouse sink on its own chDB data dir and ports; access tokens given here are added to
+        the stack tests' own."""
+        if "ORDERSTREAM_ACCESS_TOKENS" in overrides:
+            overrides["ORDERSTREAM_ACCESS_TOKENS"] = f"{self.env['ORDERSTREAM_ACCESS_TOKENS']},{overrides['ORDERSTREAM_ACCESS_TOKENS']}"
         env = {**self.env, "ORDERSTREAM_SINK_WEB_PORT": str(self.sink_port),
-               "ORDERSTREAM_ANALYST_PORT": str(self.analyst_port),
+               "ORDERSTREAM_ANALYST_PORT": str(self.analyst_port), "ORDERSTREAM_PUBLIC_PORT": str(self.public_port),
                "ORDERSTREAM_CHDB_PATH": str(self.s.var / f"chdb-{self.ns.rstrip('.')}"), **overrides}
         proc = processes.start(self.s, f"{self.ns}sink", ["sink"], env)
         self.procs["sink"] = proc

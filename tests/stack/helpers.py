@@ -97,11 +97,21 @@ def settle(p, messages, produced, drain_s: float = 240.0, holds_s: float = 30.0)
 
 # -- the sink's ClickHouse tables ----------------------------------------------------------------
 
+def sink_open(p, path: str, timeout: float = 30.0):
+    """GET a path of the sink's operator surface with the stack tests' token (a context manager)."""
+    return urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{p.sink_port}{path}",
+                                                         headers=p.sink_auth), timeout=timeout)
+
+
+def sink_json(p, path: str, timeout: float = 30.0):
+    with sink_open(p, path, timeout) as resp:
+        return json.loads(resp.read())
+
+
 def sink_sql(p, query: str) -> list[dict]:
     """Rows of a read-only query through the sink's /sql endpoint."""
-    url = f"http://127.0.0.1:{p.sink_port}/sql?q={urllib.parse.quote(query)}"
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with sink_open(p, f"/sql?q={urllib.parse.quote(query)}") as resp:
             return json.loads(resp.read())["rows"]
     except urllib.error.HTTPError as exc:
         raise AssertionError(f"{query!r} -> {exc.code} {exc.read()[:500]!r}") from None

@@ -1,8 +1,9 @@
 """The console's refund queue in a real browser (Debian's Chromium through chromedriver), against a real
 sink, worker and broker: refunds no rule approves are listed on the execution page; an operator signed
 in with a token approves one and rejects another with a reason, each decision reaches refunds.actions
-once with the token's operator, the worker moves the refund on and it leaves the queue; without a token
-the click is refused with 401 and nothing is published (the risk queue's rules, its token, its script)."""
+once with the token's operator, the worker moves the refund on and it leaves the queue; a viewer's click
+is refused with 403, the API without a token with 401, and nothing is published (the risk queue's rules,
+its token, its script)."""
 from __future__ import annotations
 
 import time
@@ -11,8 +12,9 @@ import pytest
 
 from pipeline.contracts import RefundAction
 from tests.stack.helpers import Watch
-from tests.stack.test_console_browser import (OPERATOR, REFRESH_S, TOKEN, action_message, browser_paths,  # noqa: F401
-                                              click, driver, http, severe_browser_messages, sign_in, wait_for)
+from tests.stack.test_console_browser import (OPERATOR, REFRESH_S, TOKEN, VIEWER_ACCESS, VIEWER_TOKEN,  # noqa: F401
+                                              action_message, browser_paths, click, driver, http,
+                                              severe_browser_messages, sign_in, wait_for)
 from tests.stack.test_refunds_e2e import Refunds, request, rid, seed_stock, send_requests
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -25,7 +27,8 @@ def refund_console(pipeline_factory, browser_paths):  # noqa: F811
     p.start_refund_service("--latency-ms", "2")
     seed_stock(p)
     p.start_worker()
-    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_CONSOLE_REFRESH_S=str(REFRESH_S))
+    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_ACCESS_TOKENS=VIEWER_ACCESS,
+                 ORDERSTREAM_CONSOLE_REFRESH_S=str(REFRESH_S))
     p.drain()
     ids = [rid() for _ in range(3)]
     refunds = Refunds(p)
@@ -46,28 +49,27 @@ def actions_for(watch: Watch, p, refund_id: str) -> list[RefundAction]:
     return [RefundAction.decode(m.value()) for m in watch.on(p.names.REFUND_ACTIONS) if m.key() == refund_id.encode()]
 
 
-def open_queue(d, base: str, ids: list[str]) -> None:
-    d.get(f"{base}/console/execution")
-    d.execute_script("window.sessionStorage.clear();")   # no token left over from another test
-    d.get(f"{base}/console/execution")
+def open_queue(d, base: str, ids: list[str], token: str) -> None:
+    assert sign_in(d, token, f"{base}/console/execution")  # a fresh session: nothing left from another test
     wait_for(d, lambda d: set(ids) <= set(refund_queue(d)), 60, "the refunds on the page (the sink has them)")
 
 
-def test_without_the_token_a_refund_click_is_refused_and_nothing_is_published(refund_console, driver):  # noqa: F811
+def test_a_viewers_refund_click_is_refused_and_nothing_is_published(refund_console, driver):  # noqa: F811
     p, base, ids = refund_console
     target = ids[2]
     watch = Watch(p, p.names.REFUND_ACTIONS)
     try:
-        open_queue(driver, base, ids)
-        assert driver.find_element("id", "operator-name").get_attribute("data-operator") in (None, "")
+        open_queue(driver, base, ids, VIEWER_TOKEN)
+        wait_for(driver, lambda d: d.find_element("id", "operator-name").get_attribute("data-name"), 15, "the name")
+        assert driver.find_element("id", "operator-name").get_attribute("data-operator") == ""
         click(driver, f'#refund-queue tr[data-refund-id="{target}"] button.approve')
-        wait_for(driver, lambda d: action_message(d)[1] == "401", 15, "the refusal")
+        wait_for(driver, lambda d: action_message(d)[1] == "403", 15, "the refusal")
         time.sleep(2 * REFRESH_S)
         assert target in refund_queue(driver)              # still waiting, still on the page after refreshes
         watch.settle(2)
         assert actions_for(watch, p, target) == []
         assert http(f"{base}/console/api/refunds/decisions", {"refund_id": target, "action": "approve"})[0] == 401
-        driver.get_log("browser")   # the 401 is logged as a failed request: expected here
+        driver.get_log("browser")   # the refusal is logged as a failed request: expected here
     finally:
         watch.close()
 
@@ -79,8 +81,7 @@ def test_an_operator_approves_and_rejects_refunds_from_the_page_once_each(refund
     approve, reject = ids[0], ids[1]
     watch = Watch(p, p.names.REFUND_ACTIONS, p.names.REFUND_EVENTS)
     try:
-        open_queue(driver, base, ids)
-        sign_in(driver, TOKEN)
+        open_queue(driver, base, ids, TOKEN)
         wait_for(driver, lambda d: d.find_element("id", "operator-name").get_attribute("data-operator") == OPERATOR,
                  15, "the operator's name")
         click(driver, f'#refund-queue tr[data-refund-id="{approve}"] button.approve')

@@ -23,7 +23,7 @@ from pipeline.devtools.fake_orders import RawOrderFactory, ReplayMix, drop_shipm
 from pipeline.devtools.replay import ReplayConfig, reconcile, run_replay, stock_events
 from pipeline.domain.normalize import global_order_id
 from pipeline.inventory_store import InventoryStore
-from tests.stack.helpers import Watch, settle, sink_sql
+from tests.stack.helpers import Watch, settle, sink_json, sink_sql
 from tests.stack.test_reliability import FaultyReplay, scrape_counter
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -351,8 +351,7 @@ def test_suspect_transitions_are_flagged_counted_landed_and_shown(pipeline_facto
     states = {r["order_id"]: r["s"] for r in sink_sql(
         p, "SELECT order_id, argMaxMerge(last_status) AS s FROM order_state GROUP BY order_id")}
     assert states == {ids["A"]: "SHIPPED", ids["B"]: "SHIPPED", ids["C"]: "PAID"}
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/execution", timeout=30) as resp:
-        tier = json.loads(resp.read())["suspect_transitions"]
+    tier = sink_json(p, "/views/execution")["suspect_transitions"]
     assert tier["by_rule"] == {"backwards": 1, "illegal_skip": 1, "too_fast": 1}
     assert {(r["order_id"], r["rule"]) for r in tier["open"]} == {(ids["A"], "backwards"), (ids["C"], "illegal_skip")}
 
@@ -397,7 +396,8 @@ def test_a_fulfilment_replay_balances_and_the_daily_check_finds_exactly_the_susp
     wait_for(p, lambda: int(sink_sql(p, "SELECT count() AS n FROM suspect_transitions")[0]["n"]) == len(suspect_orders)
              and _sink_caught_up(p), "the sink to land everything")
     today = datetime.now(timezone(timedelta(hours=8))).date()
-    check = check_states(p.s, p.names, today, sink_query(f"http://127.0.0.1:{p.sink_port}"), group=p.group)
+    check = check_states(p.s, p.names, today, sink_query(f"http://127.0.0.1:{p.sink_port}", token=p.s.sink_token),
+                         group=p.group)
     kinds = Counter(d["kind"] for d in check["differences"])
     assert set(kinds) <= {"state_differs"}, json.dumps([d for d in check["differences"] if d["kind"] != "state_differs"][:10])
     differing = {d["order_id"] for d in check["differences"]}
@@ -425,13 +425,13 @@ def test_a_fulfilment_replay_balances_and_the_daily_check_finds_exactly_the_susp
         assert client.delete(f"{p.ns}inv:order:{shipped_one}") == 1
     finally:
         client.close()
-    again = check_states(p.s, p.names, today, sink_query(f"http://127.0.0.1:{p.sink_port}"))
+    again = check_states(p.s, p.names, today, sink_query(f"http://127.0.0.1:{p.sink_port}", token=p.s.sink_token))
     lost = [d for d in again["differences"] if d.get("order_id") == shipped_one]
     assert [d["kind"] for d in lost] == ["redis_differs_from_events"] and lost[0]["events_say"] == "shipped"
 
 
 def _sink_caught_up(p) -> bool:
-    status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/health", timeout=10).read())
+    status = sink_json(p, "/status", timeout=10)
     return status["buffered_rows"] == 0
 
 

@@ -21,7 +21,7 @@ from pipeline.contracts import Notification, TrackingReview, TrackingUpdate, Way
 from pipeline.devtools import logistics_replay as lr
 from pipeline.devtools import stack
 from pipeline.devtools.courier_service import CourierServiceThread
-from tests.stack.helpers import Watch, sink_sql
+from tests.stack.helpers import Watch, sink_json, sink_sql
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -137,9 +137,7 @@ def test_the_sink_lands_states_badges_reviews_and_the_execution_tier_counts_them
     while landed() != {s.waybill: (s.expect.state, s.expect.badge) for s in stories} and time.monotonic() < deadline:
         time.sleep(1)
     assert landed() == {s.waybill: (s.expect.state, s.expect.badge) for s in stories}
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/execution", timeout=30) as resp:
-        view = json.loads(resp.read())["logistics"]
+    view = sink_json(p, "/views/execution")["logistics"]
     assert view["by_badge"] == {b: expected_badges.get(b, 0) for b in ("green", "yellow", "red")}
     assert view["syncing"] == sum(1 for s in stories if s.expect.state == "syncing")
     assert view["failovers"] >= 2 and view["pulls"] > 0
@@ -210,7 +208,7 @@ def test_the_buyers_page_shows_the_parcel_in_the_browser_on_a_phone(settled, pho
         code = got[story.waybill]["update"].track_code
         deadline = time.monotonic() + 60
         while True:
-            phone.get(f"http://127.0.0.1:{p.sink_port}/t/{code}")
+            phone.get(f"http://127.0.0.1:{p.public_port}/t/{code}")  # the public surface
             found = phone.find_elements(By.ID, "state")
             if found and found[0].get_attribute("data-state") == state or time.monotonic() > deadline:
                 break

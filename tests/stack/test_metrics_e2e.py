@@ -1,7 +1,9 @@
 """Issue 9 end to end: scrape a real worker's /metrics during and after a replay; the counters
-must add up to what was produced (the replay's own messages) and to what the topics hold."""
+must add up to what was produced (the replay's own messages) and to what the topics hold; and a
+real Prometheus server evaluates every dashboard and alert expression against them."""
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import urllib.error
@@ -21,8 +23,11 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 def get(url: str) -> tuple[int, bytes]:
+    """GET with the stack tests' token: the sink's /metrics needs one (a worker's ignores it)."""
+    from tests.stack.conftest import STACK_TOKEN
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {STACK_TOKEN}"}),
+                                    timeout=10) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -144,20 +149,75 @@ def queried_metrics() -> set[str]:
     return {name for expr in exprs for name in promql_metric_names(expr) if name.startswith("orderstream_")}
 
 
-def test_every_metric_the_dashboard_and_alerts_query_has_samples(pipeline_factory):
+# Grafana's variables as a panel would send them for the last hour, all platforms
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "1h", "$platform": ".*"}
+
+
+def as_grafana_sends(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"a Grafana variable the test does not know: {expr}"
+    return expr
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary():
+    from pipeline.devtools import stack
+    try:
+        return stack.ensure_prometheus_installed()  # as `orderstream stack up --prometheus` does
+    except stack.StackError as exc:
+        pytest.fail(f"the metrics test needs Debian's prometheus: {exc}")
+
+
+def test_every_dashboard_and_alert_expression_evaluates_with_samples_on_a_real_prometheus(
+        pipeline_factory, prometheus_binary, tmp_path):
     """A replay that trips the breaker, holds orders and runs short of stock, with the sink
-    running: every series a panel or an alert reads exists on a worker or the sink."""
+    running, scraped by a real Prometheus (Debian's) as deploy/prometheus/prometheus.yml scrapes
+    (the sink with a Bearer token from a file) and evaluating deploy/prometheus/alerts.yml: both
+    targets up; every series a panel or an alert reads exists; every alert rule evaluates without
+    an error; every dashboard query, as Grafana sends it, is valid PromQL and returns samples."""
+    from pipeline.devtools.prometheus import PrometheusServer, ScrapeJob
+    from tests.stack.conftest import STACK_TOKEN
+    from tests.unit.test_deploy_files import ALERTS, alert_rules, dashboard_expressions
+
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2", ORDERSTREAM_BREAKER_OPEN_PER_MIN="120",
                          ORDERSTREAM_BREAKER_CLOSE_PER_MIN="60", ORDERSTREAM_BREAKER_WINDOW_S="10",
                          ORDERSTREAM_BREAKER_COOLDOWN_S="4")
+    checked = subprocess.run([prometheus_binary["promtool"], "check", "rules", str(ALERTS)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     p.start_verifiers("--latency-ms", "2")
     p.start_worker()
     p.start_sink()
-    cfg = ReplayConfig(count=600, seed=23, rate_per_min=30_000, mix=ReplayMix(malformed=0.05), scarce_skus=4)
-    messages, produced = produce_replay(p.s, p.names, cfg)
-    p.drain(timeout=180)
-    time.sleep(6)  # a scrape interval for the lag gauge, the sink's first batches
-    names = {name for url in (p.worker_url(), f"http://127.0.0.1:{p.sink_port}")
-             for (name, _labels) in scrape(url)}
-    missing = sorted(queried_metrics() - names)
-    assert not missing, f"queried but never exported after a replay: {missing}"
+    token = tmp_path / "sink-metrics.token"
+    token.write_text(STACK_TOKEN)
+    server = PrometheusServer(prometheus_binary["prometheus"], tmp_path / "prometheus",
+                              [ScrapeJob("orderstream-worker", (f"127.0.0.1:{p.worker_port()}",)),
+                               ScrapeJob("orderstream-sink", (f"127.0.0.1:{p.sink_port}",), token)],
+                              [ALERTS], interval_s=1.0)
+    with server:
+        cfg = ReplayConfig(count=600, seed=23, rate_per_min=30_000, mix=ReplayMix(malformed=0.05), scarce_skus=4)
+        produce_replay(p.s, p.names, cfg)
+        p.drain(timeout=180)
+        time.sleep(8)  # scrapes after the drain: the lag gauge, the sink's batches, two samples per rate
+
+        targets = {t["labels"]["job"]: t for t in server.targets()}
+        assert {job: t["health"] for job, t in targets.items()} == {"orderstream-worker": "up",
+                                                                   "orderstream-sink": "up"}, targets
+        missing = sorted(queried_metrics() - server.series_names())
+        assert not missing, f"queried but never scraped after a replay: {missing}"
+
+        rules = {r["name"]: r for r in server.rules()}
+        assert set(rules) == {r["alert"] for r in alert_rules()}
+        failing = {name: r.get("lastError") for name, r in rules.items() if r["health"] != "ok"}
+        assert not failing, failing
+
+        empty, invalid = [], {}
+        for expr in dashboard_expressions():
+            try:
+                if not server.query(as_grafana_sends(expr)):
+                    empty.append(expr)
+            except ValueError as exc:
+                invalid[expr] = str(exc)
+        assert not invalid, invalid
+        assert not empty, f"dashboard queries with no samples after the replay: {empty}"

@@ -33,7 +33,7 @@ from pipeline.domain.normalize import global_order_id
 from pipeline.domain.refund_rules import DAY_MS
 from pipeline.inventory_store import InventoryStore
 from pipeline.refund_ledger import RefundLedger
-from tests.stack.helpers import Watch, sink_sql
+from tests.stack.helpers import Watch, sink_json, sink_sql
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -397,10 +397,8 @@ def test_refunds_land_in_clickhouse_and_the_tiers_show_those_in_flight(refund_pi
         rows = sink_sql(p, "SELECT count() AS n FROM refund_events")
         return int(rows[0]["n"]) == len(distinct)
     wait_for(landed, 90, f"{len(distinct)} refund events in ClickHouse", p)
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/tactical", timeout=30) as resp:
-        tactical = json.loads(resp.read())["refunds"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.sink_port}/views/execution", timeout=30) as resp:
-        execution = json.loads(resp.read())["refunds"]
+    tactical = sink_json(p, "/views/tactical")["refunds"]
+    execution = sink_json(p, "/views/execution")["refunds"]
     states = Counter(refunds.state(r) for r in {e[0] for e in distinct} if refunds.state(r))
     assert tactical["by_state"] == {s: states.get(s, 0) for s in tactical["by_state"]}
     assert tactical["in_flight"] == sum(n for s, n in states.items() if s not in ("refunded", "rejected", "cancelled"))

@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.config import PROJECT_ROOT
 from tests.stack.helpers import distinct_facts, sink_sql, wait_sunk
-from tests.stack.test_console_browser import (OPERATOR, TOKEN, action_message, browser_paths, driver,  # noqa: F401
-                                              sign_in, wait_for)
+from tests.stack.test_console_browser import (OPERATOR, TOKEN, VIEWER_ACCESS, VIEWER_TOKEN,  # noqa: F401
+                                              action_message, browser_paths, driver, sign_in, wait_for)
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -36,12 +36,13 @@ def resolutions_of(p, diff_key: str) -> list[tuple[str, str]]:
 
 
 def resolve_in_the_console(p, d) -> str:
-    """An operator resolves the first open difference on the strategic page, in chromium: refused
-    before signing in, then recorded under the token's operator, and the row leaves the queue."""
+    """An operator resolves the first open difference on the strategic page, in chromium: refused to a
+    viewer (403), then recorded under the operator's token, and the row leaves the queue."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    d.get(f"http://127.0.0.1:{p.sink_port}/console/strategic?tz=UTC&lang=en")
+    page = f"http://127.0.0.1:{p.sink_port}/console/strategic?tz=UTC&lang=en"
+    assert sign_in(d, VIEWER_TOKEN, page)
     rows = wait_for(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#settlement-queue tr.difference"), 30,
                     "the settlement queue")
     key = rows[0].get_attribute("data-diff-key")
@@ -63,9 +64,9 @@ def resolve_in_the_console(p, d) -> str:
         raise AssertionError("the settlement queue kept being replaced")
 
     resolve_with_reason()
-    wait_for(d, lambda d: action_message(d)[1] == "401", 15, "the refusal without a token")
+    wait_for(d, lambda d: action_message(d)[1] == "403", 15, "the refusal to a viewer")
     assert not resolutions_of(p, key)
-    sign_in(d, TOKEN)
+    assert sign_in(d, TOKEN, page)
     wait_for(d, lambda d: d.find_element(By.ID, "operator-name").get_attribute("data-operator") == OPERATOR, 15,
              "the sign-in")
     resolve_with_reason()
@@ -78,7 +79,8 @@ def resolve_in_the_console(p, d) -> str:
 def test_replay_bills_reconcile_to_exactly_the_injected_differences(pipeline_factory, tmp_path, driver):  # noqa: F811
     p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="3")
     p.start_worker()
-    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_CONSOLE_REFRESH_S="2")
+    p.start_sink(ORDERSTREAM_OPERATOR_TOKENS=f"{OPERATOR}:{TOKEN}", ORDERSTREAM_ACCESS_TOKENS=VIEWER_ACCESS,
+                 ORDERSTREAM_CONSOLE_REFRESH_S="2")
     # the replay command itself writes the bills for the replayed days, differences injected
     res = cli(p, "replay", "--count", "500", "--seed", "18", "--malformed", "0.02", "--update", "0.08",
               "--report", str(tmp_path / "replay.json"), "--bills-dir", str(tmp_path / "bills"),

@@ -32,8 +32,11 @@ CLOSED_STATES = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED", "CANCELLED"}
 
 
 def http_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
+    """GET with the stack tests' token (tests/stack/conftest.py STACK_TOKEN)."""
+    from tests.stack.conftest import STACK_TOKEN
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {STACK_TOKEN}"}),
+                                    timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -196,7 +199,7 @@ def test_analysts_query_the_running_sink_with_clickhouse_connect(sunk):
     from clickhouse_connect.driver.exceptions import DatabaseError
 
     p, _, report = sunk
-    code, health = http_json(f"http://127.0.0.1:{p.sink_port}/health")
+    code, health = http_json(f"http://127.0.0.1:{p.sink_port}/status")
     assert code == 200 and health["analyst_http"] == {"running": True, "port": p.analyst_port}
     client = clickhouse_connect.get_client(host="127.0.0.1", port=p.analyst_port, username="analyst", password="")
     try:

@@ -31,6 +31,7 @@ from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import execution, open_dead_letters, open_holds, strategic, tactical
 from pipeline.codecs import dead_letter_codec, order_codec
 from pipeline.contracts import BreakerTransition, ChannelEvent, InventoryEvent, RiskEvent
+from pipeline.credentials import Credentials
 from pipeline.kafka_io import Record
 from pipeline.topics import PLATFORMS, TopicNames
 
@@ -41,6 +42,10 @@ SHIPPED = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}
 CLOSED = SHIPPED | {"CANCELLED"}
 WAREHOUSES = ("WH-SH", "WH-GZ", "WH-BJ")
 INJECTION = "x'); DROP TABLE order_events; --"
+
+ANALYST_TOKEN = "analyst-token-0123456789"  # the sink's /views, /sql, /metrics need a token (issue 26)
+AUTH = {"Authorization": f"Bearer {ANALYST_TOKEN}"}
+CREDENTIALS = Credentials([(ANALYST_TOKEN, "anna", "analyst")])
 
 
 # -- input: real messages, built with the pipeline's codecs ------------------------------------
@@ -620,13 +625,14 @@ class SinkSuite:
         assert int(got[0]["r"]) == 1
 
     def test_http_serves_views_sql_and_metrics(self, backend, loaded):
-        server = serve_http(backend, 0, status=lambda: {"buffered_rows": 0})
+        server = serve_http(backend, 0, status=lambda: {"buffered_rows": 0}, credentials=CREDENTIALS)
         base = f"http://127.0.0.1:{server.port}"
         try:
             def get(path):
-                with urllib.request.urlopen(base + path, timeout=30) as r:
+                with urllib.request.urlopen(urllib.request.Request(base + path, headers=AUTH), timeout=30) as r:
                     return r.status, r.read()
-            assert json.loads(get("/health")[1])["status"] == "ok"
+            assert json.loads(get("/health")[1]) == {"status": "ok"}
+            assert json.loads(get("/status")[1])["buffered_rows"] == 0
             now = urllib.parse.quote(NOW.isoformat())
             for tier in ("strategic", "tactical", "execution"):
                 assert json.loads(get(f"/views/{tier}?now={now}")[1])["tier"] == tier
@@ -638,7 +644,7 @@ class SinkSuite:
             with pytest.raises(urllib.error.HTTPError) as err:
                 get("/sql?q=" + urllib.parse.quote("DROP TABLE risk_events"))
             assert err.value.code == 400
-            req = urllib.request.Request(base + "/sql", data=b"SELECT 2 AS two", method="POST")
+            req = urllib.request.Request(base + "/sql", data=b"SELECT 2 AS two", method="POST", headers=AUTH)
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert json.loads(r.read())["rows"] == [{"two": 2}]
         finally:
@@ -647,14 +653,15 @@ class SinkSuite:
     def test_http_answers_bad_requests_in_json(self, backend, loaded):
         """Through aiohttp's test client: every refusal is a JSON {"error": ...} with its status."""
         async def check():
-            async with test_utils.TestClient(test_utils.TestServer(make_app(backend))) as client:
+            async with test_utils.TestClient(test_utils.TestServer(make_app(backend, credentials=CREDENTIALS)),
+                                             headers=AUTH) as client:
                 async def call(method, path, status, **kw):
                     resp = await client.request(method, path, **kw)
                     assert (resp.status, resp.content_type) == (status, "application/json"), path
                     return await resp.json()
 
-                assert (await call("GET", "/nope", 404))["endpoints"] == ["/health", "/metrics", "/views/<tier>",
-                                                                         "/sql?q="]
+                assert (await call("GET", "/nope", 404))["endpoints"] == ["/health", "/status", "/metrics",
+                                                                         "/views/<tier>", "/sql?q="]
                 assert (await call("GET", "/views/monthly", 404))["tiers"] == ["execution", "strategic", "tactical"]
                 assert (await call("GET", "/views/", 404))["error"] == "unknown tier ''"
                 assert "invalid literal" in (await call("GET", "/views/strategic?days=many", 400))["error"]
@@ -677,11 +684,11 @@ class SinkSuite:
     def test_http_slow_query_holds_up_no_other_request(self, backend):
         """Queries run in worker threads: while one sleeps in the backend, /health and /metrics
         answer at once and a second query waits its turn at the backend, then answers right."""
-        server = serve_http(backend, 0)
+        server = serve_http(backend, 0, credentials=CREDENTIALS)
         base = f"http://127.0.0.1:{server.port}"
 
         def get(path):
-            with urllib.request.urlopen(base + path, timeout=30) as r:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=AUTH), timeout=30) as r:
                 return json.loads(r.read()) if path != "/metrics" else r.read()
         try:
             slow_sql = urllib.parse.quote("SELECT sleepEachRow(0.75) AS s FROM numbers(3)")  # ~2.25 s
@@ -699,15 +706,15 @@ class SinkSuite:
             server.stop()
 
     def test_http_server_starts_and_stops_cleanly(self, backend):
-        server = serve_http(backend, 0)
+        server = serve_http(backend, 0, credentials=CREDENTIALS)
         port = server.port
         with pytest.raises(OSError):  # the port is taken: start() says so instead of a silent thread
-            serve_http(backend, port)
+            serve_http(backend, port, credentials=CREDENTIALS)
         server.stop()
         assert not server.thread.is_alive()
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-        again = serve_http(backend, port)  # the port is free again
+        again = serve_http(backend, port, credentials=CREDENTIALS)  # the port is free again
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
                 assert json.loads(r.read())["status"] == "ok"

@@ -27,18 +27,21 @@ from pipeline.codecs import dead_letter_codec
 from pipeline.config import load_settings
 from pipeline.console import charts, format as fmt
 from pipeline.console.actions import PublishError
-from pipeline.console.auth import OperatorTokens, TokenConfigError, parse_tokens
+from pipeline.console.auth import Credentials, OperatorTokens, TokenConfigError, parse_tokens
 from pipeline.console.labels import LABELS, label
 from pipeline.contracts import RiskEvent
 from pipeline.domain.holds import parse_decision
 from pipeline.kafka_io import LibrdkafkaLog
 from pipeline.topics import TopicNames
+from tests.redrive_memory import memory_ledger
 from tests.console_figures import expected_figures, is_external, page_figures, resource_urls
 from tests.unit.test_clickhouse_chdb import INJECTION, NOW, make_dataset
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-abcdefghijkl"
+VERA = "vera-viewer-token-0123456"  # reads pages, may not act
+READ = {"Authorization": f"Bearer {VERA}"}
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -238,12 +241,13 @@ def backend(tmp_path_factory):
 class Client:
     """The sink's application with the console, through aiohttp's test client (one per test)."""
 
-    def __init__(self, backend, publisher, tokens=None, outcome_wait_s=0.0):
-        self.app = make_app(backend)
+    def __init__(self, backend, publisher, tokens=None, outcome_wait_s=0.0, redrives=None):
+        self.redrives = redrives if redrives is not None else memory_ledger()
+        credentials = Credentials([(ALICE, "alice", "operator"), (BOB, "bob", "operator"), (VERA, "vera", "viewer")])
+        self.app = make_app(backend, credentials=credentials if tokens is None else tokens)
         from pipeline.console import setup_console
-        setup_console(self.app, load_settings(), NAMES, publisher=publisher,
-                      tokens=OperatorTokens({ALICE: "alice", BOB: "bob"}) if tokens is None else tokens,
-                      outcome_wait_s=outcome_wait_s)
+        setup_console(self.app, load_settings(), NAMES, publisher=publisher, outcome_wait_s=outcome_wait_s,
+                      redrives=self.redrives)
 
     def run(self, scenario):
         async def main():
@@ -253,7 +257,7 @@ class Client:
 
 
 async def get_text(client, path, status=200, **params):
-    resp = await client.get(path, params=params)
+    resp = await client.get(path, params=params, headers=READ)
     assert resp.status == status, (path, resp.status, (await resp.text())[:500])
     return resp, await resp.text()
 
@@ -276,7 +280,7 @@ def test_each_tier_page_shows_exactly_the_figures_of_its_view(backend, tier):
         _, page = await get_text(client, f"/console/{tier}", now=NOW_Q, tz="Asia/Shanghai")
         _, panel = await get_text(client, f"/console/{tier}/panel", now=NOW_Q, tz="Asia/Shanghai")
         view_q = {"now": NOW_Q, **({"tz": "Asia/Shanghai"} if tier == "strategic" else {})}
-        view = await (await client.get(f"/views/{tier}", params=view_q)).json()
+        view = await (await client.get(f"/views/{tier}", params=view_q, headers=READ)).json()
         return page, panel, view
     page, panel, view = Client(backend, FakePublisher()).run(scenario)
     expected = expected_figures(tier, view)
@@ -292,7 +296,7 @@ def test_each_tier_page_shows_exactly_the_figures_of_its_view(backend, tier):
 def test_strategic_chart_draws_every_hour_of_the_window(backend):
     async def scenario(client):
         _, page = await get_text(client, "/console/strategic", now=NOW_Q, days="2", tz="UTC")
-        return page, await (await client.get("/views/strategic", params={"now": NOW_Q, "days": "2"})).json()
+        return page, await (await client.get("/views/strategic", params={"now": NOW_Q, "days": "2"}, headers=READ)).json()
     page, view = Client(backend, FakePublisher()).run(scenario)
     svg = page[page.index('id="chart-orders-per-hour"'):]
     bars = re.findall(r'class="bar"[^>]*data-label="([^"]+)" data-value="([^"]+)"', svg[:svg.index("</svg>")])
@@ -352,8 +356,8 @@ def test_bad_parameters_and_unknown_tiers_get_a_page_that_says_why(backend):
         _, days = await get_text(client, "/console/strategic", 400, days="0")
         _, lang = await get_text(client, "/console/tactical", 400, lang="fr")
         _, now = await get_text(client, "/console/execution", 400, now="yesterday")
-        resp = await client.get("/console/", allow_redirects=False)
-        root = await client.get("/", allow_redirects=False)
+        resp = await client.get("/console/", allow_redirects=False, headers=READ)
+        root = await client.get("/", allow_redirects=False, headers=READ)
         return tz, tier, days, lang, now, resp, root
     tz, tier, days, lang, now, resp, root = Client(backend, FakePublisher()).run(scenario)
     assert "unknown time zone" in tz and "unknown tier" in tier and "between 1 and" in days and "lang" in lang
@@ -381,13 +385,16 @@ def test_a_decision_needs_an_operator_token_and_records_the_tokens_operator(back
         assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert pub.sent == []  # nothing published without a valid token
         who = await (await client.get("/console/api/whoami", headers={"Authorization": f"Bearer {BOB}"})).json()
+        # a viewer reads the page but may not act
+        await post(client, "/console/api/decisions", {"order_id": order, "action": "approve"}, token=VERA, status=403)
+        assert pub.sent == []
         # the request claims to be mallory; the token says bob
         status, body = await post(client, "/console/api/decisions",
                                   {"order_id": order, "action": "approve", "operator": "mallory",
                                    "reason": "called the buyer"}, token=BOB)
         return who, status, body
     who, status, body = Client(backend, pub).run(scenario)
-    assert who == {"operator": "bob"}
+    assert who == {"name": "bob", "roles": ["metrics", "operator", "viewer"], "operator": "bob"}
     assert status == 200 and body["status"] == "sent" and body["operator"] == "bob"
     assert len(pub.sent) == 1
     topic, key, value, _ = pub.sent[0]
@@ -545,3 +552,90 @@ def test_redrive_sends_the_letters_own_bytes_back_once(backend):
                          [("redriven_from", hostile["id"].encode()), ("redriven_by", b"bob")])]
     after = TIERS["execution"](backend)["dead_letters"]
     assert after["waiting"] == letters["waiting"] - 1 and hostile["id"] not in {d["id"] for d in after["letters"]}
+
+
+def test_a_letter_the_cli_re_drove_is_refused_naming_who_and_leaves_the_list(backend):
+    pub, ledger = FakePublisher(), memory_ledger()
+    letters = TIERS["execution"](backend)["dead_letters"]
+    letter = letters["letters"][0]
+    cli = ledger.claim(letter["id"], "carol", "cli", 1_796_000_000_000).record
+
+    async def scenario(client):
+        return await post(client, "/console/api/redrive", {"letter_id": letter["id"]}, token=BOB)
+    unconfirmed = Client(backend, pub, redrives=ledger).run(scenario)
+    # claimed by a CLI run that has not confirmed it sent: refused, and still listed
+    assert unconfirmed[0] == 409 and "carol" in unconfirmed[1]["error"] and "not yet confirmed" in unconfirmed[1]["error"]
+    assert letter["id"] in {d["id"] for d in TIERS["execution"](backend)["dead_letters"]["letters"]}
+    ledger.confirm(cli)
+    status, body = Client(backend, pub, redrives=ledger).run(scenario)
+    assert status == 200 and body["status"] == "already_sent" and body["via"] == "cli"
+    assert body["message"] == (f"{letter['id']} was already re-driven by carol with `orderstream dlq replay` at "
+                               "2026-11-30T00:53:20Z; nothing was sent again")
+    assert pub.sent == []
+    after = TIERS["execution"](backend)["dead_letters"]
+    assert after["waiting"] == letters["waiting"] - 1 and letter["id"] not in {d["id"] for d in after["letters"]}
+
+
+def test_a_re_drive_the_broker_refused_gives_the_letter_back_to_the_ledger(backend):
+    pub, ledger = FakePublisher(), memory_ledger()
+    letter = TIERS["execution"](backend)["dead_letters"]["letters"][0]
+    pub.fail = 1
+
+    async def scenario(client):
+        r = "/console/api/redrive"
+        return (await post(client, r, {"letter_id": letter["id"]}, token=BOB),
+                await post(client, r, {"letter_id": letter["id"]}, token=ALICE))
+    failed, retried = Client(backend, pub, redrives=ledger).run(scenario)
+    assert failed[0] == 503 and retried[0] == 200 and retried[1]["status"] == "sent"
+    recorded = ledger.find(letter["id"])
+    assert (recorded.operator, recorded.via, recorded.state) == ("alice", "console", "sent")
+    assert len(pub.sent) == 1
+
+
+def test_without_the_ledger_a_re_drive_sends_nothing(backend):
+    class Away:
+        def claim(self, *args):
+            raise ConnectionError("redis away (simulated)")
+    pub = FakePublisher()
+    letter = TIERS["execution"](backend)["dead_letters"]["letters"][0]
+
+    async def scenario(client):
+        return await post(client, "/console/api/redrive", {"letter_id": letter["id"]}, token=BOB)
+    status, body = Client(backend, pub, redrives=Away()).run(scenario)
+    assert status == 503 and "ledger" in body["error"] and pub.sent == []
+
+
+def test_long_ids_are_shortened_with_the_whole_id_in_the_title_and_a_copy_button(backend):
+    assert fmt.short_id("t8407872b.orders.raw.jd:0:12345") == "t84078…raw.jd:0:12345"
+    assert fmt.short_id("TM-12345") == "TM-12345"  # short enough: as it is
+    letters = TIERS["execution"](backend)["dead_letters"]["letters"]
+    source = next(d["source"] for d in letters if len(d["source"]) > 17)
+
+    async def scenario(client):
+        return (await get_text(client, "/console/execution/panel", now=NOW_Q))[1]
+    page = Client(backend, FakePublisher()).run(scenario)
+    assert (f'<span class="ident-text" title="{source}">{fmt.short_id(source)}</span>'
+            f'<button type="button" class="copy" data-copy="{source}"') in page
+    assert f">{source}<" not in page  # the whole id is not what the cell shows
+
+
+def test_letters_the_cli_re_drove_leave_the_list_without_a_click(backend):
+    from pipeline.console.actions import ActionLog
+    from pipeline.console.redrive_mirror import RedriveMirror
+
+    ledger, clock = memory_ledger(), [0.0]
+    letters = TIERS["execution"](backend)["dead_letters"]
+    sent, claimed = letters["letters"][0]["id"], letters["letters"][1]["id"]
+    ledger.confirm(ledger.claim(sent, "carol", "cli", 1_796_000_000_000).record)
+    ledger.claim(claimed, "dave", "cli", 1_796_000_000_000)  # not confirmed: it may not have gone out
+    ledger.confirm(ledger.claim("other.orders.dlq:0:1", "erin", "cli", 0).record)  # another pipeline's
+    mirror = RedriveMirror(ledger, ActionLog(backend), NAMES.DLQ, interval_s=5.0, clock=lambda: clock[0])
+    assert mirror.tick() == 1
+    after = TIERS["execution"](backend)["dead_letters"]
+    ids = {d["id"] for d in after["letters"]}
+    assert sent not in ids and claimed in ids and after["waiting"] == letters["waiting"] - 1
+    assert ActionLog(backend).find(f"redrive:{sent}")["operator"] == "carol"
+    clock[0] = 10.0
+    assert mirror.tick() == 0  # copied once
+    n = backend.query("SELECT count() AS n FROM console_actions WHERE target = {t:String}", {"t": sent})
+    assert int(n[0]["n"]) == 1

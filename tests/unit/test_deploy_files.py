@@ -361,6 +361,37 @@ def test_prometheus_scrapes_workers_and_sink_on_their_ports(services):
     assert targets.get("sink") == sink_port == defaults.sink_web_port
 
 
+def test_prometheus_scrapes_the_sink_with_a_token_the_sink_gives_the_metrics_role(services):
+    """Issue 26: the sink's /metrics needs a Bearer token; Prometheus reads it from the secret compose
+    mounts, filled from the same variable the sink's metrics entry names."""
+    config = load_yaml(PROMETHEUS)
+    (job,) = [j for j in config["scrape_configs"] if ("sink", Settings().sink_web_port) in _scrape_targets(j)]
+    auth = job.get("authorization") or {}
+    assert auth.get("type", "Bearer") == "Bearer" and auth.get("credentials_file"), job
+    secret = auth["credentials_file"].removeprefix("/run/secrets/")
+    assert secret in services["prometheus"].get("secrets", []), "the token file is not mounted into prometheus"
+    compose = load_yaml(COMPOSE)
+    variable = compose["secrets"][secret]["environment"]
+    entries = env_of(services["sink"])["ORDERSTREAM_ACCESS_TOKENS"].split(",")
+    assert any(e.startswith("metrics:prometheus:${" + variable + ":?") for e in entries), entries  # required, never empty
+
+
+def test_the_sink_publishes_only_its_public_surface_beyond_loopback(services):
+    sink_env = env_of(services["sink"])
+    public = int(sink_env.get("ORDERSTREAM_PUBLIC_PORT", Settings().public_port))
+    operator = int(sink_env.get("ORDERSTREAM_SINK_WEB_PORT", Settings().sink_web_port))
+    published = {}
+    for mapping in services["sink"].get("ports", []):
+        parts = str(mapping).split(":")
+        host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+        published[int(parts[-1])] = host_ip
+    assert published == {operator: "127.0.0.1", public: "0.0.0.0"}
+    for name, svc in services.items():  # every other port of every service stays on loopback
+        for mapping in svc.get("ports", []):
+            if not (name == "sink" and int(str(mapping).split(":")[-1]) == public):
+                assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+
+
 def test_prometheus_loads_the_alert_file_compose_mounts(services):
     config = load_yaml(PROMETHEUS)
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"] if v.startswith(".")}

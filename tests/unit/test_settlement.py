@@ -208,7 +208,7 @@ def test_the_console_shows_settlement_and_an_operator_resolves_from_its_queue(wo
     """The strategic page carries the tier's settlement figures and the open queue; a resolution
     needs the operator token, names the token's operator and takes the row off the queue."""
     from tests.console_figures import expected_figures, page_figures
-    from tests.unit.test_console import ALICE, Client, FakePublisher, get_text, post
+    from tests.unit.test_console import ALICE, READ, Client, FakePublisher, get_text, post
 
     run_all(world, NOW_MS + 8)
     at = datetime.fromtimestamp(NOW_MS / 1000 + 3600, timezone.utc).isoformat()
@@ -217,7 +217,8 @@ def test_the_console_shows_settlement_and_an_operator_resolves_from_its_queue(wo
 
     async def scenario(client):
         _, before = await get_text(client, "/console/strategic/panel", now=at, days="30", tz="UTC")
-        view = await (await client.get("/views/strategic", params={"now": at, "days": "30", "tz": "UTC"})).json()
+        view = await (await client.get("/views/strategic", params={"now": at, "days": "30", "tz": "UTC"},
+                                       headers=READ)).json()  # the views need a reader's token (issue 26)
         refused = await post(client, "/console/api/settlement/resolve", {"diff_key": target, "reason": "x"})
         no_reason = await post(client, "/console/api/settlement/resolve", {"diff_key": target, "reason": " "}, ALICE)
         done = await post(client, "/console/api/settlement/resolve",

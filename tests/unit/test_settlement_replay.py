@@ -131,7 +131,7 @@ def test_the_sink_runs_a_reconciliation_after_a_bill_lands(backend, names):
 
 
 def test_console_resolves_the_queue_only_with_an_operator_token(backend, names):
-    """The manual queue in the console: anyone reads it; resolving needs a token, and the operator
+    """The manual queue in the console: a signed-in caller reads it; resolving needs an operator token, and the operator
     recorded is the token's, once per difference."""
     import asyncio
 
@@ -162,17 +162,19 @@ def test_console_resolves_the_queue_only_with_an_operator_token(backend, names):
         def close(self):
             pass
 
-    app = make_app(backend)
-    setup_console(app, load_settings(), names, publisher=NoPublisher(), tokens=OperatorTokens({token: "erin"}))
+    app = make_app(backend, credentials=OperatorTokens({token: "erin"}))
+    setup_console(app, load_settings(), names, publisher=NoPublisher())
 
     async def scenario(client):
-        queue_before = await (await client.get("/console/api/settlement/queue")).json()
+        queue_before = await (await client.get("/console/api/settlement/queue",
+                                               headers={"Authorization": f"Bearer {token}"})).json()
         path = "/console/api/settlement/resolve"
         body = {"diff_key": diff["diff_key"], "reason": "platform test order, no goods", "operator": "mallory"}
         anon = await client.post(path, json=body)
         ok = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
         again = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
-        queue_after = await (await client.get("/console/api/settlement/queue")).json()
+        queue_after = await (await client.get("/console/api/settlement/queue",
+                                              headers={"Authorization": f"Bearer {token}"})).json()
         return queue_before, anon.status, ok.status, await ok.json(), again.status, queue_after
 
     async def main():

@@ -10,13 +10,12 @@ import pytest
 from aiohttp import test_utils
 
 from pipeline.clickhouse.backends import ChdbBackend
-from pipeline.clickhouse.http import make_app
 from pipeline.clickhouse.migrate import migrate
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.clickhouse.tiers import logistics
-from pipeline.console.tracking import setup_tracking
 from pipeline.contracts import WaybillRegistered
 from pipeline.domain import logistics as lg
+from pipeline.public_site import make_public_app
 from pipeline.topics import TopicNames
 from tests.unit.test_clickhouse_chdb import Feed
 
@@ -69,8 +68,7 @@ def landed(tmp_path_factory):
 
 
 def get(backend, path):
-    app = make_app(backend)
-    setup_tracking(app)
+    app = make_public_app(backend)  # the page's own listener: the public surface
 
     async def main():
         async with test_utils.TestClient(test_utils.TestServer(app)) as client:

@@ -1,17 +1,15 @@
-// orderstream console: refreshes the page's panel by itself, signs an operator in with a token,
-// sends approve / reject (held orders, refunds) / re-drive / settlement resolutions. Plain browser
+// orderstream console: refreshes the page's panel by itself, shows who is signed in (the session
+// cookie carries the credential; no token is kept in the page), sends approve / reject (held
+// orders, refunds) / re-drive / settlement resolutions. Plain browser
 // JavaScript, no library, nothing loaded from outside.
 (function () {
   "use strict";
   var root = document.getElementById("console");
   var panel = document.getElementById("panel");
   if (!root || !panel) { return; }
-  var TOKEN_KEY = "orderstream-operator-token";
   var refreshMs = parseInt(root.getAttribute("data-refresh-ms"), 10) || 5000;
   var panelUrl = root.getAttribute("data-panel-url");
   var refreshing = false;
-
-  function token() { return window.sessionStorage.getItem(TOKEN_KEY) || ""; }
 
   function say(text, ok) {
     var box = document.getElementById("action-message");
@@ -59,37 +57,21 @@
     });
   }
 
-  // operator sign-in: the token stays in this tab (sessionStorage); the server names the operator
+  // who is signed in: the session cookie names them (pipeline.console.signin); the buttons act
+  // only for the operator role, the server refuses anyone else (403)
   var nameBox = document.getElementById("operator-name");
-  function showOperator(name) {
+  function showPrincipal(who) {
     if (!nameBox) { return; }
-    nameBox.textContent = name ? nameBox.getAttribute("data-signed-in") + ": " + name : nameBox.getAttribute("data-anonymous");
-    nameBox.setAttribute("data-operator", name || "");
-    var out = document.getElementById("sign-out");
-    if (out) { out.hidden = !name; }
+    var text = nameBox.getAttribute("data-signed-in") + ": " + who.name;
+    if (!who.operator) { text += " · " + nameBox.getAttribute("data-anonymous"); }
+    nameBox.textContent = text;
+    nameBox.setAttribute("data-name", who.name);
+    nameBox.setAttribute("data-operator", who.operator || "");
   }
-  function whoami() {
-    if (!token()) { showOperator(""); return Promise.resolve(); }
-    return fetch("/console/api/whoami", { headers: { "Authorization": "Bearer " + token() } })
-      .then(function (resp) { return resp.json().then(function (body) { return [resp, body]; }); })
-      .then(function (r) {
-        if (r[0].ok) { showOperator(r[1].operator); } else { showOperator(""); say(r[1].error || "not signed in", false); }
-      });
-  }
-  var signIn = document.getElementById("sign-in");
-  var form = document.getElementById("operator-form");
-  if (form) { form.addEventListener("submit", function (event) { event.preventDefault(); signIn.click(); }); }
-  if (signIn) {
-    signIn.addEventListener("click", function () {
-      var input = document.getElementById("operator-token");
-      window.sessionStorage.setItem(TOKEN_KEY, input.value.trim());
-      input.value = "";
-      whoami();
-    });
-    document.getElementById("sign-out").addEventListener("click", function () {
-      window.sessionStorage.removeItem(TOKEN_KEY); showOperator("");
-    });
-    whoami();
+  if (nameBox) {
+    fetch("/console/api/whoami", { cache: "no-store" })
+      .then(function (resp) { return resp.ok ? resp.json() : null; })
+      .then(function (who) { if (who) { showPrincipal(who); } });
   }
 
   // approve / reject (held orders, refunds) / re-drive / resolve a settlement difference
@@ -104,7 +86,7 @@
     } else if (action === "resolve") {
       url = "/console/api/settlement/resolve";
       body = { diff_key: button.getAttribute("data-diff-key"), reason: reason ? reason.value : "" };
-    } else if (button.hasAttribute("data-refund-id")) {  // the refund queue: same token, its own endpoint
+    } else if (button.hasAttribute("data-refund-id")) {  // the refund queue: its own endpoint
       url = "/console/api/refunds/decisions";
       body = { refund_id: button.getAttribute("data-refund-id"), action: action, reason: reason ? reason.value : "" };
     } else {
@@ -112,7 +94,6 @@
       body = { order_id: button.getAttribute("data-order-id"), action: action, reason: reason ? reason.value : "" };
     }
     var headers = { "Content-Type": "application/json" };
-    if (token()) { headers["Authorization"] = "Bearer " + token(); }
     button.disabled = true;
     say("…", true);
     return fetch(url, { method: "POST", headers: headers, body: JSON.stringify(body) })
@@ -126,7 +107,35 @@
       })
       .catch(function (err) { button.disabled = false; say(String(err), false); });
   }
+  // copy a whole id (tables show it shortened): the clipboard API where the page may use it
+  // (a secure context: https or loopback), else a selected textarea and the copy command
+  function copy(button) {
+    var text = button.getAttribute("data-copy");
+    function done(ok) {
+      button.classList.toggle("copied", ok);
+      root.setAttribute("data-copied", ok ? text : "");
+      say(ok ? text : "copy: " + text, ok);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(fallback(text)); });
+    }
+    done(fallback(text));
+  }
+  function fallback(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed"; area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    document.body.removeChild(area);
+    return ok;
+  }
   panel.addEventListener("click", function (event) {
+    var copyButton = event.target.closest("button.copy[data-copy]");
+    if (copyButton) { copy(copyButton); return; }
     var button = event.target.closest("button[data-action]");
     if (button && !button.disabled) { send(button); }
   });
