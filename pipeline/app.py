@@ -44,7 +44,9 @@ faust_internals.install(
     # exactly-once: the order flow and the holds commit their inputs' offsets in their transactions, and the
     # worker reads what other transactions wrote (risk.queue, logistics.waybills) read_committed
     transactional_inputs=(*t.RAW_TOPICS, t.RISK_QUEUE, t.RISK_DECISIONS) if settings.exactly_once else (),
-    transactional_topics=t.names.ORDER_FLOW_OUTPUTS if settings.exactly_once else ())
+    transactional_topics=t.names.ORDER_FLOW_OUTPUTS if settings.exactly_once else (),
+    stable_offsets_from=settings.bootstrap if settings.exactly_once else "",
+    stable_offsets_timeout_s=settings.transaction_timeout_s + 5)
 
 
 def raw_topic(*names: str, partitions: int | None = None, compacted: bool = False) -> faust.TopicT:

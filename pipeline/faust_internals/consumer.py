@@ -27,12 +27,15 @@ before a commit of ours landed.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Callable
 
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
+
+from .stable_offsets import wait_until_stable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
     transactional_inputs: frozenset = frozenset()
     transactional_topics: frozenset = frozenset()
     read_committed: bool = False
+    stable_offsets_from: str = ""  # bootstrap servers: wait for stable offsets on assignment
+    stable_offsets_timeout_s: float = 15.0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -146,6 +151,14 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
 
     async def perform_seek(self) -> None:
         generation = self.app.consumer_generation_id
+        if self.stable_offsets_from and self.transactional_inputs:
+            # a transaction of the partitions' previous owner may still hold their offsets (KIP-447)
+            pending = sorted((tp.topic, tp.partition) for tp in self.assignment()
+                             if tp.topic in self.transactional_inputs)
+            waited = await asyncio.to_thread(wait_until_stable, self.stable_offsets_from, self.app.conf.id,
+                                             pending, self.stable_offsets_timeout_s)
+            if waited > 0.5:
+                log.info("waited %.1fs for the group's transactional offsets to be stable", waited)
         before = dict(self._committed_offset)
         reading = set(self._fetched_since_assignment)
         thread = self._thread
@@ -451,11 +464,15 @@ async def reread_from(consumer, tp, offset: int) -> None:
 
 
 def install(app, compacted_topics=(), on_reread: Callable[[TP, int], None] | None = None,
-            transactional_inputs=(), transactional_topics=()) -> None:
+            transactional_inputs=(), transactional_topics=(), stable_offsets_from: str = "",
+            stable_offsets_timeout_s: float = 15.0) -> None:
     """Make `app` build its consumer from SeekSafeConsumer (before the consumer exists), and tell
     it what every flow-control clear drops (mode's `FlowControlEvent.clear` empties the queues of
-    every stream channel when the flow resumes after a rebalance or recovery)."""
+    every stream channel when the flow resumes after a rebalance or recovery). With
+    `stable_offsets_from` (bootstrap servers) an assignment first waits until no transaction
+    holds the transactional inputs' offsets (stable_offsets)."""
     app.transport.Consumer = type("SeekSafeConsumer", (SeekSafeConsumer,), {
+        "stable_offsets_from": stable_offsets_from, "stable_offsets_timeout_s": stable_offsets_timeout_s,
         "compacted_topics": frozenset(compacted_topics), "on_reread": staticmethod(on_reread),
         "transactional_inputs": frozenset(transactional_inputs), "transactional_topics": frozenset(transactional_topics),
         "read_committed": bool(transactional_inputs)})
