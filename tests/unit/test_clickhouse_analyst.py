@@ -420,7 +420,10 @@ def test_malformed_requests(server):
     assert_refused(too_long, "SYNTAX_ERROR")
     assert "Max query size exceeded" in too_long.text
     assert_refused(call(server, body=b"SELECT '\xff\xfe'"), "BAD_ARGUMENTS")
-    assert_refused(call(server, "SELECT 1", params={"compress": "1"}), "NOT_IMPLEMENTED", 501)
+    assert_refused(call(server, "SELECT 1", params={"compress": "1", "network_compression_method": "snappy"}),
+                   "UNKNOWN_COMPRESSION_METHOD")
+    assert_refused(call(server, body=b"not compressed blocks at all", params={"decompress": "1"}),
+                   "UNKNOWN_COMPRESSION_METHOD")
     assert call(server, body=gzip.compress(b"SELECT 8"), headers={"Content-Encoding": "gzip"}).body == b"8\n"
     assert_refused(call(server, body=b"SELECT 1", headers={"Content-Encoding": "gzip"}), "CANNOT_DECOMPRESS")
     assert_refused(call(server, body=b"SELECT 1", headers={"Content-Encoding": "lz4"}), "NOT_IMPLEMENTED", 501)

@@ -74,8 +74,8 @@ class ChdbEngine:
         self.limits = limits or Limits()
         s = self._open()
         try:
-            version, tz = self._rows(s, "SELECT version(), timezone()")[0]
-            self.version, self.timezone = version, tz
+            version, tz, revision = self._rows(s, "SELECT version(), timezone(), revision()")[0]
+            self.version, self.timezone, self.revision = version, tz, int(revision)
             self.setting_names = frozenset(r[0] for r in self._rows(s, "SELECT name FROM system.settings"))
             self.table_functions = frozenset(r[0].casefold()
                                              for r in self._rows(s, "SELECT name FROM system.table_functions"))

@@ -14,26 +14,26 @@ from dataclasses import dataclass, fields
 from typing import Mapping
 
 from .errors import ClickHouseError, readonly_refusal
+from .framing import FRAMING_PARAMS
 
 MiB = 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # URL parameters that are part of the HTTP protocol, never settings. Which of them matter is
-# decided in server.py; the rest (session_id, wait_end_of_query, client_protocol_version, ...)
-# change nothing here: every request runs in its own session and is answered when it has ended.
+# decided in server.py and framing.py; the rest (session_id, wait_end_of_query, ...) change
+# nothing here: every request runs in its own session and is answered when it has ended.
 TRANSPORT_PARAMS = frozenset({
     "query", "database", "default_format", "user", "password", "quota_key", "query_id", "session_id",
-    "session_timeout", "session_check", "compress", "decompress", "buffer_size", "wait_end_of_query",
-    "role", "client_protocol_version", "stacktrace", "http_native_compression_disable_checksumming_on_decompress",
-})
+    "session_timeout", "session_check", "buffer_size", "wait_end_of_query", "role", "stacktrace",
+}) | FRAMING_PARAMS
 
 # How results are rendered: an analyst may set these freely.
 PRESENTATION_SETTINGS = frozenset({
     "date_time_output_format", "session_timezone", "extremes", "limit", "offset", "join_use_nulls",
     "result_overflow_mode", "timeout_overflow_mode", "max_block_size",
-    # clickhouse-connect and other HTTP clients send these; HTTP compression and progress headers
-    # are not produced here (responses are plain), so they are accepted and change nothing
-    "enable_http_compression", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+    # clickhouse-connect and other HTTP clients send these; progress headers are not produced
+    # here (the answer comes when the query has ended), so they are accepted and change nothing
+    "send_progress_in_http_headers", "http_headers_progress_interval_ms",
     "cancel_http_readonly_queries_on_client_close", "date_time_input_format", "cast_string_to_dynamic_use_inference",
 })
 PRESENTATION_PREFIXES = ("output_format_", "format_csv_", "format_tsv_")

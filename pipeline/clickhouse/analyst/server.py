@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from ..http import WebServer
 from .engine import ChdbEngine, Request
 from .errors import ClickHouseError, authentication_failed
+from .framing import Framing
 from .policy import TRANSPORT_PARAMS, Account
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,9 @@ def decode(raw: bytes, what: str) -> str:
         raise ClickHouseError("BAD_ARGUMENTS", f"The {what} is not valid UTF-8 (byte {exc.start})") from None
 
 
-async def build_request(request: web.Request, account: Account, max_query_size: int) -> Request:
+async def build_request(request: web.Request, account: Account, max_query_size: int,
+                        framing: Framing) -> Request:
     q = request.query
-    for flag in ("compress", "decompress"):
-        if q.get(flag, "0") not in ("", "0"):
-            raise ClickHouseError("NOT_IMPLEMENTED", f"{flag}=1 (ClickHouse's compressed blocks) is not served here; "
-                                                     "send and read plain bodies")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in REQUEST_ENCODINGS:
         raise ClickHouseError("NOT_IMPLEMENTED", f"Content-Encoding {encoding} is not served here; send the "
@@ -151,7 +149,7 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
         if request.content_type == "multipart/form-data":
             form = await read_form(request, cap)
         else:
-            body = decode(await read_capped(request, cap), "request body")
+            body = decode(framing.request_body(await read_capped(request, cap), cap), "request body")
     params = {**{k[6:]: v for k, v in q.items() if k.startswith("param_")},
               **{k[6:]: v for k, v in form.items() if k.startswith("param_")}}
     settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
@@ -205,7 +203,9 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
         return web.Response(body=OK_TEXT, headers={"Content-Type": "text/plain; charset=UTF-8"})
     try:
         account = authenticate(request)
-        req = await build_request(request, account, engine.limits.max_query_size)
+        framing = Framing.from_request(request.query, request.headers.get("Accept-Encoding"),
+                                       getattr(engine, "revision", 0))
+        req = await build_request(request, account, engine.limits.max_query_size, framing)
         slots = request.app[SLOTS]
         try:  # Semaphore.acquire gives its slot back when cancelled after getting it
             async with asyncio.timeout(engine.limits.max_execution_time):
@@ -215,7 +215,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
                                   f"Too many simultaneous queries: all {request.app[MAX_QUERIES]} analyst query "
                                   f"slots stayed busy for {engine.limits.max_execution_time:g} s") from None
         try:
-            result = await asyncio.to_thread(engine.execute, req, account)
+            result, body = await asyncio.to_thread(run_and_frame, engine, req, account, framing)
         finally:
             slots.release()
     except ClickHouseError as err:
@@ -230,7 +230,19 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     if result.output_format is not None:
         headers["X-ClickHouse-Format"] = result.output_format
     headers["Content-Type"] = content_type(result.output_format)
-    return web.Response(body=result.body, headers=headers)
+    if framing.http_encoding is not None and body:
+        headers["Content-Encoding"] = framing.http_encoding
+    return web.Response(body=body, headers=headers)
+
+
+def run_and_frame(engine: ChdbEngine, req: Request, account: Account, framing: Framing):
+    """The result and its bytes as the client reads them (in a worker thread: re-encoding and
+    compressing a large answer takes a while)."""
+    result = engine.execute(req, account)
+    body = framing.answer_body(result.body, result.output_format)
+    if framing.http_encoding is not None and body:
+        body = framing.http_body(body)
+    return result, body
 
 
 async def ping(request: web.Request) -> web.Response:
