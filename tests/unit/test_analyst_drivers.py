@@ -4,7 +4,7 @@ The real drivers, built by pipeline.devtools.driver_clients (pins: tests/clients
 tests/clients/jdbc/pom.xml), run against the interface served in-process on a free port over a
 chDB data dir the real sink loaded (no Kafka):
 - clickhouse-go v2 over HTTP, the library inside Grafana's ClickHouse data source: Native with
-  client_protocol_version, and with its LZ4, ZSTD (compress=1) and gzip (HTTP) compressions;
+  client_protocol_version, and with its LZ4, ZSTD (compress=1), gzip and brotli (HTTP) compressions;
 - the ClickHouse JDBC driver (DBeaver, Metabase, DataGrip) with its default settings
   (compress=1, its answers in LZ4 compressed blocks).
 Each connects, reads a real table and a known result, binds a parameter, and is refused a write
@@ -50,13 +50,14 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(data):
     """(port, requests): the interface for a read-only analyst, and every request's URL
-    parameters and headers as it came."""
-    seen: list[tuple[dict[str, str], dict[str, str]]] = []
+    parameters and headers as it came, with its answer's Content-Encoding."""
+    seen: list[tuple[dict[str, str], dict[str, str], str | None]] = []
 
     @web.middleware
     async def record(request, handler):
-        seen.append((dict(request.query), dict(request.headers)))
-        return await handler(request)
+        response = await handler(request)
+        seen.append((dict(request.query), dict(request.headers), response.headers.get("Content-Encoding")))
+        return response
 
     app = make_app(ChdbEngine(data.path), [Account(USER, PASSWORD)], max_queries=2)
     app.middlewares.append(record)
@@ -102,7 +103,7 @@ def go_client():
     return driver_clients.build_go_client()
 
 
-@pytest.mark.parametrize("compression", ["none", "lz4", "zstd", "gzip"])
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd", "gzip", "br"])
 def test_clickhouse_go_over_http_with_its_defaults(go_client, served, data, compression):
     port, seen = served
     before = len(seen)
@@ -123,13 +124,14 @@ def test_clickhouse_go_over_http_with_its_defaults(go_client, served, data, comp
     # the path this test is about: Native in the driver's protocol revision (and its compression)
     requests = seen[before:]
     assert requests and all(q.get("default_format") == "Native" and q.get("client_protocol_version") == "54460"
-                            for q, _ in requests), requests[:2]
-    assert any(q.get("param_p") == "JD" for q, _ in requests)
+                            for q, _, _ in requests), requests[:2]
+    assert any(q.get("param_p") == "JD" for q, _, _ in requests)
     if compression in ("lz4", "zstd"):
         # the hello and the four reads come in compressed blocks (the write's refusal is plain text)
-        assert sum(q.get("compress") == "1" for q, _ in requests) >= 5, [q for q, _ in requests]
-    if compression == "gzip":
-        assert sum(h.get("Accept-Encoding") == "gzip" for _, h in requests) >= 5, [h for _, h in requests]
+        assert sum(q.get("compress") == "1" for q, _, _ in requests) >= 5, requests
+    if compression in ("gzip", "br"):
+        assert sum(h.get("Accept-Encoding") == compression and q.get("enable_http_compression") == "1"
+                   and answered == compression for q, h, answered in requests) >= 5, requests
 
 
 # -- the ClickHouse JDBC driver (DBeaver, Metabase, DataGrip) -----------------------------------------
@@ -157,4 +159,5 @@ def test_clickhouse_jdbc_with_its_defaults(jdbc_client, served, data):
     assert_write_refused(out)
     requests = seen[before:]
     # its default: the answers in ClickHouse's compressed blocks
-    assert requests and any(q.get("compress") == "1" for q, _ in requests), requests[:3]
+    assert requests and all(q.get("compress") == "1" for q, _, _ in requests), requests[:3]
+    assert any(h.get("X-ClickHouse-Format") == "RowBinaryWithNamesAndTypes" for _, h, _ in requests)

@@ -436,6 +436,48 @@ def test_malformed_requests(server):
     assert call(server, body=b"SELECT 'a\nb' AS `a\\b`").body == b"a\\nb\n"  # breaks in strings are fine
 
 
+def test_compressed_blocks_http_compression_and_the_native_revision(server):
+    """compress=1 / decompress=1 (ClickHouse's blocks), enable_http_compression, and Native in the
+    client's protocol revision, each the same answer as plain, through the server."""
+    import cramjam
+
+    from pipeline.clickhouse.analyst import compressed, native
+
+    sql = "SELECT platform, count() AS n FROM order_events GROUP BY platform ORDER BY platform"
+    plain = call(server, sql).body
+    assert plain.count(b"\n") > 1
+    lz4 = call(server, sql, params={"compress": "1"})
+    assert lz4.body[16] == compressed.LZ4 and compressed.decompress(lz4.body) == plain
+    zstd = call(server, sql, params={"compress": "1", "network_compression_method": "zstd"})
+    assert zstd.body[16] == compressed.ZSTD and compressed.decompress(zstd.body) == plain
+    sent = call(server, body=compressed.compress(sql.encode()), params={"decompress": "1"})
+    assert sent.status == 200 and sent.body == plain
+    bad = bytearray(compressed.compress(sql.encode()))
+    bad[-1] ^= 1
+    assert_refused(call(server, body=bytes(bad), params={"decompress": "1"}), "CHECKSUM_DOESNT_MATCH")
+    for encoding, undo in (("gzip", gzip.decompress), ("deflate", __import__("zlib").decompress),
+                           ("zstd", lambda b: bytes(cramjam.zstd.decompress(b))),
+                           ("br", lambda b: bytes(cramjam.brotli.decompress(b))),
+                           ("lz4", lambda b: bytes(cramjam.lz4.decompress(b)))):
+        answer = call(server, sql, params={"enable_http_compression": "1"}, headers={"Accept-Encoding": encoding})
+        assert answer.headers["Content-Encoding"] == encoding and undo(answer.body) == plain, encoding
+    # Accept-Encoding alone leaves the answer plain, as on a ClickHouse server
+    answer = call(server, sql, headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in answer.headers and answer.body == plain
+    # both at once: compressed blocks inside HTTP compression
+    both = call(server, sql, params={"compress": "1", "enable_http_compression": "1"},
+                headers={"Accept-Encoding": "gzip"})
+    assert compressed.decompress(gzip.decompress(both.body)) == plain
+    # Native: revision 0 as the engine writes it, and clickhouse-go's 54460 layout
+    rev0 = call(server, sql, params={"default_format": "Native"}).body
+    rev54460 = call(server, sql, params={"default_format": "Native", "client_protocol_version": "54460"}).body
+    assert rev54460 == native.to_revision(rev0, 54460) and len(rev54460) == len(rev0) + 8 + 2
+    assert rev54460.startswith(b"\x01\x00\x02\xff\xff\xff\xff\x00\x02")
+    answer = call(server, "SELECT uniqState(1)", params={"default_format": "Native", "client_protocol_version": "54460"})
+    assert_refused(answer, "NOT_IMPLEMENTED")
+    assert "AggregateFunction(uniq, UInt8)" in answer.text and "finalizeAggregation" in answer.text
+
+
 def test_statements_an_analyst_needs_still_run(server, data):
     for sql in ("SHOW TABLES", "SHOW DATABASES", "DESCRIBE TABLE order_events", "EXISTS TABLE order_events",
                 "SHOW CREATE TABLE orders_hourly", "EXPLAIN SELECT count() FROM order_events",

@@ -2,7 +2,7 @@
 // its defaults but the dial timeout (Native with client_protocol_version, the server hello query). It prints one JSON
 // object of what it read; tests/unit/test_analyst_drivers.py checks it against the engine.
 //
-//	go run . -addr 127.0.0.1:8123 -user analyst -password ... [-compression none|lz4|zstd|gzip]
+//	go run . -addr 127.0.0.1:8123 -user analyst -password ... [-compression none|lz4|zstd|gzip|br]
 package main
 
 import (
@@ -50,6 +50,8 @@ func compression(name string) (*clickhouse.Compression, error) {
 		return &clickhouse.Compression{Method: clickhouse.CompressionZSTD}, nil
 	case "gzip":
 		return &clickhouse.Compression{Method: clickhouse.CompressionGZIP}, nil
+	case "br":
+		return &clickhouse.Compression{Method: clickhouse.CompressionBrotli}, nil
 	}
 	return nil, fmt.Errorf("unknown compression %q", name)
 }
@@ -58,17 +60,23 @@ func run() (*report, error) {
 	addr := flag.String("addr", "127.0.0.1:8123", "host:port of the HTTP interface")
 	user := flag.String("user", "default", "user")
 	password := flag.String("password", "", "password")
-	method := flag.String("compression", "none", "none, lz4, zstd or gzip")
+	method := flag.String("compression", "none", "none, lz4, zstd, gzip or br")
 	flag.Parse()
 	comp, err := compression(*method)
 	if err != nil {
 		return nil, err
+	}
+	settings := clickhouse.Settings{}
+	if comp != nil && (comp.Method == clickhouse.CompressionGZIP || comp.Method == clickhouse.CompressionBrotli) {
+		// the driver asks with Accept-Encoding; a server compresses only when this setting is on
+		settings["enable_http_compression"] = 1
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr:        []string{*addr},
 		Protocol:    clickhouse.HTTP,
 		Auth:        clickhouse.Auth{Database: "default", Username: *user, Password: *password},
 		Compression: comp,
+		Settings:    settings,
 		// the one change from the defaults: the driver sends the dial deadline (30 s by default)
 		// plus 5 s as max_execution_time with the server hello, and a read-only analyst may only
 		// lower the interface's limit (10 s by default), never raise it
