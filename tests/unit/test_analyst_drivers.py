@@ -120,6 +120,7 @@ def test_clickhouse_go_over_http_with_its_defaults(go_client, served, data, comp
     assert [o["created_at"] for o in out["orders"]][:1] and all(o["created_at"].endswith("Z") for o in out["orders"])
     assert out["bound_count"] == want["bound"]
     assert out["positional_sum"] == 42
+    assert out["std_bound_count"] == want["bound"]  # through database/sql, as Grafana opens it
     assert_write_refused(out)
     # the path this test is about: Native in the driver's protocol revision (and its compression)
     requests = seen[before:]
@@ -156,6 +157,9 @@ def test_clickhouse_jdbc_with_its_defaults(jdbc_client, served, data):
         [(r["order_id"], r["platform"], bool(r["no_ship_by"]), r["risk_flags"], int(r["created_ms"]))
          for r in want["orders"]]
     assert out["bound_count"] == want["bound"]
+    # a SQL tool's navigator: tables and columns through DatabaseMetaData
+    assert "order_events" in out["tables"] and "orders_hourly" in out["tables"], out["tables"]
+    assert "order_id String" in out["columns"] and "risk_flags Array(String)" in out["columns"], out["columns"]
     assert_write_refused(out)
     requests = seen[before:]
     # its default: the answers in ClickHouse's compressed blocks

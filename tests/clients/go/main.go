@@ -36,6 +36,7 @@ type report struct {
 	Orders        []orderRow      `json:"orders"`
 	BoundCount    uint64          `json:"bound_count"`
 	PositionalSum int64           `json:"positional_sum"`
+	StdBoundCount uint64          `json:"std_bound_count"`
 	WriteErrCode  int32           `json:"write_error_code"`
 	WriteErr      string          `json:"write_error"`
 }
@@ -71,7 +72,7 @@ func run() (*report, error) {
 		// the driver asks with Accept-Encoding; a server compresses only when this setting is on
 		settings["enable_http_compression"] = 1
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
+	options := &clickhouse.Options{
 		Addr:        []string{*addr},
 		Protocol:    clickhouse.HTTP,
 		Auth:        clickhouse.Auth{Database: "default", Username: *user, Password: *password},
@@ -81,7 +82,8 @@ func run() (*report, error) {
 		// plus 5 s as max_execution_time with the server hello, and a read-only analyst may only
 		// lower the interface's limit (10 s by default), never raise it
 		DialTimeout: 5 * time.Second,
-	})
+	}
+	conn, err := clickhouse.Open(options)
 	if err != nil {
 		return nil, fmt.Errorf("open: %w", err)
 	}
@@ -141,6 +143,14 @@ func run() (*report, error) {
 	}
 	if err := conn.QueryRow(ctx, "SELECT toInt64(?) + 1", 41).Scan(&out.PositionalSum); err != nil {
 		return nil, fmt.Errorf("positional query: %w", err)
+	}
+
+	// database/sql, as Grafana's data source opens the driver (clickhouse.OpenDB)
+	db := clickhouse.OpenDB(options)
+	defer db.Close()
+	if err := db.QueryRowContext(ctx, "SELECT count() FROM order_events WHERE platform = ?", "JD").
+		Scan(&out.StdBoundCount); err != nil {
+		return nil, fmt.Errorf("database/sql query: %w", err)
 	}
 
 	werr := conn.Exec(ctx, "INSERT INTO order_events (order_id) VALUES ('driver-write')")

@@ -70,6 +70,17 @@ public final class DriverCheck {
                 }
                 fields.add("\"orders\":[" + String.join(",", rows) + "]");
             }
+            // what a SQL tool's navigator reads on connect: the tables and a table's columns
+            List<String> tables = new ArrayList<>();
+            try (ResultSet rs = conn.getMetaData().getTables(null, "default", "order%", null)) {
+                while (rs.next()) tables.add(quote(rs.getString("TABLE_NAME")));
+            }
+            fields.add("\"tables\":[" + String.join(",", tables) + "]");
+            List<String> columns = new ArrayList<>();
+            try (ResultSet rs = conn.getMetaData().getColumns(null, "default", "order_events", null)) {
+                while (rs.next()) columns.add(quote(rs.getString("COLUMN_NAME") + " " + rs.getString("TYPE_NAME")));
+            }
+            fields.add("\"columns\":[" + String.join(",", columns) + "]");
             try (PreparedStatement ps = conn.prepareStatement(
                     "SELECT count() AS n FROM order_events WHERE platform = ?")) {
                 ps.setString(1, "JD");
