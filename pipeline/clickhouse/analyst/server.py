@@ -10,11 +10,18 @@ What a client may send, as to a ClickHouse server (https://clickhouse.com/docs/i
   parameters (one way at a time); `X-ClickHouse-Database` and `X-ClickHouse-Format` headers.
 What comes back: the result in the requested format with `X-ClickHouse-Query-Id`,
 `X-ClickHouse-Format`, `X-ClickHouse-Timezone` and `X-ClickHouse-Summary`; or ClickHouse's exception
-text with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status for that code.
-Request bodies may be gzip or deflate (Content-Encoding). Not served: `compress=1`/`decompress=1`
-(ClickHouse's own block compression), other request encodings, sessions
-(`session_id` is accepted and every request runs in a session of its own), external data, and HTTP
-compression (responses are sent plain, which every client accepts). GET / and /ping answer "Ok.".
+text (plain, never compressed) with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status.
+How the bytes travel (framing.py), as the standard drivers ask with their defaults:
+- `client_protocol_version`: Native in that revision's layout (clickhouse-go over HTTP, the
+  library inside Grafana's data source, sends 54460; native.py);
+- `compress=1`: the answer in ClickHouse's compressed blocks, LZ4 or `network_compression_method`
+  zstd (the JDBC driver's default); `decompress=1`: the request body in them (compressed.py);
+- `enable_http_compression=1` with Accept-Encoding zstd, br, lz4, gzip or deflate (http_compression.py);
+- request bodies may be gzip or deflate (Content-Encoding).
+Not served: other request encodings, sessions (`session_id`, `session_timeout` are accepted and
+every request runs in a session of its own), external data, progress headers (the answer comes
+when the query has ended: `wait_end_of_query` is how it always runs). GET /, /ping and
+/replicas_status answer "Ok.".
 
 Queries run in worker threads, at most `max_queries` at a time; the next ones wait for a slot up to
 the execution time limit and then get TOO_MANY_SIMULTANEOUS_QUERIES.
