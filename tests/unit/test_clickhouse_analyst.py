@@ -436,6 +436,24 @@ def test_malformed_requests(server):
     assert call(server, body=b"SELECT 'a\nb' AS `a\\b`").body == b"a\\nb\n"  # breaks in strings are fine
 
 
+def test_what_drivers_send_on_connect_is_accepted_and_escalation_still_refused(server):
+    """The parameters clickhouse-go, the JDBC driver and clickhouse-connect send with their defaults,
+    all at once; a raised limit or readonly=0 among them is refused as before."""
+    sent = {"session_id": "s-1", "session_timeout": "60", "session_check": "0", "wait_end_of_query": "1",
+            "send_progress_in_http_headers": "1", "http_headers_progress_interval_ms": "100",
+            "output_format_json_quote_64bit_integers": "0", "date_time_input_format": "best_effort",
+            "extremes": "0", "cancel_http_readonly_queries_on_client_close": "1", "enable_http_compression": "0",
+            "client_protocol_version": "54460", "compress": "0", "quota_key": "", "buffer_size": "1048576",
+            "max_execution_time": "1", "readonly": "1", "database": "default", "default_format": "TabSeparated"}
+    answer = call(server, "SELECT version() = version(), getSetting('max_execution_time')", params=sent)
+    assert answer.status == 200 and answer.body == b"1\t1\n", answer.text
+    for ping in ("/ping", "/replicas_status"):
+        assert call(server, path=ping, auth=None).body == b"Ok.\n"
+    assert_refused(call(server, "SELECT 1", params={**sent, "max_execution_time": "35"}),
+                   "SETTING_CONSTRAINT_VIOLATION")
+    assert_refused(call(server, "SELECT 1", params={**sent, "readonly": "0"}), "READONLY")
+
+
 def test_compressed_blocks_http_compression_and_the_native_revision(server):
     """compress=1 / decompress=1 (ClickHouse's blocks), enable_http_compression, and Native in the
     client's protocol revision, each the same answer as plain, through the server."""
