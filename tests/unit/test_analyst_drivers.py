@@ -78,7 +78,8 @@ def expected(data) -> dict:
     assert bound > 0 and len(platforms) > 1 and len(orders) == 50
     assert all(r["risk_flags"] for r in orders) and 0 < sum(bool(r["no_ship_by"]) for r in orders) < 50, \
         "the sample must hold arrays, NULLs and non-NULLs to decode"
-    return {"platforms": platforms, "orders": orders, "bound": bound,
+    first_hour = int(data.query("SELECT toUnixTimestamp(min(hour)) AS h FROM orders_hourly")[0]["h"])
+    return {"platforms": platforms, "orders": orders, "bound": bound, "first_hour": first_hour,
             "version": data.query("SELECT version() AS v")[0]["v"]}
 
 
@@ -121,6 +122,9 @@ def test_clickhouse_go_over_http_with_its_defaults(go_client, served, data, comp
     assert out["bound_count"] == want["bound"]
     assert out["positional_sum"] == 42
     assert out["std_bound_count"] == want["bound"]  # through database/sql, as Grafana opens it
+    # DateTime('UTC') arrives with its zone, not as a bare DateTime in the engine's zone (this tells
+    # the two apart where that zone is not literally "UTC"; test_clickhouse_analyst checks the bytes)
+    assert (out["first_hour_unix"], out["first_hour_zone"]) == (want["first_hour"], "UTC")
     assert_write_refused(out)
     # the path this test is about: Native in the driver's protocol revision (and its compression)
     requests = seen[before:]

@@ -491,6 +491,11 @@ def test_compressed_blocks_http_compression_and_the_native_revision(server):
     rev54460 = call(server, sql, params={"default_format": "Native", "client_protocol_version": "54460"}).body
     assert rev54460 == native.to_revision(rev0, 54460) and len(rev54460) == len(rev0) + 8 + 2
     assert rev54460.startswith(b"\x01\x00\x02\xff\xff\xff\xff\x00\x02")
+    # a top-level DateTime('UTC') keeps its zone in a later revision, as a server sends it
+    hour = "SELECT hour FROM orders_hourly LIMIT 1"
+    assert b"DateTime('UTC')" not in call(server, hour, params={"default_format": "Native"}).body
+    zoned = call(server, hour, params={"default_format": "Native", "client_protocol_version": "54460"}).body
+    assert b"\x04hour\x0fDateTime('UTC')\x00" in zoned
     answer = call(server, "SELECT uniqState(1)", params={"default_format": "Native", "client_protocol_version": "54460"})
     assert_refused(answer, "NOT_IMPLEMENTED")
     assert "AggregateFunction(uniq, UInt8)" in answer.text and "finalizeAggregation" in answer.text

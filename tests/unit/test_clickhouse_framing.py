@@ -123,6 +123,16 @@ def test_native_headers_for_each_revision():
         native.to_revision(body[:-1], 54460)
 
 
+def test_a_top_level_datetime_gets_its_time_zone_back_from_the_statements_types():
+    block = b"\x01\x01" + b"\x01t\x08DateTime" + b"\x00\x00\x00\x00"  # what the engine writes
+    info = b"\x01\x00\x02\xff\xff\xff\xff\x00"
+    zoned = native.to_revision(block, 54460, ["DateTime('Asia/Shanghai')"])
+    assert zoned == info + b"\x01\x01" + b"\x01t\x19DateTime('Asia/Shanghai')\x00" + b"\x00\x00\x00\x00"
+    assert native.to_revision(block, 54460, None) == info + b"\x01\x01\x01t\x08DateTime\x00\x00\x00\x00\x00"
+    assert native.to_revision(block, 54460, ["DateTime", "UInt8"]) == native.to_revision(block, 54460)  # not its
+    assert native.to_revision(block, 54336, ["DateTime('UTC')"]) == info + block  # older clients: no zone
+
+
 def test_native_walk_covers_the_engines_types():
     s = session.Session()
     try:

@@ -82,10 +82,10 @@ class Framing:
             return body
         return compressed.decompress(body, verify=self.verify_checksums, max_raw_bytes=cap)
 
-    def answer_body(self, body: bytes, output_format: str | None) -> bytes:
+    def answer_body(self, body: bytes, output_format: str | None, column_types: list[str] | None = None) -> bytes:
         """The engine's bytes as this client reads them (before HTTP compression)."""
         if output_format == "Native" and self.client_revision > 0:
-            body = native.to_revision(body, self.client_revision)
+            body = native.to_revision(body, self.client_revision, column_types)
         if self.compress_method is not None:
             body = compressed.compress(body, self.compress_method, self.zstd_level)
         return body

@@ -11,9 +11,12 @@ ClickHouse server writes it (src/Formats/NativeWriter.cpp):
                         serialization, byte for byte the same as in the revision-0 layout
 So the blocks are walked (every column's extent follows from its type) and the header bytes put
 in. Types whose extent cannot be told from the bytes (AggregateFunction states, Dynamic, JSON,
-Variant, Object) are refused with a clear exception rather than guessed at.
-A top-level DateTime('tz') column arrives without its time zone (the engine strips it for
-revision 0): its values are the same instants; a client shows them in the server's time zone.
+Variant, Object) are refused with a clear exception rather than guessed at, and so is
+LowCardinality for clients older than 54405 (a server would send them the full column).
+The engine also drops a top-level DateTime's time zone for revision 0 (`DateTime('UTC')` becomes
+`DateTime`); from revision 54337 a server sends it, so it is put back from the statement's own
+column types when the engine could tell them (engine.py, DESCRIBE); else the values are the same
+instants, shown in the server's time zone.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import struct
 
 from .errors import ClickHouseError
 
+WITH_TIME_ZONE_IN_DATETIME = 54337
 WITH_LOW_CARDINALITY = 54405
 WITH_CUSTOM_SERIALIZATION = 54454
 WITH_OUT_OF_ORDER_BUCKETS = 54480
@@ -221,8 +225,9 @@ def skip_low_cardinality(r: Reader, inner: str, rows: int) -> None:
 
 # -- the rewrite --------------------------------------------------------------------------------------
 
-def to_revision(body: bytes, revision: int) -> bytes:
-    """Revision-0 Native blocks (the engine's) in the layout of `revision`."""
+def to_revision(body: bytes, revision: int, column_types: list[str] | None = None) -> bytes:
+    """Revision-0 Native blocks (the engine's) in the layout of `revision`; `column_types`, the
+    statement's own types, give back a top-level DateTime its time zone."""
     if revision <= 0 or not body:
         return body
     r = Reader(body)
@@ -234,10 +239,16 @@ def to_revision(body: bytes, revision: int) -> bytes:
         start = r.pos
         columns, rows = r.varint(), r.varint()
         out.append(r.data[start:r.pos])
-        for _ in range(columns):
+        zoned = column_types if column_types is not None and len(column_types) == columns else None
+        for i in range(columns):
             start = r.pos
             name, type_name = r.string(), r.string()
-            out.append(r.data[start:r.pos])
+            real = zoned[i] if zoned is not None else type_name
+            if (type_name == "DateTime" and real.startswith("DateTime(")
+                    and revision >= WITH_TIME_ZONE_IN_DATETIME):
+                out.append(binary_string(name) + binary_string(real))
+            else:
+                out.append(r.data[start:r.pos])
             out.append(custom_flag)
             if "LowCardinality" in type_name and revision < WITH_LOW_CARDINALITY:
                 raise not_served(name, type_name, revision, "clients older than revision 54405 read no LowCardinality")
@@ -250,6 +261,17 @@ def to_revision(body: bytes, revision: int) -> bytes:
                     raise not_served(name, type_name, revision, f"the extent of {exc} is not known here") from None
             out.append(r.data[start:r.pos])
     return b"".join(out)
+
+
+def binary_string(text: str) -> bytes:
+    raw = text.encode()
+    n, prefix = len(raw), bytearray()
+    while True:  # the length as a varint
+        byte = n & 0x7F
+        n >>= 7
+        prefix.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(prefix) + raw
 
 
 def not_served(column: str, type_name: str, revision: int, why: str) -> ClickHouseError:

@@ -169,7 +169,7 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
     database = q.get("database") or request.headers.get("X-ClickHouse-Database") or None
     fmt = q.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated"
     return Request(text=text, database=database, default_format=fmt, settings=settings, params=params,
-                   read_only_method=request.method == "GET")
+                   read_only_method=request.method == "GET", native_revision=framing.client_revision)
 
 
 async def read_form(request: web.Request, cap: int) -> dict[str, str]:
@@ -246,7 +246,7 @@ def run_and_frame(engine: ChdbEngine, req: Request, account: Account, framing: F
     """The result and its bytes as the client reads them (in a worker thread: re-encoding and
     compressing a large answer takes a while)."""
     result = engine.execute(req, account)
-    body = framing.answer_body(result.body, result.output_format)
+    body = framing.answer_body(result.body, result.output_format, result.column_types)
     if framing.http_encoding is not None and body:
         body = framing.http_body(body)
     return result, body

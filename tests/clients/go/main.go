@@ -37,6 +37,8 @@ type report struct {
 	BoundCount    uint64          `json:"bound_count"`
 	PositionalSum int64           `json:"positional_sum"`
 	StdBoundCount uint64          `json:"std_bound_count"`
+	FirstHourUnix int64           `json:"first_hour_unix"`
+	FirstHourZone string          `json:"first_hour_zone"`
 	WriteErrCode  int32           `json:"write_error_code"`
 	WriteErr      string          `json:"write_error"`
 }
@@ -135,6 +137,13 @@ func run() (*report, error) {
 		return nil, fmt.Errorf("orders rows: %w", err)
 	}
 	rows.Close()
+
+	// a rollup's DateTime('UTC') column: its time zone travels in the column's type
+	var hour time.Time
+	if err := conn.QueryRow(ctx, "SELECT min(hour) FROM orders_hourly").Scan(&hour); err != nil {
+		return nil, fmt.Errorf("hour query: %w", err)
+	}
+	out.FirstHourUnix, out.FirstHourZone = hour.Unix(), hour.Location().String()
 
 	// a parameter bound by the server ({p:String}, sent as param_p) and one bound by the driver (?)
 	if err := conn.QueryRow(ctx, "SELECT count() FROM order_events WHERE platform = {p:String}",
