@@ -156,7 +156,10 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
         if request.content_type == "multipart/form-data":
             form = await read_form(request, cap)
         else:
-            body = decode(framing.request_body(await read_capped(request, cap), cap), "request body")
+            raw = await read_capped(request, cap)
+            if framing.decompress:  # up to a write account's 256 MiB: off the event loop
+                raw = await asyncio.to_thread(framing.request_body, raw, cap)
+            body = decode(raw, "request body")
     params = {**{k[6:]: v for k, v in q.items() if k.startswith("param_")},
               **{k[6:]: v for k, v in form.items() if k.startswith("param_")}}
     settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
