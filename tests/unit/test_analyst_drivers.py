@@ -5,6 +5,8 @@ tests/clients/jdbc/pom.xml), run against the interface served in-process on a fr
 chDB data dir the real sink loaded (no Kafka):
 - clickhouse-go v2 over HTTP, the library inside Grafana's ClickHouse data source: Native with
   client_protocol_version, and with its LZ4, ZSTD (compress=1), gzip and brotli (HTTP) compressions;
+  no option changed but the compression, so its deadlines arrive as a max_execution_time above the
+  interface's limit (its 30 s dial timeout + 5 s on the first query), which runs clamped to it;
 - the ClickHouse JDBC driver (DBeaver, Metabase, DataGrip) with its default settings
   (compress=1, its answers in LZ4 compressed blocks).
 Each connects, reads a real table and a known result, binds a parameter, and is refused a write
@@ -19,7 +21,7 @@ import subprocess
 import pytest
 from aiohttp import web
 
-from pipeline.clickhouse.analyst import Account, ChdbEngine, make_app
+from pipeline.clickhouse.analyst import Account, ChdbEngine, Limits, make_app
 from pipeline.clickhouse.backends import ChdbBackend
 from pipeline.clickhouse.http import WebServer
 from pipeline.clickhouse.migrate import migrate
@@ -131,6 +133,10 @@ def test_clickhouse_go_over_http_with_its_defaults(go_client, served, data, comp
     assert requests and all(q.get("default_format") == "Native" and q.get("client_protocol_version") == "54460"
                             for q, _, _ in requests), requests[:2]
     assert any(q.get("param_p") == "JD" for q, _, _ in requests)
+    # its defaults send each deadline + 5 s as max_execution_time (the hello under the 30 s dial
+    # timeout, the queries under Grafana's 60 s): above the 10 s limit, so run clamped, not refused
+    asked = [float(q["max_execution_time"]) for q, _, _ in requests if "max_execution_time" in q]
+    assert len(asked) >= 5 and min(asked) > Limits().max_execution_time, asked
     if compression in ("lz4", "zstd"):
         # the hello and the four reads come in compressed blocks (the write's refusal is plain text)
         assert sum(q.get("compress") == "1" for q, _, _ in requests) >= 5, requests

@@ -390,7 +390,8 @@ def test_clickhouse_connect_sees_the_same_refusals(client):
 
 
 SETTING_REFUSALS = [
-    ({"max_execution_time": "100"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 2.0"),
+    ({"max_execution_time": "-1"}, "SETTING_CONSTRAINT_VIOLATION", "max_execution_time"),
+    ({"max_execution_time": "soon"}, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "needs a number"),
     ({"max_memory_usage": "0"}, "SETTING_CONSTRAINT_VIOLATION", "0 means unlimited"),
     ({"max_result_rows": "100000000"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 100000"),
     ({"max_threads": "16"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 1"),
@@ -438,7 +439,8 @@ def test_malformed_requests(server):
 
 def test_what_drivers_send_on_connect_is_accepted_and_escalation_still_refused(server):
     """The parameters clickhouse-go, the JDBC driver and clickhouse-connect send with their defaults,
-    all at once; a raised limit or readonly=0 among them is refused as before."""
+    all at once; clickhouse-go's max_execution_time of 34-35 (its dial timeout + 5 s) runs clamped to
+    the limit, and readonly=0 or another raised limit among them is refused as before."""
     sent = {"session_id": "s-1", "session_timeout": "60", "session_check": "0", "wait_end_of_query": "1",
             "send_progress_in_http_headers": "1", "http_headers_progress_interval_ms": "100",
             "output_format_json_quote_64bit_integers": "0", "date_time_input_format": "best_effort",
@@ -449,9 +451,35 @@ def test_what_drivers_send_on_connect_is_accepted_and_escalation_still_refused(s
     assert answer.status == 200 and answer.body == b"1\t1\n", answer.text
     for ping in ("/ping", "/replicas_status"):
         assert call(server, path=ping, auth=None).body == b"Ok.\n"
-    assert_refused(call(server, "SELECT 1", params={**sent, "max_execution_time": "35"}),
-                   "SETTING_CONSTRAINT_VIOLATION")
+    assert "X-Orderstream-Clamped" not in answer.headers  # a lower one is honoured as asked
+    answer = call(server, "SELECT getSetting('max_execution_time')", params={**sent, "max_execution_time": "35"})
+    assert answer.status == 200 and answer.body == b"2\n", answer.text  # LIMITS: 2 s
+    assert answer.headers["X-Orderstream-Clamped"] == "max_execution_time=2 (asked 35)"
+    assert_refused(call(server, "SELECT 1", params={**sent, "max_execution_time": "35", "readonly": "0"}),
+                   "READONLY")
     assert_refused(call(server, "SELECT 1", params={**sent, "readonly": "0"}), "READONLY")
+    assert_refused(call(server, "SELECT 1", params={**sent, "max_memory_usage": str(1 << 40)}),
+                   "SETTING_CONSTRAINT_VIOLATION")
+
+
+def test_max_execution_time_above_the_limit_is_clamped_and_other_escalations_refused():
+    """policy.analyst_settings alone, at the default limits: clickhouse-go's 35 s (and 0, "no limit")
+    run under the 10 s limit, a lower value as asked; readonly=0 and the other limits stay refused."""
+    from pipeline.clickhouse.analyst.policy import analyst_settings, clamped
+    limits = Limits()
+    known = {"max_execution_time", "max_memory_usage", "readonly"}
+    for asked in ("35", "10.5", "0"):
+        assert float(analyst_settings({"max_execution_time": asked}, limits, known, USER)["max_execution_time"]) == 10
+        assert clamped({"max_execution_time": asked}, limits) == {"max_execution_time": float(asked)}
+    assert analyst_settings({"max_execution_time": "3"}, limits, known, USER)["max_execution_time"] == "3"
+    assert clamped({"max_execution_time": "3"}, limits) == {} == clamped({"max_execution_time": "x"}, limits)
+    for asked, name in (({"max_execution_time": "35", "readonly": "0"}, "READONLY"),
+                        ({"readonly": "2"}, "READONLY"),
+                        ({"max_memory_usage": str(limits.max_memory_usage + 1)}, "SETTING_CONSTRAINT_VIOLATION"),
+                        ({"max_memory_usage": "0"}, "SETTING_CONSTRAINT_VIOLATION")):
+        with pytest.raises(ClickHouseError) as err:
+            analyst_settings(asked, limits, known, USER)
+        assert err.value.name == name, (asked, err.value.message)
 
 
 def test_compressed_blocks_http_compression_and_the_native_revision(server):
@@ -527,6 +555,17 @@ def test_a_huge_scan_stops_at_the_execution_limit(server):
     answer = call(server, "SELECT count() FROM numbers(2000000000)")
     assert time.monotonic() - started < LIMITS.max_execution_time + 1.5
     assert answer.body == b"2000000000\n" or answer.code == 159
+
+
+def test_a_clamped_max_execution_time_still_stops_at_the_limit(server):
+    """clickhouse-go's 35 s runs under the limit (2 s here): the scan still stops there."""
+    started = time.monotonic()
+    answer = call(server, "SELECT count() FROM numbers(100000000000) WHERE number % 7 = 3",
+                  params={"max_execution_time": "35"})
+    elapsed = time.monotonic() - started
+    assert_refused(answer, "TIMEOUT_EXCEEDED", 408)
+    assert answer.headers["X-Orderstream-Clamped"] == "max_execution_time=2 (asked 35)"
+    assert LIMITS.max_execution_time - 0.1 <= elapsed < LIMITS.max_execution_time + 1.5, elapsed
 
 
 def test_huge_results_and_memory_are_bounded(server):

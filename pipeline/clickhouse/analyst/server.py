@@ -11,6 +11,8 @@ What a client may send, as to a ClickHouse server (https://clickhouse.com/docs/i
 What comes back: the result in the requested format with `X-ClickHouse-Query-Id`,
 `X-ClickHouse-Format`, `X-ClickHouse-Timezone` and `X-ClickHouse-Summary`; or ClickHouse's exception
 text (plain, never compressed) with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status.
+Either carries `X-Orderstream-Clamped` when a max_execution_time above the analyst limit ran
+clamped to it (policy.py says why it is clamped, not refused).
 How the bytes travel (framing.py), as the standard drivers ask with their defaults:
 - `client_protocol_version`: Native in that revision's layout (clickhouse-go over HTTP, the
   library inside Grafana's data source, sends 54460; native.py);
@@ -44,7 +46,7 @@ from ..http import WebServer
 from .engine import ChdbEngine, Request
 from .errors import ClickHouseError, authentication_failed
 from .framing import Framing
-from .policy import TRANSPORT_PARAMS, Account
+from .policy import TRANSPORT_PARAMS, Account, clamped
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,8 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
         framing = Framing.from_request(request.query, request.headers.get("Accept-Encoding"),
                                        getattr(engine, "revision", 0))
         req = await build_request(request, account, engine.limits.max_query_size, framing)
+        if account.readonly:
+            note_clamps(headers, req, account, engine)
         slots = request.app[SLOTS]
         try:  # Semaphore.acquire gives its slot back when cancelled after getting it
             async with asyncio.timeout(engine.limits.max_execution_time):
@@ -243,6 +247,17 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     if framing.http_encoding is not None and body:
         headers["Content-Encoding"] = framing.http_encoding
     return web.Response(body=body, headers=headers)
+
+
+def note_clamps(headers: dict[str, str], req: Request, account: Account, engine: ChdbEngine) -> None:
+    """X-Orderstream-Clamped on the answer (a success or an error) when a limit the request asked
+    above its ceiling runs clamped to it, e.g. `max_execution_time=10 (asked 35)`."""
+    caps = engine.limits.caps()
+    asked = clamped(req.settings, engine.limits)
+    if asked:
+        note = ", ".join(f"{name}={caps[name]:g} (asked {value:g})" for name, value in sorted(asked.items()))
+        headers["X-Orderstream-Clamped"] = note
+        log.debug("analyst %s: %s", account.name, note)
 
 
 def run_and_frame(engine: ChdbEngine, req: Request, account: Account, framing: Framing):
