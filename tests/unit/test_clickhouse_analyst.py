@@ -390,7 +390,8 @@ def test_clickhouse_connect_sees_the_same_refusals(client):
 
 
 SETTING_REFUSALS = [
-    ({"max_execution_time": "100"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 2.0"),
+    ({"max_execution_time": "-1"}, "SETTING_CONSTRAINT_VIOLATION", "max_execution_time"),
+    ({"max_execution_time": "soon"}, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "needs a number"),
     ({"max_memory_usage": "0"}, "SETTING_CONSTRAINT_VIOLATION", "0 means unlimited"),
     ({"max_result_rows": "100000000"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 100000"),
     ({"max_threads": "16"}, "SETTING_CONSTRAINT_VIOLATION", "shouldn't be greater than 1"),
@@ -420,7 +421,10 @@ def test_malformed_requests(server):
     assert_refused(too_long, "SYNTAX_ERROR")
     assert "Max query size exceeded" in too_long.text
     assert_refused(call(server, body=b"SELECT '\xff\xfe'"), "BAD_ARGUMENTS")
-    assert_refused(call(server, "SELECT 1", params={"compress": "1"}), "NOT_IMPLEMENTED", 501)
+    assert_refused(call(server, "SELECT 1", params={"compress": "1", "network_compression_method": "snappy"}),
+                   "UNKNOWN_COMPRESSION_METHOD")
+    assert_refused(call(server, body=b"not compressed blocks at all", params={"decompress": "1"}),
+                   "UNKNOWN_COMPRESSION_METHOD")
     assert call(server, body=gzip.compress(b"SELECT 8"), headers={"Content-Encoding": "gzip"}).body == b"8\n"
     assert_refused(call(server, body=b"SELECT 1", headers={"Content-Encoding": "gzip"}), "CANNOT_DECOMPRESS")
     assert_refused(call(server, body=b"SELECT 1", headers={"Content-Encoding": "lz4"}), "NOT_IMPLEMENTED", 501)
@@ -431,6 +435,98 @@ def test_malformed_requests(server):
                 b'SELECT 1 AS "a\r\n Identifier JSON"'):
         assert_refused(call(server, body=sql), "BAD_ARGUMENTS")
     assert call(server, body=b"SELECT 'a\nb' AS `a\\b`").body == b"a\\nb\n"  # breaks in strings are fine
+
+
+def test_what_drivers_send_on_connect_is_accepted_and_escalation_still_refused(server):
+    """The parameters clickhouse-go, the JDBC driver and clickhouse-connect send with their defaults,
+    all at once; clickhouse-go's max_execution_time of 34-35 (its dial timeout + 5 s) runs clamped to
+    the limit, and readonly=0 or another raised limit among them is refused as before."""
+    sent = {"session_id": "s-1", "session_timeout": "60", "session_check": "0", "wait_end_of_query": "1",
+            "send_progress_in_http_headers": "1", "http_headers_progress_interval_ms": "100",
+            "output_format_json_quote_64bit_integers": "0", "date_time_input_format": "best_effort",
+            "extremes": "0", "cancel_http_readonly_queries_on_client_close": "1", "enable_http_compression": "0",
+            "client_protocol_version": "54460", "compress": "0", "quota_key": "", "buffer_size": "1048576",
+            "max_execution_time": "1", "readonly": "1", "database": "default", "default_format": "TabSeparated"}
+    answer = call(server, "SELECT version() = version(), getSetting('max_execution_time')", params=sent)
+    assert answer.status == 200 and answer.body == b"1\t1\n", answer.text
+    for ping in ("/ping", "/replicas_status"):
+        assert call(server, path=ping, auth=None).body == b"Ok.\n"
+    assert "X-Orderstream-Clamped" not in answer.headers  # a lower one is honoured as asked
+    answer = call(server, "SELECT getSetting('max_execution_time')", params={**sent, "max_execution_time": "35"})
+    assert answer.status == 200 and answer.body == b"2\n", answer.text  # LIMITS: 2 s
+    assert answer.headers["X-Orderstream-Clamped"] == "max_execution_time=2 (asked 35)"
+    assert_refused(call(server, "SELECT 1", params={**sent, "max_execution_time": "35", "readonly": "0"}),
+                   "READONLY")
+    assert_refused(call(server, "SELECT 1", params={**sent, "readonly": "0"}), "READONLY")
+    assert_refused(call(server, "SELECT 1", params={**sent, "max_memory_usage": str(1 << 40)}),
+                   "SETTING_CONSTRAINT_VIOLATION")
+
+
+def test_max_execution_time_above_the_limit_is_clamped_and_other_escalations_refused():
+    """policy.analyst_settings alone, at the default limits: clickhouse-go's 35 s (and 0, "no limit")
+    run under the 10 s limit, a lower value as asked; readonly=0 and the other limits stay refused."""
+    from pipeline.clickhouse.analyst.policy import analyst_settings, clamped
+    limits = Limits()
+    known = {"max_execution_time", "max_memory_usage", "readonly"}
+    for asked in ("35", "10.5", "0"):
+        assert float(analyst_settings({"max_execution_time": asked}, limits, known, USER)["max_execution_time"]) == 10
+        assert clamped({"max_execution_time": asked}, limits) == {"max_execution_time": float(asked)}
+    assert analyst_settings({"max_execution_time": "3"}, limits, known, USER)["max_execution_time"] == "3"
+    assert clamped({"max_execution_time": "3"}, limits) == {} == clamped({"max_execution_time": "x"}, limits)
+    for asked, name in (({"max_execution_time": "35", "readonly": "0"}, "READONLY"),
+                        ({"readonly": "2"}, "READONLY"),
+                        ({"max_memory_usage": str(limits.max_memory_usage + 1)}, "SETTING_CONSTRAINT_VIOLATION"),
+                        ({"max_memory_usage": "0"}, "SETTING_CONSTRAINT_VIOLATION")):
+        with pytest.raises(ClickHouseError) as err:
+            analyst_settings(asked, limits, known, USER)
+        assert err.value.name == name, (asked, err.value.message)
+
+
+def test_compressed_blocks_http_compression_and_the_native_revision(server):
+    """compress=1 / decompress=1 (ClickHouse's blocks), enable_http_compression, and Native in the
+    client's protocol revision, each the same answer as plain, through the server."""
+    import cramjam
+
+    from pipeline.clickhouse.analyst import compressed, native
+
+    sql = "SELECT platform, count() AS n FROM order_events GROUP BY platform ORDER BY platform"
+    plain = call(server, sql).body
+    assert plain.count(b"\n") > 1
+    lz4 = call(server, sql, params={"compress": "1"})
+    assert lz4.body[16] == compressed.LZ4 and compressed.decompress(lz4.body) == plain
+    zstd = call(server, sql, params={"compress": "1", "network_compression_method": "zstd"})
+    assert zstd.body[16] == compressed.ZSTD and compressed.decompress(zstd.body) == plain
+    sent = call(server, body=compressed.compress(sql.encode()), params={"decompress": "1"})
+    assert sent.status == 200 and sent.body == plain
+    bad = bytearray(compressed.compress(sql.encode()))
+    bad[-1] ^= 1
+    assert_refused(call(server, body=bytes(bad), params={"decompress": "1"}), "CHECKSUM_DOESNT_MATCH")
+    for encoding, undo in (("gzip", gzip.decompress), ("deflate", __import__("zlib").decompress),
+                           ("zstd", lambda b: bytes(cramjam.zstd.decompress(b))),
+                           ("br", lambda b: bytes(cramjam.brotli.decompress(b))),
+                           ("lz4", lambda b: bytes(cramjam.lz4.decompress(b)))):
+        answer = call(server, sql, params={"enable_http_compression": "1"}, headers={"Accept-Encoding": encoding})
+        assert answer.headers["Content-Encoding"] == encoding and undo(answer.body) == plain, encoding
+    # Accept-Encoding alone leaves the answer plain, as on a ClickHouse server
+    answer = call(server, sql, headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in answer.headers and answer.body == plain
+    # both at once: compressed blocks inside HTTP compression
+    both = call(server, sql, params={"compress": "1", "enable_http_compression": "1"},
+                headers={"Accept-Encoding": "gzip"})
+    assert compressed.decompress(gzip.decompress(both.body)) == plain
+    # Native: revision 0 as the engine writes it, and clickhouse-go's 54460 layout
+    rev0 = call(server, sql, params={"default_format": "Native"}).body
+    rev54460 = call(server, sql, params={"default_format": "Native", "client_protocol_version": "54460"}).body
+    assert rev54460 == native.to_revision(rev0, 54460) and len(rev54460) == len(rev0) + 8 + 2
+    assert rev54460.startswith(b"\x01\x00\x02\xff\xff\xff\xff\x00\x02")
+    # a top-level DateTime('UTC') keeps its zone in a later revision, as a server sends it
+    hour = "SELECT hour FROM orders_hourly LIMIT 1"
+    assert b"DateTime('UTC')" not in call(server, hour, params={"default_format": "Native"}).body
+    zoned = call(server, hour, params={"default_format": "Native", "client_protocol_version": "54460"}).body
+    assert b"\x04hour\x0fDateTime('UTC')\x00" in zoned
+    answer = call(server, "SELECT uniqState(1)", params={"default_format": "Native", "client_protocol_version": "54460"})
+    assert_refused(answer, "NOT_IMPLEMENTED")
+    assert "AggregateFunction(uniq, UInt8)" in answer.text and "finalizeAggregation" in answer.text
 
 
 def test_statements_an_analyst_needs_still_run(server, data):
@@ -459,6 +555,17 @@ def test_a_huge_scan_stops_at_the_execution_limit(server):
     answer = call(server, "SELECT count() FROM numbers(2000000000)")
     assert time.monotonic() - started < LIMITS.max_execution_time + 1.5
     assert answer.body == b"2000000000\n" or answer.code == 159
+
+
+def test_a_clamped_max_execution_time_still_stops_at_the_limit(server):
+    """clickhouse-go's 35 s runs under the limit (2 s here): the scan still stops there."""
+    started = time.monotonic()
+    answer = call(server, "SELECT count() FROM numbers(100000000000) WHERE number % 7 = 3",
+                  params={"max_execution_time": "35"})
+    elapsed = time.monotonic() - started
+    assert_refused(answer, "TIMEOUT_EXCEEDED", 408)
+    assert answer.headers["X-Orderstream-Clamped"] == "max_execution_time=2 (asked 35)"
+    assert LIMITS.max_execution_time - 0.1 <= elapsed < LIMITS.max_execution_time + 1.5, elapsed
 
 
 def test_huge_results_and_memory_are_bounded(server):

@@ -630,7 +630,12 @@ def test_analyst_dashboard_panels_do_not_overlap(analyst_dashboard):
         boxes.append((p["title"], g))
 
 
-def test_analyst_datasource_timeout_fits_the_analyst_limit():
-    """The plugin sends its query timeout as max_execution_time; the sink's analyst may only lower it."""
+def test_analyst_datasource_timeouts_outlast_the_analyst_limit():
+    """The plugin reads dialTimeout and queryTimeout as whole seconds in strings (strconv.Atoi) and
+    sends each deadline + 5 s as max_execution_time, which the sink's interface clamps to its limit.
+    The query timeout outlasts a slot wait plus a run (each up to the limit), so the interface's own
+    error reaches the panel first."""
     ds = next(d for d in load_yaml(DATASOURCES)["datasources"] if d["uid"] == "orderstream-analyst")
-    assert 0 < float(ds["jsonData"]["queryTimeout"]) <= Settings().analyst_max_execution_s
+    timeouts = {k: ds["jsonData"][k] for k in ("dialTimeout", "queryTimeout")}
+    assert all(isinstance(v, str) and v.isdigit() and int(v) > 0 for v in timeouts.values()), timeouts
+    assert int(timeouts["queryTimeout"]) > 2 * Settings().analyst_max_execution_s, timeouts

@@ -42,6 +42,7 @@ class Request:
     settings: Mapping[str, str] = field(default_factory=dict)  # URL parameters that are settings
     params: Mapping[str, str] = field(default_factory=dict)    # {name:Type} values (param_<name>)
     read_only_method: bool = False                             # a GET: ClickHouse runs it readonly=2
+    native_revision: int = 0                                   # client_protocol_version of a Native answer
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Result:
     written_rows: int = 0
     elapsed_s: float = 0.0
     result_rows: int | None = None
+    column_types: list[str] | None = None  # the statement's own types, for a Native revision's header
 
     def summary(self) -> dict[str, str]:
         """X-ClickHouse-Summary, as a server sends it (numbers as strings)."""
@@ -74,8 +76,8 @@ class ChdbEngine:
         self.limits = limits or Limits()
         s = self._open()
         try:
-            version, tz = self._rows(s, "SELECT version(), timezone()")[0]
-            self.version, self.timezone = version, tz
+            version, tz, revision = self._rows(s, "SELECT version(), timezone(), revision()")[0]
+            self.version, self.timezone, self.revision = version, tz, int(revision)
             self.setting_names = frozenset(r[0] for r in self._rows(s, "SELECT name FROM system.settings"))
             self.table_functions = frozenset(r[0].casefold()
                                              for r in self._rows(s, "SELECT name FROM system.table_functions"))
@@ -140,7 +142,19 @@ class ChdbEngine:
         if len(body) > cap:
             raise ClickHouseError("TOO_MANY_ROWS_OR_BYTES",
                                   f"Limit for result exceeded, max bytes: {cap}, current bytes: {len(body)}")
-        return self._result(body, fmt if statement.has_result else None, res, started)
+        result = self._result(body, fmt if statement.has_result else None, res, started)
+        if fmt == "Native" and request.native_revision and statement.output_format is None and body:
+            result.column_types = self._column_types(s, canonical, request.params)
+        return result
+
+    def _column_types(self, s, canonical: str, params: Mapping[str, str]) -> list[str] | None:
+        """The statement's column types as DESCRIBE prints them: the engine's revision-0 Native
+        drops a top-level DateTime's time zone, which a client of a later revision reads. A
+        statement DESCRIBE cannot wrap answers without them (the zone stays dropped)."""
+        try:
+            return [row[1] for row in self._rows(s, f"DESCRIBE ({canonical})", dict(params) or None)]
+        except Exception:  # noqa: BLE001 - the answer stands without them
+            return None
 
     def _read_write(self, s, request: Request, account: Account, started: float) -> Result:
         """Statements as they come (a read-write account): settings, database, then the text."""

@@ -6,6 +6,17 @@ choose how results look (output formats, time zone, LIMIT/OFFSET) and may *lower
 never raise them: raising one is ClickHouse's SETTING_CONSTRAINT_VIOLATION, any other setting is
 READONLY, an unknown name UNKNOWN_SETTING, each with ClickHouse's own wording. The query itself
 then runs under readonly=1, so its SQL text (SET, a SETTINGS clause) can change nothing either.
+
+One exception: a `max_execution_time` above the limit (or 0, "no limit") is *clamped* to the limit
+instead of refused, and the query runs under the limit. Drivers derive that setting from their own
+timeouts rather than from anything the analyst chose: clickhouse-go sends a context's deadline
++ 5 s (whole seconds) with every query that has one, so its first query, under its 30 s default
+dial timeout, asks 34; Grafana's ClickHouse data source, which is clickhouse-go, runs its ping
+under its dial timeout (10 s by default) and each query under its query timeout (60 s by default).
+Refusing them would make those drivers unusable with their default settings, and the limit holds
+either way (a query still stops at the limit with TIMEOUT_EXCEEDED). `clamped` names what was
+clamped, for the answer's X-Orderstream-Clamped header. The other limits are not derived from
+timeouts and stay refused when raised, as do readonly=0/2 and every other setting.
 """
 from __future__ import annotations
 
@@ -14,32 +25,34 @@ from dataclasses import dataclass, fields
 from typing import Mapping
 
 from .errors import ClickHouseError, readonly_refusal
+from .framing import FRAMING_PARAMS
 
 MiB = 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # URL parameters that are part of the HTTP protocol, never settings. Which of them matter is
-# decided in server.py; the rest (session_id, wait_end_of_query, client_protocol_version, ...)
-# change nothing here: every request runs in its own session and is answered when it has ended.
+# decided in server.py and framing.py; the rest (session_id, wait_end_of_query, ...) change
+# nothing here: every request runs in its own session and is answered when it has ended.
 TRANSPORT_PARAMS = frozenset({
     "query", "database", "default_format", "user", "password", "quota_key", "query_id", "session_id",
-    "session_timeout", "session_check", "compress", "decompress", "buffer_size", "wait_end_of_query",
-    "role", "client_protocol_version", "stacktrace", "http_native_compression_disable_checksumming_on_decompress",
-})
+    "session_timeout", "session_check", "buffer_size", "wait_end_of_query", "role", "stacktrace",
+}) | FRAMING_PARAMS
 
 # How results are rendered: an analyst may set these freely.
 PRESENTATION_SETTINGS = frozenset({
     "date_time_output_format", "session_timezone", "extremes", "limit", "offset", "join_use_nulls",
     "result_overflow_mode", "timeout_overflow_mode", "max_block_size",
-    # clickhouse-connect and other HTTP clients send these; HTTP compression and progress headers
-    # are not produced here (responses are plain), so they are accepted and change nothing
-    "enable_http_compression", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+    # clickhouse-connect and other HTTP clients send these; progress headers are not produced
+    # here (the answer comes when the query has ended), so they are accepted and change nothing
+    "send_progress_in_http_headers", "http_headers_progress_interval_ms",
     "cancel_http_readonly_queries_on_client_close", "date_time_input_format", "cast_string_to_dynamic_use_inference",
 })
 PRESENTATION_PREFIXES = ("output_format_", "format_csv_", "format_tsv_")
 # ...but not these, which name files: output_format_schema writes a schema file on the server
 NEVER = frozenset({"output_format_schema"})
 OVERFLOW_MODES = frozenset({"throw", "break"})
+# limits drivers derive from their own timeouts: asked above the ceiling, clamped to it (see above)
+CLAMPED = frozenset({"max_execution_time"})
 
 
 @dataclass(frozen=True)
@@ -102,10 +115,30 @@ def _number(name: str, raw: str) -> float:
     return value
 
 
+def _clamps(name: str, value: float, cap: float) -> bool:
+    return name in CLAMPED and (value > cap or value == 0)
+
+
+def clamped(requested: Mapping[str, str], limits: Limits) -> dict[str, float]:
+    """{name: the value asked} for each requested limit that runs clamped to its ceiling (what does
+    not parse is left to analyst_settings to refuse)."""
+    caps = limits.caps()
+    out = {}
+    for name in CLAMPED & requested.keys():
+        try:
+            value = _number(name, requested[name])
+        except ClickHouseError:
+            continue
+        if _clamps(name, value, caps[name]):
+            out[name] = value
+    return out
+
+
 def analyst_settings(requested: Mapping[str, str], limits: Limits, known: frozenset[str] | set[str],
                      user: str) -> dict[str, str]:
-    """The settings a read-only query runs with: the limits, lowered where the request asks, and
-    the presentation settings it asks for. Raises what ClickHouse would for anything else."""
+    """The settings a read-only query runs with: the limits, lowered where the request asks (a
+    max_execution_time above the limit runs under the limit), and the presentation settings it
+    asks for. Raises what ClickHouse would for anything else."""
     out: dict[str, str] = {"result_overflow_mode": "throw", "timeout_overflow_mode": "throw"}
     caps = limits.caps()
     for name, cap in caps.items():
@@ -115,6 +148,8 @@ def analyst_settings(requested: Mapping[str, str], limits: Limits, known: frozen
             raise ClickHouseError("BAD_ARGUMENTS", f"Not a setting name: {name!r}")
         if name in caps:
             value = _number(name, raw)
+            if _clamps(name, value, caps[name]):
+                continue  # out[name] is the ceiling already
             if value <= 0 or value > caps[name]:
                 why = " (0 means unlimited)" if value == 0 else ""
                 raise ClickHouseError("SETTING_CONSTRAINT_VIOLATION",

@@ -10,11 +10,20 @@ What a client may send, as to a ClickHouse server (https://clickhouse.com/docs/i
   parameters (one way at a time); `X-ClickHouse-Database` and `X-ClickHouse-Format` headers.
 What comes back: the result in the requested format with `X-ClickHouse-Query-Id`,
 `X-ClickHouse-Format`, `X-ClickHouse-Timezone` and `X-ClickHouse-Summary`; or ClickHouse's exception
-text with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status for that code.
-Request bodies may be gzip or deflate (Content-Encoding). Not served: `compress=1`/`decompress=1`
-(ClickHouse's own block compression), other request encodings, sessions
-(`session_id` is accepted and every request runs in a session of its own), external data, and HTTP
-compression (responses are sent plain, which every client accepts). GET / and /ping answer "Ok.".
+text (plain, never compressed) with `X-ClickHouse-Exception-Code` and ClickHouse's HTTP status.
+Either carries `X-Orderstream-Clamped` when a max_execution_time above the analyst limit ran
+clamped to it (policy.py says why it is clamped, not refused).
+How the bytes travel (framing.py), as the standard drivers ask with their defaults:
+- `client_protocol_version`: Native in that revision's layout (clickhouse-go over HTTP, the
+  library inside Grafana's data source, sends 54460; native.py);
+- `compress=1`: the answer in ClickHouse's compressed blocks, LZ4 or `network_compression_method`
+  zstd (the JDBC driver's default); `decompress=1`: the request body in them (compressed.py);
+- `enable_http_compression=1` with Accept-Encoding zstd, br, lz4, gzip or deflate (http_compression.py);
+- request bodies may be gzip or deflate (Content-Encoding).
+Not served: other request encodings, sessions (`session_id`, `session_timeout` are accepted and
+every request runs in a session of its own), external data, progress headers (the answer comes
+when the query has ended: `wait_end_of_query` is how it always runs). GET /, /ping and
+/replicas_status answer "Ok.".
 
 Queries run in worker threads, at most `max_queries` at a time; the next ones wait for a slot up to
 the execution time limit and then get TOO_MANY_SIMULTANEOUS_QUERIES.
@@ -36,7 +45,8 @@ from aiohttp.http_exceptions import ContentEncodingError
 from ..http import WebServer
 from .engine import ChdbEngine, Request
 from .errors import ClickHouseError, authentication_failed
-from .policy import TRANSPORT_PARAMS, Account
+from .framing import Framing
+from .policy import TRANSPORT_PARAMS, Account, clamped
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +142,9 @@ def decode(raw: bytes, what: str) -> str:
         raise ClickHouseError("BAD_ARGUMENTS", f"The {what} is not valid UTF-8 (byte {exc.start})") from None
 
 
-async def build_request(request: web.Request, account: Account, max_query_size: int) -> Request:
+async def build_request(request: web.Request, account: Account, max_query_size: int,
+                        framing: Framing) -> Request:
     q = request.query
-    for flag in ("compress", "decompress"):
-        if q.get(flag, "0") not in ("", "0"):
-            raise ClickHouseError("NOT_IMPLEMENTED", f"{flag}=1 (ClickHouse's compressed blocks) is not served here; "
-                                                     "send and read plain bodies")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in REQUEST_ENCODINGS:
         raise ClickHouseError("NOT_IMPLEMENTED", f"Content-Encoding {encoding} is not served here; send the "
@@ -151,7 +158,10 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
         if request.content_type == "multipart/form-data":
             form = await read_form(request, cap)
         else:
-            body = decode(await read_capped(request, cap), "request body")
+            raw = await read_capped(request, cap)
+            if framing.decompress:  # up to a write account's 256 MiB: off the event loop
+                raw = await asyncio.to_thread(framing.request_body, raw, cap)
+            body = decode(raw, "request body")
     params = {**{k[6:]: v for k, v in q.items() if k.startswith("param_")},
               **{k[6:]: v for k, v in form.items() if k.startswith("param_")}}
     settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
@@ -164,7 +174,7 @@ async def build_request(request: web.Request, account: Account, max_query_size: 
     database = q.get("database") or request.headers.get("X-ClickHouse-Database") or None
     fmt = q.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated"
     return Request(text=text, database=database, default_format=fmt, settings=settings, params=params,
-                   read_only_method=request.method == "GET")
+                   read_only_method=request.method == "GET", native_revision=framing.client_revision)
 
 
 async def read_form(request: web.Request, cap: int) -> dict[str, str]:
@@ -205,7 +215,11 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
         return web.Response(body=OK_TEXT, headers={"Content-Type": "text/plain; charset=UTF-8"})
     try:
         account = authenticate(request)
-        req = await build_request(request, account, engine.limits.max_query_size)
+        framing = Framing.from_request(request.query, request.headers.get("Accept-Encoding"),
+                                       getattr(engine, "revision", 0))
+        req = await build_request(request, account, engine.limits.max_query_size, framing)
+        if account.readonly:
+            note_clamps(headers, req, account, engine)
         slots = request.app[SLOTS]
         try:  # Semaphore.acquire gives its slot back when cancelled after getting it
             async with asyncio.timeout(engine.limits.max_execution_time):
@@ -215,7 +229,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
                                   f"Too many simultaneous queries: all {request.app[MAX_QUERIES]} analyst query "
                                   f"slots stayed busy for {engine.limits.max_execution_time:g} s") from None
         try:
-            result = await asyncio.to_thread(engine.execute, req, account)
+            result, body = await asyncio.to_thread(run_and_frame, engine, req, account, framing)
         finally:
             slots.release()
     except ClickHouseError as err:
@@ -230,7 +244,30 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     if result.output_format is not None:
         headers["X-ClickHouse-Format"] = result.output_format
     headers["Content-Type"] = content_type(result.output_format)
-    return web.Response(body=result.body, headers=headers)
+    if framing.http_encoding is not None and body:
+        headers["Content-Encoding"] = framing.http_encoding
+    return web.Response(body=body, headers=headers)
+
+
+def note_clamps(headers: dict[str, str], req: Request, account: Account, engine: ChdbEngine) -> None:
+    """X-Orderstream-Clamped on the answer (a success or an error) when a limit the request asked
+    above its ceiling runs clamped to it, e.g. `max_execution_time=10 (asked 35)`."""
+    caps = engine.limits.caps()
+    asked = clamped(req.settings, engine.limits)
+    if asked:
+        note = ", ".join(f"{name}={caps[name]:g} (asked {value:g})" for name, value in sorted(asked.items()))
+        headers["X-Orderstream-Clamped"] = note
+        log.debug("analyst %s: %s", account.name, note)
+
+
+def run_and_frame(engine: ChdbEngine, req: Request, account: Account, framing: Framing):
+    """The result and its bytes as the client reads them (in a worker thread: re-encoding and
+    compressing a large answer takes a while)."""
+    result = engine.execute(req, account)
+    body = framing.answer_body(result.body, result.output_format, result.column_types)
+    if framing.http_encoding is not None and body:
+        body = framing.http_body(body)
+    return result, body
 
 
 async def ping(request: web.Request) -> web.Response:
