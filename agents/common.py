@@ -174,12 +174,18 @@ class ExactlyOnce:
         """`await work(kept)` (indexes into `messages`) inside a transaction, then commit it."""
         # fenced tables' writes carry the generation the messages were fetched in (a zombie's stay old)
         current = self.consumer.app.consumer_generation_id
-        work_generation.set(min((getattr(m, "generation_id", current) for m in messages), default=current))
+        fetched_in = min((getattr(m, "generation_id", current) for m in messages), default=current)
+        work_generation.set(fetched_in)
+        if fetched_in != current:
+            # fetched before a rebalance (a zombie waking up, a rejoin): another worker may have
+            # done them since; the new assignment reads its partitions from the committed offsets
+            metrics.EOS_SKIPPED.labels(flow=self.flow).inc(len(messages))
+            return
         kept, offsets = self.consumer.take_in_order(messages)
         if len(kept) < len(messages):
             metrics.EOS_SKIPPED.labels(flow=self.flow).inc(len(messages) - len(kept))
         if kept:
-            await self._transaction(offsets, lambda: work(kept))
+            await self._transaction(offsets, lambda: work(kept), fetched_in)
 
     def _maybe_crash(self, point: str) -> None:
         if self._crash == (point, self._count):
@@ -192,7 +198,9 @@ class ExactlyOnce:
         """A transaction of offsets only (past the commit markers at a partition's end)."""
         await self._transaction(offsets, None)
 
-    async def _transaction(self, offsets: dict, work) -> None:
+    async def _transaction(self, offsets: dict, work, generation: int | None = None) -> None:
+        """`generation`: the one the work's messages were fetched in; the offsets commit under it,
+        so the broker refuses them once the group has moved on (even if this worker rejoined)."""
         async with self._lock:
             self.txn.begin()
             try:
@@ -203,7 +211,7 @@ class ExactlyOnce:
                 self._maybe_crash("before-commit")
                 started = time.perf_counter()
                 await self.txn.commit({(tp.topic, tp.partition): o for tp, o in offsets.items()},
-                                      self.consumer.group_metadata())
+                                      self.consumer.group_metadata(generation))
                 metrics.TRANSACTION_SECONDS.labels(flow=self.flow).observe(time.perf_counter() - started)
                 self._maybe_crash("after-commit")
             except TransactionFailed as exc:

@@ -328,12 +328,15 @@ class SeekSafeConsumer(aiokafka_driver.Consumer):
             return None
         return committed, position
 
-    def group_metadata(self) -> bytes:
+    def group_metadata(self, generation: int | None = None) -> bytes:
         """This member's group metadata, as librdkafka's send_offsets_to_transaction takes it: the
         broker refuses the transaction's offsets from any generation but the current one, so a
-        worker the group has moved on from (a zombie) cannot commit its outputs."""
+        worker the group has moved on from (a zombie) cannot commit its outputs. `generation`:
+        the one the committed messages were fetched in (default: the consumer's current one)."""
         coordinator = self._thread._ensure_consumer()._coordinator
-        return group_metadata_bytes(self.app.conf.id, coordinator.generation, coordinator.member_id or "",
+        if generation is None:
+            generation = coordinator.generation
+        return group_metadata_bytes(self.app.conf.id, generation, coordinator.member_id or "",
                                     self.app.conf.consumer_group_instance_id)
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:

@@ -14,45 +14,40 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
 
-def unstable_partitions(answer) -> list:
-    """The partitions of a list_consumer_group_offsets answer whose offsets are still pending."""
-    return [tp for tp in answer.topic_partitions
-            if tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT]
-
-
-def is_unstable(exc: KafkaException) -> bool:
-    error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT
+def unsettled_partitions(answer) -> list:
+    """The partitions of a list_consumer_group_offsets answer not read cleanly: pending offsets
+    (UNSTABLE_OFFSET_COMMIT) or any other error (a coordinator still loading after a restart)."""
+    return [tp for tp in answer.topic_partitions if tp.error is not None]
 
 
 def wait_until_stable(bootstrap: str, group: str, partitions: list[tuple[str, int]], timeout_s: float,
-                      poll_s: float = 0.1) -> float:
+                      poll_s: float = 0.2) -> float:
     """Block until the group's committed offsets of `partitions` are stable (no open transaction
-    holds any); the seconds waited. Gives up after `timeout_s` (a transaction's time-out
-    aborts it by then) with a warning: the caller's seek then reads what is committed."""
+    holds any); the seconds waited. Never raises: an error (a broker restarting, a coordinator
+    moving) is asked again until `timeout_s` (a transaction's time-out aborts it by then), then
+    a warning, and the caller's seek reads what is committed."""
     if not partitions:
         return 0.0
+    started = time.monotonic()
     admin = AdminClient({"bootstrap.servers": bootstrap})
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])]
-    started = time.monotonic()
     while True:
         try:
-            answer = admin.list_consumer_group_offsets(request, require_stable=True)[group].result(timeout_s)
-            pending = unstable_partitions(answer)
-        except KafkaException as exc:
-            if not is_unstable(exc):
-                raise
-            pending = ["(the whole request)"]
+            answer = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=timeout_s)
+            pending = unsettled_partitions(answer[group].result(timeout_s))
+        except (KafkaException, ValueError, RuntimeError) as exc:
+            pending = [f"(the request: {exc})"]
         waited = time.monotonic() - started
         if not pending:
             return waited
         if waited > timeout_s:
-            log.warning("offsets still pending after %.1fs on %s; seeking to what is committed", waited, pending)
+            log.warning("offsets not stable after %.1fs on %s; seeking to what is committed", waited,
+                        [str(tp) for tp in pending][:5])
             return waited
         time.sleep(poll_s)

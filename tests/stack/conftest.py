@@ -197,9 +197,12 @@ class PipelineFactory:
 
     def retire_since(self, count: int) -> None:
         retiring, self.made[count:] = self.made[count:], []
+        if not retiring:
+            return
         _retire(retiring)
+        # the environment of the pipeline still in use (a module's shared one), as when it was made
         os.environ.clear()
-        os.environ.update(self.saved)
+        os.environ.update({**self.saved, **(self.made[-1].env if self.made else {})})
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def record_fault(fault: str, orders: int, in_flight: int, lost: int, doubled: in
     order = ["worker_sigkill", "sigkills_and_a_kill_during_a_join_exactly_once", "sigkills_and_a_kill_during_a_join_at_least_once",
              "crash_before-commit", "crash_after-commit", "zombie_fenced",
              "rebalance_join_leave", "redis_restart", "clickhouse_sink_killed",
-             "broker_restart", "hostile_input"]
+             "broker_restart_at_least_once", "hostile_input"]
     faults.sort(key=lambda f: order.index(f["fault"]) if f["fault"] in order else len(order))
     report.update({
         "benchmark": "reliability",
@@ -690,8 +690,16 @@ def wait_broker_serving(p, timeout: float = 120.0) -> float:
             time.sleep(1)
 
 
-def test_broker_restart_worker_reconnects_and_catches_up(pipeline_factory):
-    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2")
+@pytest.mark.parametrize("guarantee", [
+    "at_least_once",
+    # a known defect, kept visible (strict: the day it passes, this mark must go): after the broker
+    # restarts, an exactly-once worker keeps only its changelog and risk.queue partitions and
+    # never reads the raw topics again (lag stays at ~850 for 240 s); not yet traced
+    pytest.param("exactly_once", marks=pytest.mark.xfail(strict=True, reason="issue 25: an exactly-once worker "
+                                                          "stalls after a broker restart (not yet traced)")),
+])
+def test_broker_restart_worker_reconnects_and_catches_up(pipeline_factory, guarantee):
+    p = pipeline_factory(ORDERSTREAM_RISK_HOLD_TIMEOUT_S="2", ORDERSTREAM_PROCESSING_GUARANTEE=guarantee)
     p.start_worker(0)
     replay = FaultyReplay(p, ReplayConfig(seed=404, **REPLAY)).start()
     replay.at(0.4)
@@ -699,5 +707,5 @@ def test_broker_restart_worker_reconnects_and_catches_up(pipeline_factory):
     outage_s = restart_broker(p.s)
     leaders_back_s = wait_broker_serving(p)
     messages, produced = replay.finish()
-    account_for(p, "broker_restart", messages, settle(p, messages, produced), in_flight,
+    account_for(p, f"broker_restart_{guarantee}", messages, settle(p, messages, produced), in_flight,
                 outage_s=round(outage_s, 2), partitions_serving_after_s=round(leaders_back_s, 2))

@@ -179,7 +179,7 @@ def test_sql_endpoint_is_read_only_and_counts_match(sunk):
 
 def test_views_cli_prints_the_strategic_tier_as_json(sunk):
     p, _, report = sunk
-    env = {**os.environ, "ORDERSTREAM_SINK_WEB_PORT": str(p.sink_port), "COLUMNS": "200"}
+    env = {**os.environ, **p.env, "ORDERSTREAM_SINK_WEB_PORT": str(p.sink_port), "COLUMNS": "200"}
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "views", "strategic", "--json"], env=env,
                          capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
     assert out.returncode == 0, out.stderr

@@ -173,6 +173,8 @@ JSON_ALLOWED = {
     "pipeline/contracts/stock.py": "the warehouse system's JSON",
     "pipeline/consistency.py": "the consistency check's report file",
     "pipeline/settlement/engine.py": "a reconciliation run's JSON report, stored with the run",
+    "pipeline/access.py": "HTTP error responses of the guarded routes",
+    "pipeline/redrive_ledger.py": "the re-drive claim record in Redis (encoded and decoded by its own class)",
 }
 
 
