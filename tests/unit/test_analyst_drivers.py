@@ -22,13 +22,10 @@ import pytest
 from aiohttp import web
 
 from pipeline.clickhouse.analyst import Account, ChdbEngine, Limits, make_app
-from pipeline.clickhouse.backends import ChdbBackend
 from pipeline.clickhouse.http import WebServer
-from pipeline.clickhouse.migrate import migrate
-from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.devtools import driver_clients
 from pipeline.topics import TopicNames
-from tests.unit.test_clickhouse_chdb import make_dataset
+from tests.unit.test_clickhouse_chdb import sunk_dataset
 
 USER, PASSWORD = "analyst", "drivers-pw"
 RUN_TIMEOUT_S = 120
@@ -37,14 +34,7 @@ READONLY = 164
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    names = TopicNames("drivertest.")
-    backend = ChdbBackend(tmp_path_factory.mktemp("chdb-drivers") / "data")
-    migrate(backend)
-    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
-    for m in make_dataset(names).messages:
-        sink.add(m)
-    sink.flush(force=True)
-    assert sink.buffered_rows() == 0, sink.last_error
+    backend = sunk_dataset(tmp_path_factory.mktemp("chdb-drivers") / "data", TopicNames("drivertest."))
     yield backend
     backend.close()
 

@@ -32,13 +32,12 @@ from pipeline.clickhouse.analyst import Account, ChdbEngine, Limits, make_app, s
 from pipeline.clickhouse.analyst.errors import CODES, ClickHouseError, http_status
 from pipeline.clickhouse.analyst.guard import parse_tree
 from pipeline.clickhouse.analyst.service import start_analyst_service
-from pipeline.clickhouse.backends import ChdbBackend, escape_parameter
-from pipeline.clickhouse.migrate import migrate
+from pipeline.clickhouse.backends import escape_parameter
 from pipeline.clickhouse.sink import ClickHouseSink
 from pipeline.config import load_settings
 from pipeline.contracts import BreakerTransition
 from pipeline.topics import TopicNames
-from tests.unit.test_clickhouse_chdb import NOW_MS, Feed, make_dataset
+from tests.unit.test_clickhouse_chdb import NOW_MS, Feed, sunk_dataset
 
 USER, PASSWORD = "analyst", "s3cret"
 LIMITS = Limits(max_execution_time=2.0, max_memory_usage=256 * 1024 * 1024, max_result_rows=100_000,
@@ -52,13 +51,7 @@ FACT_TABLES = ("order_events", "risk_events", "inventory_events", "dead_letters"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    backend = ChdbBackend(tmp_path_factory.mktemp("chdb-analyst") / "data")
-    migrate(backend)
-    sink = ClickHouseSink(backend, NAMES, max_rows=500, max_seconds=60.0)
-    for m in make_dataset(NAMES).messages:
-        sink.add(m)
-    sink.flush(force=True)
-    assert sink.buffered_rows() == 0, sink.last_error
+    backend = sunk_dataset(tmp_path_factory.mktemp("chdb-analyst") / "data", NAMES)
     yield backend
     backend.close()
 

@@ -105,6 +105,18 @@ class Feed:
         return msg
 
 
+def sunk_dataset(path, names: TopicNames) -> ChdbBackend:
+    """A chDB data dir at `path` holding make_dataset(names) as the real sink lands it."""
+    backend = ChdbBackend(path)
+    migrate(backend)
+    sink = ClickHouseSink(backend, names, max_rows=500, max_seconds=60.0)
+    for m in make_dataset(names).messages:
+        sink.add(m)
+    sink.flush(force=True)
+    assert sink.buffered_rows() == 0, sink.last_error
+    return backend
+
+
 def make_dataset(names: TopicNames, orders: int = 400, seed: int = 8) -> Feed:
     rng = random.Random(seed)
     feed = Feed(names)
